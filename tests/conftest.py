@@ -1,0 +1,46 @@
+"""Shared fixtures for the tinykd test suite."""
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    """The real MLPerf Tiny reference .tflite models (see its README.md); read-only."""
+    return Path(__file__).resolve().parents[2] / "shared/models/mlperf_tiny"
+
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_RECIPE = REPO / "pipelines" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg():
+    """The smoke recipe, loaded through the real config loader."""
+    from tinykd import config
+
+    return config.load(SMOKE_RECIPE)
+
+
+@pytest.fixture(scope="session")
+def smoke_data(smoke_cfg):
+    """Real Fashion-MNIST (Debian's IDX files), cut to the smoke recipe's sample counts."""
+    from tinykd.data import load
+
+    return load(smoke_cfg.data, smoke_cfg.data.seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(smoke_cfg, smoke_data):
+    """A small trained teacher (two epochs on the smoke data), seeded."""
+    from tinykd import models
+    from tinykd.distill import Schedule, train_on_labels
+
+    teacher = models.build(smoke_cfg.teacher.model, smoke_data.input_shape, smoke_data.num_classes, "teacher")
+    return train_on_labels(teacher, smoke_data, Schedule(epochs=2, batch_size=64, learning_rate=2e-3, seed=0))

@@ -1,0 +1,99 @@
+"""Recipes load into frozen dataclasses, and every mistake names the file, the dotted key and the fix."""
+
+import dataclasses
+
+import pytest
+
+from tinykd import config
+from tinykd.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_recipe_loads(repo):
+    recipes = sorted((repo / "pipelines").glob("*.yaml"))
+    assert {p.name for p in recipes} >= {"smoke.yaml", "fashion_mnist.yaml"}
+    for recipe in recipes:
+        cfg = config.load(recipe)
+        assert cfg.name and cfg.target.board
+
+
+def test_recipe_values_are_typed_and_frozen(smoke_cfg):
+    assert smoke_cfg.name == "smoke"
+    assert smoke_cfg.distill.temperature == 4.0 and isinstance(smoke_cfg.distill.temperature, float)
+    assert smoke_cfg.distill.student.filters == (8, 16)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        smoke_cfg.distill.alpha = 0.5
+
+
+def test_typo_names_file_key_and_suggestion(tmp_path):
+    path = write(tmp_path, "name: x\ndistill:\n  temperatur: 6\n")
+    with pytest.raises(ConfigError) as error:
+        config.load(path)
+    assert str(error.value) == f"{path}: distill.temperatur: unknown key (did you mean 'temperature'?)"
+
+
+def test_nested_typo_in_student(tmp_path):
+    path = write(tmp_path, "name: x\ndistill:\n  student: {filtres: [8]}\n")
+    with pytest.raises(ConfigError, match=r"distill\.student\.filtres: unknown key \(did you mean 'filters'\?\)"):
+        config.load(path)
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("distill: {temperature: hot}", "distill.temperature", "expected float"),
+    ("distill: {alpha: 1.5}", "distill.alpha", "must be in [0, 1]"),
+    ("prune: {target_sparsity: 1.0}", "prune.target_sparsity", "must be in (0, 1)"),
+    ("teacher: {epochs: 0}", "teacher.epochs", "at least 1"),
+    ("teacher: {model: {arch: resnet9000}}", "teacher.model.arch", "must be one of"),
+    ("target: {board: esp32}", "target.board", "unknown board"),
+    ("data: {val_fraction: 0.9}", "data.val_fraction", "between 0 and 0.5"),
+    ("distill: {epochs: true}", "distill.epochs", "expected int"),
+])
+def test_bad_values_name_the_dotted_key(tmp_path, text, key, words):
+    path = write(tmp_path, f"name: x\n{text}\n")
+    with pytest.raises(ConfigError) as error:
+        config.load(path)
+    assert str(error.value).startswith(f"{path}: {key}: ")
+    assert words in str(error.value)
+
+
+def test_overrides_are_parsed_and_checked(smoke_cfg):
+    cfg = config.load(config_path(), config.parse_overrides(["distill.temperature=6", "prune=none",
+                                                            "distill.student.filters=[8, 16]"]))
+    assert cfg.distill.temperature == 6.0
+    assert cfg.prune is None
+    assert cfg.distill.student.filters == (8, 16)
+    with pytest.raises(ConfigError, match=r"distill\.temperatre: unknown key \(did you mean 'temperature'\?\)"):
+        config.load(config_path(), {"distill.temperatre": "6"})
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        config.parse_overrides(["distill.temperature"])
+
+
+def test_none_skips_stages_and_smoke_shrinks(tmp_path):
+    path = write(tmp_path, "name: x\nprune: none\nquantize: none\n")
+    cfg = config.load(path)
+    assert cfg.prune is None and cfg.quantize is None
+    smoke = config.load(path, smoke=True)
+    assert smoke.name == "x-smoke"
+    assert smoke.prune is None  # smoke does not bring back a stage the recipe switched off
+    assert smoke.teacher.epochs == 1 and smoke.distill.epochs == 1
+    assert smoke.data.max_train_samples == config.SMOKE_OVERRIDES["data.max_train_samples"]
+
+
+def test_unreadable_and_non_mapping_recipes(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the recipe"):
+        config.load(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        config.load(write(tmp_path, "- a\n- b\n"))
+
+
+def config_path():
+    from conftest import SMOKE_RECIPE
+
+    return SMOKE_RECIPE

@@ -1,0 +1,5 @@
+"""`python -m tinykd` runs the CLI."""
+
+from tinykd.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""Atomic files and the stage records that let an interrupted build resume.
+
+A stage is done when its `stage.json` exists and holds the key of its inputs. The record is written last, after
+every artifact was renamed into place, so a build killed mid-stage has no record and redoes that stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+RECORD = "stage.json"
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, value) -> Path:
+    return write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def save_model(model, path: Path) -> Path:
+    """Save a Keras model atomically (Keras writes to a temporary name first, then it is renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True) if temporary.is_dir() else temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def copy_file(source: Path, path: Path) -> Path:
+    """Copy atomically (temporary file + rename)."""
+    return write_bytes(path, source.read_bytes())
+
+
+def key(*parts) -> str:
+    """A short, stable hash of JSON-able parts: the identity of a stage's inputs."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Run:
+    """The folder `runs/<name>/`: one sub-folder per stage, each with its artifacts and its record."""
+
+    def __init__(self, root: Path, force: tuple[str, ...] = ()):
+        self.root = root
+        self.force = set(force)
+
+    def dir(self, stage: str) -> Path:
+        path = self.root / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def cached(self, stage: str, stage_key: str) -> dict | None:
+        """The stage's record if it finished with these inputs and is not forced, else None."""
+        if stage in self.force:
+            return None
+        path = self.root / stage / RECORD
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if record.get("key") == stage_key else None
+
+    def finish(self, stage: str, stage_key: str, metrics: dict, started: float) -> dict:
+        """Record the stage as done; `run_id` changes on every redo, so stages downstream redo too."""
+        record = {"key": stage_key, "run_id": uuid.uuid4().hex, "seconds": round(time.time() - started, 2),
+                  "metrics": metrics}
+        write_json(self.dir(stage) / RECORD, record)
+        return record

@@ -1,0 +1,136 @@
+"""The build's report: accuracy after every stage, size, arena and time, as JSON, Markdown and a plot.
+
+Every figure is measured (accuracy, .tflite bytes, TFLM arena, seconds) or counted from the model (parameters,
+MACs); nothing is estimated here. Runtime code size and latency come from `tinykd report`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tinykd import artifacts, config
+from tinykd.artifacts import Run
+from tinykd.boards import get_board
+
+_STAGE_TITLES = {"teacher": "teacher (float)", "distill": "student (float, distilled)",
+                 "prune": "student (float, pruned)", "quantize": "student (QAT, fake-quant)",
+                 "int8": "student int8 (TFLite Micro)"}
+
+
+def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
+    """Assemble the report from the stage records and write report.json, report.md and accuracy_vs_size.png."""
+    verify = records["verify"]["metrics"]
+    converted = records["convert"]["metrics"]
+    board = get_board(cfg.target.board)
+    stages = []
+    for name in ("teacher", "distill", "prune", "quantize"):
+        if name in records:
+            metrics = records[name]["metrics"]
+            stages.append({"stage": name, "title": _STAGE_TITLES[name],
+                           "test_accuracy": metrics["test_accuracy"], "val_accuracy": metrics["val_accuracy"],
+                           "params": metrics["params"], "macs": metrics["macs"],
+                           "size_bytes": metrics.get("tflite_float_bytes"),
+                           "size_kind": "float32 .tflite" if "tflite_float_bytes" in metrics else None,
+                           "sparsity": metrics.get("sparsity"), "seconds": records[name]["seconds"]})
+    student_params = stages[-1]["params"]
+    stages.append({"stage": "int8", "title": _STAGE_TITLES["int8"], "test_accuracy": verify["tflm_accuracy"],
+                   "val_accuracy": None, "params": student_params, "macs": stages[-1]["macs"],
+                   "size_bytes": converted["tflite_bytes"], "size_kind": "int8 .tflite", "sparsity": None,
+                   "seconds": records["convert"]["seconds"] + records["verify"]["seconds"]})
+    report = {
+        "name": cfg.name,
+        "recipe": config.as_dict(cfg),
+        "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+                 "input_shape": list(data.input_shape), "labels": list(data.labels),
+                 "preprocessing": data.preprocessing.__dict__},
+        "stages": stages,
+        "int8": {
+            "tflite_bytes": converted["tflite_bytes"], "ops": converted["ops"], "input": converted["input"],
+            "output": converted["output"], "arena_bytes_host": verify["arena_bytes"],
+            "tflm_accuracy": verify["tflm_accuracy"], "tflite_reference_accuracy": verify["tflite_accuracy"],
+            "tflm_tflite_top1_agreement": verify["top1_agreement"],
+            "tflm_tflite_identical_fraction": verify["identical_fraction"],
+            "tflm_tflite_max_lsb_diff": verify["max_lsb_diff"], "test_samples": verify["samples"],
+        },
+        "board": board.__dict__ | {
+            "model_flash_fraction": converted["tflite_bytes"] / board.flash_bytes,
+            "arena_ram_fraction": verify["arena_bytes"] / board.arena_ram_bytes,
+            "counts": "model bytes against flash and the host-measured arena against the largest SRAM region; "
+                      "TFLM runtime code, stack and I/O buffers are not counted here (see `tinykd report`)",
+        },
+        "pruning_note": _pruning_note(records),
+        "seconds": {name: records[name]["seconds"] for name in records},
+        "files": records["export"]["metrics"]["files"],
+    }
+    artifacts.write_json(run.root / "report.json", report)
+    artifacts.write_text(run.root / "report.md", render_markdown(report))
+    _plot(stages, run.root / "accuracy_vs_size.png", cfg.name)
+    return report
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown, for a pull request or a README."""
+    int8, board = report["int8"], report["board"]
+    lines = [f"# tinykd build: {report['name']}", "",
+             f"Data: {report['data']['source']} ({report['data']['train']} train / {report['data']['val']} val / "
+             f"{report['data']['test']} test), input {tuple(report['data']['input_shape'])}.", "",
+             "| stage | test accuracy | params | MACs | size | time |", "|---|---|---|---|---|---|"]
+    for stage in report["stages"]:
+        size = f"{stage['size_bytes']:,} B ({stage['size_kind']})" if stage["size_bytes"] else "-"
+        extra = f", sparsity {stage['sparsity']:.0%}" if stage.get("sparsity") else ""
+        lines.append(f"| {stage['title']}{extra} | {stage['test_accuracy']:.2%} | {stage['params']:,} | "
+                     f"{stage['macs']:,} | {size} | {stage['seconds']:.0f} s |")
+    lines += ["", "## int8 model in TFLite Micro", "",
+              f"- `.tflite`: {int8['tflite_bytes']:,} bytes; ops: {', '.join(int8['ops'])}",
+              f"- tensor arena measured in the TFLM interpreter (64-bit host, an upper bound for 32-bit): "
+              f"{int8['arena_bytes_host']:,} bytes",
+              f"- TFLM vs TFLite reference kernels on {int8['test_samples']:,} test inputs: top-1 agreement "
+              f"{int8['tflm_tflite_top1_agreement']:.2%}, bit-identical outputs "
+              f"{int8['tflm_tflite_identical_fraction']:.2%}, largest difference {int8['tflm_tflite_max_lsb_diff']} LSB",
+              f"- input: {int8['input']['dtype']} {tuple(int8['input']['shape'])}, scale {int8['input']['scale']:.6g}, "
+              f"zero point {int8['input']['zero_point']}; raw values: "
+              f"{report['data']['preprocessing']['description']}",
+              "", f"## Target board: {board['id']} ({board['mcu']}, {board['core']} @ {board['clock_mhz']} MHz)", "",
+              f"- model: {int8['tflite_bytes']:,} of {board['flash_bytes']:,} flash bytes "
+              f"({board['model_flash_fraction']:.1%})",
+              f"- arena: {int8['arena_bytes_host']:,} of {board['arena_ram_bytes']:,} bytes in the largest SRAM "
+              f"region ({board['arena_ram_fraction']:.1%})",
+              f"- {board['counts']}."]
+    if report["pruning_note"]:
+        lines += ["", report["pruning_note"]]
+    lines += ["", "Firmware files: " + ", ".join(f"`export/{f}`" for f in report["files"]), ""]
+    return "\n".join(lines)
+
+
+def _pruning_note(records: dict) -> str:
+    if "prune" not in records:
+        return ""
+    sparsity = records["prune"]["metrics"]["sparsity"]
+    return (f"Pruning zeroed {sparsity:.0%} of the conv and dense weights. TFLite Micro stores tensors dense, so "
+            "the int8 `.tflite` is as large as an unpruned one; the zeros only pay off with compression.")
+
+
+def _plot(stages: list[dict], path: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    sized = [s for s in stages if s["size_bytes"]]
+    axes.plot([s["size_bytes"] / 1024 for s in sized], [s["test_accuracy"] * 100 for s in sized], "o-",
+              color="tab:blue")
+    for stage in sized:
+        axes.annotate(stage["title"], (stage["size_bytes"] / 1024, stage["test_accuracy"] * 100),
+                      textcoords="offset points", xytext=(6, 6), fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlabel("model size, KiB (.tflite, log scale)")
+    axes.set_ylabel("test accuracy, %")
+    axes.set_title(f"{name}: accuracy against size across the build")
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=120)
+    pyplot.close(figure)
+    temporary.replace(path)

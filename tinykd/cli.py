@@ -1,0 +1,86 @@
+"""The `tinykd` command. Thin and lazy: TensorFlow is imported inside the commands that need it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from tinykd.errors import TinykdError
+
+EXIT_USAGE = 2
+
+
+def main() -> None:
+    """Console-script entry point: typed errors become one clear line and exit code 2."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted; run the same command again to resume from the last finished stage", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except TinykdError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@click.group()
+@click.version_option(package_name="tinykd")
+def cli() -> None:
+    """Distil a big Keras model into a tiny int8 one for Cortex-M, and prove it fits."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value by dotted key, e.g. --set distill.temperature=6 (repeatable).")
+@click.option("--smoke", is_flag=True, help="Shrink the recipe to seconds (few samples, one epoch per stage).")
+@click.option("--force", multiple=True, metavar="STAGE",
+              help="Redo STAGE (and everything after it) even if its inputs are unchanged (repeatable).")
+@click.option("--runs", "runs_dir", default="runs", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for runs/<name>/<stage>/ artifacts and the shared teacher cache.")
+@click.option("--quiet", is_flag=True, help="Only the stage lines, no epoch progress.")
+def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[str, ...], runs_dir: Path,
+          quiet: bool) -> None:
+    """Build RECIPE: teacher, distil, prune, QAT, int8 .tflite, TFLM check, C files and report."""
+    from tinykd import config
+
+    cfg = config.load(recipe, config.parse_overrides(overrides), smoke=smoke)
+    data_dirs = tuple(Path(p) for p in os.environ.get("TINYKD_DATA", "").split(os.pathsep) if p)
+    started = time.time()
+
+    def log(message: str) -> None:
+        click.echo(f"{time.time() - started:7.1f}s {message}")
+
+    log(f"building {cfg.name} from {recipe} into {runs_dir / cfg.name}")
+    from tinykd.pipeline import BuildOptions, build as run_build
+
+    verbose = 0 if quiet else (1 if sys.stdout.isatty() else 2)
+    report = run_build(cfg, runs_dir, BuildOptions(force=force, data_dirs=data_dirs, verbose=verbose, log=log))
+    int8 = report["int8"]
+    teacher = report["stages"][0]
+    log(f"done: teacher {teacher['test_accuracy']:.2%} -> int8 student {int8['tflm_accuracy']:.2%} in TFLite Micro, "
+        f"{int8['tflite_bytes']:,} B .tflite, {int8['arena_bytes_host']:,} B arena; "
+        f"report: {runs_dir / cfg.name / 'report.md'}")
+
+
+@cli.command()
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def boards(output_format: str) -> None:
+    """List the boards a recipe's target.board can name."""
+    from tinykd.boards import load_boards
+
+    known = load_boards()
+    if output_format == "json":
+        click.echo(json.dumps([b.__dict__ for b in known.values()], indent=2))
+        return
+    click.echo(f"{'board':22} {'core':14} {'MHz':>5} {'flash KiB':>10} {'arena RAM KiB':>14}")
+    for board in known.values():
+        click.echo(f"{board.id:22} {board.core:14} {board.clock_mhz:>5g} {board.flash_bytes // 1024:>10,} "
+                   f"{board.arena_ram_bytes // 1024:>14,}")

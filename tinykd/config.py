@@ -1,0 +1,366 @@
+"""Recipes: frozen, keyword-only dataclasses, one per YAML section, validated once at load.
+
+Every error names the file and the dotted key and says how to fix it, e.g.
+`pipelines/smoke.yaml: distill.temperatur: unknown key (did you mean 'temperature'?)`.
+After loading, no stage re-checks its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tinykd.errors import ConfigError
+
+# What `--smoke` changes in any recipe: a few hundred samples and one epoch per stage, so a build takes seconds
+# and still runs every stage on real data.
+SMOKE_OVERRIDES = {
+    "data.max_train_samples": 1024,
+    "data.max_test_samples": 256,
+    "teacher.epochs": 1,
+    "distill.epochs": 1,
+    "prune.epochs": 1,
+    "quantize.epochs": 1,
+    "convert.representative_samples": 32,
+}
+
+
+class _Invalid(ValueError):
+    """Raised by a section's `__post_init__`; the loader adds the file and key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise _Invalid(key, message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the data comes from and how it is split; `format` picks the reader in `tinykd.data`."""
+
+    format: str = "fashion_mnist"
+    path: str | None = None
+    val_fraction: float = 0.1
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    seed: int = 0
+    download: bool = True
+
+    def __post_init__(self):
+        _require(0.0 < self.val_fraction < 0.5, "val_fraction", "must be between 0 and 0.5 (e.g. 0.1)")
+        for key in ("max_train_samples", "max_test_samples"):
+            value = getattr(self, key)
+            _require(value is None or value >= 32, key, "must be at least 32, or null for all samples")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """An architecture from the zoo (`tinykd.models`); input shape and class count come from the data."""
+
+    arch: str = "cnn"
+    filters: tuple[int, ...] = (16, 32, 64)
+    convs_per_block: int = 1
+    head: str = "gap"
+    dense_units: int = 0
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        from tinykd.models import ARCHITECTURES, HEADS
+
+        _require(self.arch in ARCHITECTURES, "arch", f"must be one of {sorted(ARCHITECTURES)}")
+        _require(self.head in HEADS, "head", f"must be one of {sorted(HEADS)}")
+        _require(len(self.filters) > 0 and all(f > 0 for f in self.filters), "filters",
+                 "must be a non-empty list of positive channel counts, e.g. [16, 32, 64]")
+        _require(self.convs_per_block >= 1, "convs_per_block", "must be at least 1")
+        _require(self.dense_units >= 0, "dense_units", "must be 0 (no hidden dense layer) or more")
+        _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherConfig:
+    """Train `model` on labels, or load a trained teacher from `path` (.keras, .h5 or a SavedModel folder)."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(filters=(32, 64), convs_per_block=2,
+                                                                   head="flatten", dense_units=128, dropout=0.3))
+    path: str | None = None
+    epochs: int = 12
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_training(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HintConfig:
+    """Feature distillation: a learned 1x1 projection maps `student_layer` onto `teacher_layer` (FitNets)."""
+
+    teacher_layer: str
+    student_layer: str
+    weight: float = 1.0
+
+    def __post_init__(self):
+        _require(self.weight > 0.0, "weight", "must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Train the student on alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)."""
+
+    student: ModelConfig = field(default_factory=ModelConfig)
+    temperature: float = 4.0
+    alpha: float = 0.9
+    hint: HintConfig | None = None
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+
+    def __post_init__(self):
+        _check_training(self)
+        _require(self.temperature >= 1.0, "temperature", "must be at least 1 (1 means no softening)")
+        _require(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1] (0 trains on labels only)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    """TFMOT magnitude pruning with a polynomial schedule, fine-tuned with the distillation loss."""
+
+    target_sparsity: float = 0.5
+    initial_sparsity: float = 0.0
+    epochs: int = 4
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    frequency_steps: int = 50
+
+    def __post_init__(self):
+        _check_training(self)
+        _require(0.0 < self.target_sparsity < 1.0, "target_sparsity", "must be in (0, 1), e.g. 0.5")
+        _require(0.0 <= self.initial_sparsity < self.target_sparsity, "initial_sparsity",
+                 "must be in [0, target_sparsity)")
+        _require(self.frequency_steps >= 1, "frequency_steps", "must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeConfig:
+    """INT8 quantization-aware training, still distilling from the teacher."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 2e-4
+
+    def __post_init__(self):
+        _check_training(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """Full-int8 conversion; the representative samples calibrate activations (post-training quantization)."""
+
+    representative_samples: int = 500
+
+    def __post_init__(self):
+        _require(self.representative_samples >= 1, "representative_samples", "must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    """Run the int8 model in TFLite Micro and in TFLite's reference kernels on the test split."""
+
+    max_samples: int | None = None
+
+    def __post_init__(self):
+        _require(self.max_samples is None or self.max_samples >= 1, "max_samples", "must be positive or null")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """Firmware files; `name` prefixes files and C identifiers (defaults to the recipe name)."""
+
+    name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetConfig:
+    """The board the report sizes the model against."""
+
+    board: str = "nucleo-l4r5zi"
+
+    def __post_init__(self):
+        from tinykd.boards import load_boards
+
+        known = load_boards()
+        _require(self.board in known, "board", f"unknown board; known: {', '.join(sorted(known))} "
+                                               "(list them with `tinykd boards`)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A whole recipe. `prune: none` and `quantize: none` skip those stages (no QAT means post-training quantization).
+
+    `seed` seeds the student stages only; the split (`data.seed`) and the teacher (`teacher.seed`) have their own,
+    so several student seeds share one cached teacher.
+    """
+
+    name: str
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig | None = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig | None = field(default_factory=QuantizeConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+
+    def __post_init__(self):
+        _require(self.name.replace("_", "").replace("-", "").isalnum(), "name",
+                 "must be letters, digits, '_' or '-' (it names the folder runs/<name>/)")
+
+    @property
+    def export_name(self) -> str:
+        return self.export.name or self.name.replace("-", "_")
+
+
+def _check_training(section) -> None:
+    _require(section.epochs >= 1, "epochs", "must be at least 1")
+    _require(section.batch_size >= 1, "batch_size", "must be at least 1")
+    _require(0.0 < section.learning_rate < 1.0, "learning_rate", "must be in (0, 1), e.g. 1e-3")
+
+
+def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool = False) -> Config:
+    """Read a YAML recipe, apply `--set` overrides (and the smoke shrink), and validate everything once.
+
+    Args:
+        path: the recipe file.
+        overrides: dotted key -> value text, parsed as YAML (`distill.temperature=6` gives 6.0).
+        smoke: shrink the recipe to seconds (see SMOKE_OVERRIDES); the run is named `<name>-smoke`.
+
+    Raises:
+        ConfigError: naming the file and the dotted key.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the recipe ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections (name:, data:, teacher:, ...)")
+    raw.setdefault("name", path.stem)
+    for key, text in (overrides or {}).items():
+        _set_dotted(raw, key, _parse_value(text), f"{path}: --set {key}")
+    if smoke:
+        for key, value in SMOKE_OVERRIDES.items():
+            section = key.split(".")[0]
+            if raw.get(section, {}) != "none":
+                _set_dotted(raw, key, value, f"{path}: smoke")
+        raw["name"] = f"{raw['name']}-smoke"
+    return _build(Config, raw, str(path), "")
+
+
+def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, str]:
+    """Turn `key=value` strings from `--set` into a dict, rejecting ones without '='."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected dotted.key=value, e.g. --set distill.temperature=6")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def as_dict(config) -> dict:
+    """A plain, JSON- and YAML-friendly dict of a config (tuples become lists)."""
+    return plain(dataclasses.asdict(config))
+
+
+def plain(value):
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict, key: str, value, where: str) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None or child == "none":
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {part} is {child!r}, not a section, so it has no key {parts[-1]!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls, raw, file: str, prefix: str):
+    """Build dataclass `cls` from mapping `raw`, checking keys, types and ranges."""
+    where = f"{file}: {prefix}" if prefix else f"{file}: "
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where.rstrip('.')}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
+            raise ConfigError(f"{where}{key}: unknown key{hint}")
+        kwargs[key] = _convert(hints[key], value, file, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except _Invalid as error:
+        raise ConfigError(f"{where}{error.key}: {error}") from None
+    except TypeError as error:
+        raise ConfigError(f"{where.rstrip(': .')}: {error}") from None
+
+
+def _convert(hint, value, file: str, key: str):
+    """Check `value` against the type `hint`, converting lists to tuples and mappings to dataclasses."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "none":
+            if type(None) in typing.get_args(hint):
+                return None
+        return _convert(options[0], value, file, key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, file, f"{key}.")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{file}: {key}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, file, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-3 as a string
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{file}: {key}: expected {hint.__name__}, got {value!r}")
+    return value

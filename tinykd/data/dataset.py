@@ -1,0 +1,70 @@
+"""The one in-memory form of every dataset, and the seeded, stratified train/validation split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class Split:
+    """Model inputs `x` (float32, normalised) and integer labels `y`."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def head(self, count: int | None) -> "Split":
+        """The first `count` samples (all when None)."""
+        return self if count is None else Split(x=self.x[:count], y=self.y[:count])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preprocessing:
+    """How the firmware turns a raw value into a model input: `input = raw * raw_scale + raw_offset`."""
+
+    raw_scale: float
+    raw_offset: float
+    description: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dataset:
+    """Train, validation and test splits plus what the firmware needs to know about inputs and classes.
+
+    `fingerprint` changes whenever the files, the split or the sample limits change; stage caching keys on it.
+    """
+
+    train: Split
+    val: Split
+    test: Split
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+    source: str
+    fingerprint: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def split_train_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """A seeded split that keeps every class's share the same in train and validation."""
+    rng = np.random.default_rng(seed)
+    val_index = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        rng.shuffle(members)
+        val_index.append(members[: int(round(len(members) * val_fraction))])
+    is_val = np.zeros(len(y), dtype=bool)
+    is_val[np.concatenate(val_index)] = True
+    train_index = rng.permutation(np.flatnonzero(~is_val))
+    val_index = rng.permutation(np.flatnonzero(is_val))
+    return Split(x=x[train_index], y=y[train_index]), Split(x=x[val_index], y=y[val_index])

@@ -1,0 +1,29 @@
+"""Typed errors: what happened, what was expected, how to fix it. Only the CLI turns them into exit codes."""
+
+
+class TinykdError(Exception):
+    """Base class for every error tinykd raises on purpose."""
+
+
+class ConfigError(TinykdError):
+    """A recipe or override is wrong: names the file and the dotted key."""
+
+
+class DataError(TinykdError):
+    """A dataset is missing, unreadable or inconsistent: names the file or key."""
+
+
+class ModelError(TinykdError):
+    """A model cannot be built, loaded or run: names the layer or file."""
+
+
+class ConversionError(TinykdError):
+    """A model cannot become a full-int8 .tflite: names the op."""
+
+
+class VerificationError(TinykdError):
+    """TFLite Micro and the TFLite reference kernels disagree, or TFLM cannot run the model."""
+
+
+class ExportError(TinykdError):
+    """Firmware files cannot be written: names the op, label or path."""

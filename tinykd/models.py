@@ -1,0 +1,99 @@
+"""The architecture zoo: each builder takes its input shape and class count from the data and returns logits.
+
+Layers have stable names (`block2_conv1`, `block2_conv1_relu`, `features`, `logits`) so a recipe can name them for
+hint distillation. Only ops with int8 kernels in TFLite Micro and CMSIS-NN are used.
+"""
+
+from __future__ import annotations
+
+from tinykd.config import ModelConfig
+
+ARCHITECTURES = ("cnn", "ds_cnn", "mlp")
+# gap: global average pooling (converts to MEAN, whose int8 kernels in TFLite Micro and in TFLite's reference
+#      kernels round differently: outputs can differ by 1 LSB, so a near-tie can flip the top-1 class).
+# flatten / pool_flatten: flatten the last feature map, or max-pool it by 2 first; bit-exact in both runtimes.
+HEADS = ("gap", "flatten", "pool_flatten")
+# Batch-norm statistics settle within ~30 steps at 0.9 (Keras' 0.99 needs ~300), so small datasets and short
+# fine-tuning runs evaluate with the statistics they trained with.
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name: str):
+    """A fresh, untrained Keras model that maps `input_shape` inputs to `num_classes` logits."""
+    from tinykd.keras_shim import keras
+
+    layers = keras.layers
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = inputs
+    if cfg.arch == "mlp" or len(input_shape) == 1:
+        x = layers.Flatten(name="flatten_input")(x) if len(input_shape) > 1 else x
+        for index, units in enumerate(cfg.filters, start=1):
+            x = layers.Dense(units, name=f"dense{index}")(x)
+            x = layers.ReLU(name=f"dense{index}_relu")(x)
+    else:
+        for block, filters in enumerate(cfg.filters, start=1):
+            for conv in range(1, cfg.convs_per_block + 1):
+                x = _conv_unit(layers, x, cfg.arch, filters, f"block{block}_conv{conv}",
+                               first=(block == 1 and conv == 1))
+            if block < len(cfg.filters):
+                x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        x = layers.Activation("linear", name="features")(x)
+        if cfg.head == "gap":
+            x = layers.GlobalAveragePooling2D(name="gap")(x)
+        else:
+            if cfg.head == "pool_flatten":
+                x = layers.MaxPooling2D(2, name="head_pool")(x)
+            x = layers.Flatten(name="flatten")(x)
+    if cfg.dense_units:
+        x = layers.Dense(cfg.dense_units, name="hidden")(x)
+        x = layers.ReLU(name="hidden_relu")(x)
+    if cfg.dropout:
+        x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _conv_unit(layers, x, arch: str, filters: int, name: str, first: bool):
+    """Conv (or depthwise-separable conv), batch norm, ReLU: the pattern TFMOT folds and TFLM fuses."""
+    if arch == "ds_cnn" and not first:
+        x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_dw")(x)
+        x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_dw_bn")(x)
+        x = layers.ReLU(name=f"{name}_dw_relu")(x)
+        x = layers.Conv2D(filters, 1, use_bias=False, name=name)(x)
+    else:
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates of one inference: conv Hout*Wout*Cout*Kh*Kw*Cin, depthwise Hout*Wout*C*Kh*Kw, dense in*out.
+
+    Same convention as the MLPerf Tiny figures, so Keras and .tflite counts compare directly.
+    """
+    from tinykd.keras_shim import keras
+
+    macs = 0
+    for layer in _leaf_layers(model):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, height, width, channels = layer.output_shape
+            kernel_h, kernel_w = layer.kernel_size
+            macs += height * width * channels * kernel_h * kernel_w
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, height, width, filters = layer.output_shape
+            kernel_h, kernel_w = layer.kernel_size
+            macs += height * width * filters * kernel_h * kernel_w * layer.input_shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            macs += int(layer.input_shape[-1]) * layer.units
+    return int(macs)
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)  # TFMOT wrappers (pruning, quantization) hold the real layer
+        if hasattr(layer, "layers"):
+            yield from _leaf_layers(layer)
+        elif inner is not None:
+            yield inner
+        else:
+            yield layer

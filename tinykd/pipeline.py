@@ -1,0 +1,296 @@
+"""`tinykd build`: teacher -> distilled student -> pruned -> INT8 QAT -> full-int8 .tflite -> TFLM check -> C files.
+
+Each stage writes to `runs/<name>/<stage>/` and finishes with a record of its inputs' key; a stage whose key is
+unchanged is not redone, `force` redoes named stages, and every stage after a redone one is redone as well.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tinykd import artifacts, config, data as data_layer, models
+from tinykd.artifacts import Run
+from tinykd.errors import ConfigError, ModelError, VerificationError
+
+STAGES = ("teacher", "distill", "prune", "quantize", "convert", "verify", "export", "report")
+TEACHER_CACHE = ".teacher_cache"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """How to run a build, as opposed to what to build (the recipe)."""
+
+    force: tuple[str, ...] = ()
+    data_dirs: tuple[Path, ...] = ()
+    verbose: int = 0
+    log: Callable[[str], None] = lambda message: None
+
+
+def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptions()) -> dict:
+    """Run every stage of the recipe, reusing finished ones; returns the report (also in runs/<name>/report.json)."""
+    unknown = set(options.force) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"--force {', '.join(sorted(unknown))}: no such stage; stages are {', '.join(STAGES)}")
+    run = Run(Path(runs_dir) / cfg.name, options.force)
+    stage = _Stages(run, Path(runs_dir) / TEACHER_CACHE, options)
+
+    # 1. data: every split in memory, with a fingerprint of the files and the split
+    data = data_layer.load(cfg.data, cfg.data.seed, options.data_dirs)
+    options.log(f"[data] {data.source}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test, "
+                f"input {data.input_shape}, {data.num_classes} classes")
+
+    # 2. teacher: trained once per (teacher config, data) and cached across runs, or loaded from teacher.path
+    teacher = stage.teacher(cfg, data)
+
+    # 3. distill: a fresh student learns from the frozen teacher's soft targets (and hints, if configured)
+    student = stage.run("distill", (cfg.distill, cfg.seed), lambda: _distilled(teacher.model, data, cfg, options),
+                        data, after=teacher)
+
+    # 4. prune: magnitude pruning to the target sparsity, fine-tuned with the distillation loss
+    if cfg.prune is not None:
+        student = stage.run("prune", cfg.prune, lambda: _pruned(student.model, teacher.model, data, cfg, options),
+                            data, after=student)
+
+    # 5. quantize: INT8 quantization-aware training, still distilling (pruning-preserving when pruned)
+    if cfg.quantize is not None:
+        student = stage.run("quantize", cfg.quantize,
+                            lambda: _quantized(student.model, teacher.model, data, cfg, options), data, after=student)
+
+    # 6. convert: full-int8 .tflite, calibrated on training samples; fails naming any float op
+    tflite = stage.convert(student, data, cfg)
+
+    # 7. verify: the whole test split in TFLite Micro and in TFLite's reference kernels; TFLM accuracy is reported
+    verification = stage.verify(tflite, data, cfg)
+
+    # 8. export: C/C++ files for TFLite Micro firmware
+    stage.export(tflite, verification, data, cfg)
+
+    # 9. report: accuracy at every stage, size, arena, time; JSON, Markdown and a plot
+    from tinykd import build_report
+
+    return build_report.write(run, cfg, data, stage.records)
+
+
+@dataclass(frozen=True)
+class _Result:
+    model: object
+    record: dict
+
+
+class _Stages:
+    """Runs one stage at a time: skip it when its record matches, else compute, save atomically and record."""
+
+    def __init__(self, run: Run, teacher_cache: Path, options: BuildOptions):
+        self.run_dir = run
+        self.teacher_cache = teacher_cache
+        self.options = options
+        self.records: dict[str, dict] = {}
+
+    def _cached(self, name: str, key: str, artifact: Path | None = None) -> dict | None:
+        record = self.run_dir.cached(name, key)
+        if record is not None and artifact is not None and not artifact.exists():
+            record = None
+        if record is not None:
+            self.options.log(f"[{name}] unchanged, reusing {self.run_dir.root / name} "
+                             f"(--force {name} to redo)")
+        return record
+
+    def _finish(self, name: str, key: str, metrics: dict, started: float) -> dict:
+        record = self.run_dir.finish(name, key, metrics, started)
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in metrics.items() if not isinstance(v, (dict, list)))
+        self.options.log(f"[{name}] done in {record['seconds']:.1f} s: {shown}")
+        return record
+
+    def teacher(self, cfg: config.Config, data) -> _Result:
+        source = Path(cfg.teacher.path).expanduser() if cfg.teacher.path else None
+        key = artifacts.key("teacher", config.as_dict(cfg.teacher), data.fingerprint,
+                            _source_stamp(source) if source else None)
+        path = self.run_dir.dir("teacher") / "teacher.keras"
+        record = self._cached("teacher", key, path)
+        if record is None:
+            started = time.time()
+            cached = self.teacher_cache / f"teacher-{key}.keras"
+            if source is not None:
+                self.options.log(f"[teacher] loading {source}")
+                artifacts.save_model(_load_teacher(source, data), path)
+            elif cached.exists() and "teacher" not in self.run_dir.force:
+                self.options.log(f"[teacher] reusing the teacher trained for this config and data ({cached})")
+                artifacts.copy_file(cached, path)
+            else:
+                self.options.log(f"[teacher] training {cfg.teacher.model.arch} for {cfg.teacher.epochs} epochs")
+                artifacts.save_model(_trained_teacher(data, cfg, self.options), path)
+                artifacts.copy_file(path, cached)
+            model = _load(path)
+            record = self._finish("teacher", key, _model_metrics(model, data) | {"tflite_float_bytes": len(
+                _float_tflite(model))}, started)
+        else:
+            model = _load(path)
+        self.records["teacher"] = record
+        return _Result(model, record)
+
+    def run(self, name: str, stage_cfg, compute, data, after: _Result) -> _Result:
+        key = artifacts.key(name, config.as_dict(stage_cfg) if hasattr(stage_cfg, "__dataclass_fields__")
+                            else config.plain(stage_cfg), after.record["run_id"])
+        # Keras' .keras format loses a QAT model's quantizer variables (tf-keras 2.21 + TFMOT 0.8.1); HDF5 keeps them.
+        path = self.run_dir.dir(name) / (f"{name}.h5" if name == "quantize" else f"{name}.keras")
+        record = self._cached(name, key, path)
+        if record is None:
+            started = time.time()
+            self.options.log(f"[{name}] running")
+            model, extra = compute()
+            if name != "quantize":  # a fake-quant model has no meaningful float .tflite size
+                extra = extra | {"tflite_float_bytes": len(_float_tflite(model))}
+            artifacts.save_model(model, path)
+            record = self._finish(name, key, _model_metrics(model, data) | extra, started)
+        self.records[name] = record
+        return _Result(_load(path), record)
+
+    def convert(self, student: _Result, data, cfg: config.Config) -> _Result:
+        from tinykd import model_file
+        from tinykd.convert import convert
+
+        key = artifacts.key("convert", config.as_dict(cfg.convert), student.record["run_id"])
+        path = self.run_dir.dir("convert") / "model.tflite"
+        record = self._cached("convert", key, path)
+        if record is None:
+            started = time.time()
+            self.options.log("[convert] full-int8 conversion" + ("" if cfg.quantize else
+                                                                   " (post-training quantization: quantize is none)"))
+            rng = np.random.default_rng(cfg.seed)
+            picks = rng.choice(len(data.train), size=min(cfg.convert.representative_samples, len(data.train)),
+                               replace=False)
+            tflite = convert(student.model, data.train.x[np.sort(picks)])
+            artifacts.write_bytes(path, tflite)
+            info = model_file.read(tflite, str(path))
+            record = self._finish("convert", key, {
+                "tflite_bytes": len(tflite), "ops": list(info.op_names),
+                "input": _tensor(info.inputs[0]), "output": _tensor(info.outputs[0])}, started)
+        self.records["convert"] = record
+        return _Result(path.read_bytes(), record)
+
+    def verify(self, tflite: _Result, data, cfg: config.Config) -> _Result:
+        from tinykd.verify import measure_arena, verify
+
+        key = artifacts.key("verify", config.as_dict(cfg.verify), tflite.record["run_id"], data.fingerprint)
+        record = self._cached("verify", key)
+        if record is None:
+            started = time.time()
+            test = data.test.head(cfg.verify.max_samples)
+            self.options.log(f"[verify] {len(test)} test samples in TFLite Micro and TFLite reference kernels")
+            result = verify(tflite.model, test)
+            metrics = result.__dict__ | {"arena_bytes": measure_arena(tflite.model)}
+            record = self._finish("verify", key, metrics, started)
+        self.records["verify"] = record
+        metrics = record["metrics"]
+        if metrics["top1_agreement"] < 1.0:
+            disagree = round((1.0 - metrics["top1_agreement"]) * metrics["samples"])
+            raise VerificationError(
+                f"TFLite Micro and the TFLite reference kernels disagree on the top-1 class of {disagree} of "
+                f"{metrics['samples']} test inputs (largest output difference {metrics['max_lsb_diff']} LSB); "
+                f"the model in {self.run_dir.root / 'convert'} would not behave on the device as measured here.")
+        return _Result(metrics, record)
+
+    def export(self, tflite: _Result, verification: _Result, data, cfg: config.Config) -> None:
+        from tinykd.export import FirmwareSpec, export
+
+        spec = FirmwareSpec(name=cfg.export_name, labels=data.labels,
+                            arena_bytes=verification.model["arena_bytes"],
+                            raw_scale=data.preprocessing.raw_scale, raw_offset=data.preprocessing.raw_offset,
+                            raw_description=data.preprocessing.description)
+        key = artifacts.key("export", config.plain(spec.__dict__), tflite.record["run_id"])
+        record = self._cached("export", key)
+        if record is None:
+            started = time.time()
+            files = export(tflite.model, spec, self.run_dir.dir("export"))
+            record = self._finish("export", key, {"file_count": len(files), "files": [f.name for f in files]},
+                                  started)
+        self.records["export"] = record
+
+
+def _trained_teacher(data, cfg: config.Config, options: BuildOptions):
+    from tinykd.distill import Schedule, train_on_labels
+
+    teacher = models.build(cfg.teacher.model, data.input_shape, data.num_classes, "teacher")
+    return train_on_labels(teacher, data, Schedule(epochs=cfg.teacher.epochs, batch_size=cfg.teacher.batch_size,
+                                                   learning_rate=cfg.teacher.learning_rate,
+                                                   seed=cfg.teacher.seed, verbose=options.verbose))
+
+
+def _distilled(teacher, data, cfg: config.Config, options: BuildOptions):
+    from tinykd.distill import Schedule, distill
+
+    student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student")
+    d = cfg.distill
+    distill(teacher, student, data, d, Schedule(epochs=d.epochs, batch_size=d.batch_size,
+                                                learning_rate=d.learning_rate, seed=cfg.seed,
+                                                verbose=options.verbose))
+    return student, {}
+
+
+def _pruned(student, teacher, data, cfg: config.Config, options: BuildOptions):
+    from tinykd.prune import prune, sparsity
+
+    pruned = prune(student, teacher, data, cfg.prune, cfg.distill, cfg.seed, options.verbose)
+    return pruned, {"sparsity": round(sparsity(pruned), 4)}
+
+
+def _quantized(student, teacher, data, cfg: config.Config, options: BuildOptions):
+    from tinykd.quantize import quantize
+
+    qat = quantize(student, teacher, data, cfg.quantize, cfg.distill, seed=cfg.seed,
+                   preserve_sparsity=cfg.prune is not None, verbose=options.verbose)
+    return qat, {}
+
+
+def _model_metrics(model, data) -> dict:
+    from tinykd.distill import accuracy
+
+    return {"val_accuracy": accuracy(model, data.val), "test_accuracy": accuracy(model, data.test),
+            "params": int(model.count_params()), "macs": models.count_macs(model)}
+
+
+def _load(path: Path):
+    from tinykd.quantize import load_model
+
+    return load_model(path)
+
+
+def _load_teacher(source: Path, data):
+    """A user's trained teacher, checked against the data it will teach on."""
+    if not source.exists():
+        raise ModelError(f"teacher.path: {source} does not exist; give a .keras file or a SavedModel folder, "
+                         "or remove teacher.path to train one")
+    try:
+        model = _load(source)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for unreadable models
+        raise ModelError(f"teacher.path: cannot load {source} as a Keras model ({error}); save it with "
+                         "model.save('teacher.keras')") from None
+    if tuple(model.input_shape[1:]) != tuple(data.input_shape) or model.output_shape[-1] != data.num_classes:
+        raise ModelError(f"teacher.path: {source} takes {tuple(model.input_shape[1:])} and gives "
+                         f"{model.output_shape[-1]} outputs, but the data has inputs {data.input_shape} and "
+                         f"{data.num_classes} classes")
+    return model
+
+
+def _float_tflite(model) -> bytes:
+    from tinykd.convert import convert_float
+
+    return convert_float(model)
+
+
+def _source_stamp(path: Path) -> list:
+    """Identify a user's teacher file by size and modification time (hashing a SavedModel folder is slow)."""
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _tensor(info) -> dict:
+    return {"shape": list(info.shape), "dtype": info.dtype, "scale": info.scale, "zero_point": info.zero_point}
+
+

@@ -1,0 +1,124 @@
+"""Run an int8 model in the real TFLite Micro interpreter and in TFLite's reference kernels, and compare.
+
+TFLM is what runs on the device, so its accuracy is the accuracy tinykd reports; TFLite's reference kernels
+(`OpResolverType.BUILTIN_REF`) are the independent implementation it is checked against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinykd.data import Split
+from tinykd.errors import VerificationError
+
+# TFLM fails allocation loudly on stderr while the arena search probes sizes that are too small.
+_ARENA_SEARCH_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verification:
+    """How TFLM and the TFLite reference kernels compare on one split, and the TFLM accuracy."""
+
+    samples: int
+    tflm_accuracy: float
+    tflite_accuracy: float
+    top1_agreement: float
+    identical_fraction: float
+    max_lsb_diff: int
+
+
+def verify(tflite: bytes, split: Split) -> Verification:
+    """Run every sample of `split` through both interpreters; inputs are quantized with the model's input params.
+
+    Raises:
+        VerificationError: TFLM cannot load or run the model.
+    """
+    from tflite_micro.python.tflite_micro import runtime
+
+    from tinykd.keras_shim import tf
+
+    try:
+        with _quiet_stderr():
+            micro = runtime.Interpreter.from_bytes(tflite, arena_size=measure_arena(tflite) + 1024)
+    except RuntimeError as error:
+        raise VerificationError(f"TFLite Micro cannot run the model: {error}") from None
+    details = micro.get_input_details(0)
+    inputs = quantize_input(split.x, details["quantization_parameters"])
+    reference = tf.lite.Interpreter(model_content=tflite,
+                                    experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    reference.allocate_tensors()
+    input_index = reference.get_input_details()[0]["index"]
+    output_index = reference.get_output_details()[0]["index"]
+    micro_out, ref_out = [], []
+    for sample in inputs:
+        micro.set_input(sample[np.newaxis], 0)
+        micro.invoke()
+        micro_out.append(micro.get_output(0)[0].copy())
+        reference.set_tensor(input_index, sample[np.newaxis])
+        reference.invoke()
+        ref_out.append(reference.get_tensor(output_index)[0].copy())
+    micro_out, ref_out = np.array(micro_out), np.array(ref_out)
+    micro_top1, ref_top1 = micro_out.argmax(-1), ref_out.argmax(-1)
+    return Verification(
+        samples=len(inputs),
+        tflm_accuracy=float(np.mean(micro_top1 == split.y)),
+        tflite_accuracy=float(np.mean(ref_top1 == split.y)),
+        top1_agreement=float(np.mean(micro_top1 == ref_top1)),
+        identical_fraction=float(np.mean(np.all(micro_out == ref_out, axis=-1))),
+        max_lsb_diff=int(np.max(np.abs(micro_out.astype(np.int32) - ref_out.astype(np.int32)), initial=0)),
+    )
+
+
+def measure_arena(tflite: bytes) -> int:
+    """The smallest TFLM tensor arena (bytes, 16-byte steps) in which the model allocates, on this 64-bit host.
+
+    Found by search rather than read from the allocator: the planner needs temporary room while it plans, so the
+    arena in use after allocation understates what `AllocateTensors()` requires.
+    """
+    from tflite_micro.python.tflite_micro import runtime
+
+    def fits(size: int) -> bool:
+        try:
+            with _quiet_stderr():
+                runtime.Interpreter.from_bytes(tflite, arena_size=size)
+            return True
+        except RuntimeError:
+            return False
+
+    high = 4096
+    while not fits(high):
+        high *= 2
+        if high > _ARENA_SEARCH_LIMIT_BYTES:
+            raise VerificationError(f"TFLite Micro could not allocate the model even with a "
+                                    f"{_ARENA_SEARCH_LIMIT_BYTES // 2**20} MiB arena; it cannot run on a MCU")
+    low = high // 2 if high > 4096 else 0
+    while high - low > 16:
+        middle = (low + high) // 2 // 16 * 16
+        if middle <= low:
+            break
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def quantize_input(x: np.ndarray, quantization: dict) -> np.ndarray:
+    """Float model inputs to the model's int8 input: q = clamp(round(x / scale) + zero_point, -128, 127)."""
+    scale = float(quantization["scales"][0])
+    zero_point = int(quantization["zero_points"][0])
+    return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C++ logging on fd 2 (TFLM prints every failed allocation) for the duration of the block."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
