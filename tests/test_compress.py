@@ -5,6 +5,7 @@ import pytest
 
 from tinykd import model_file, models
 from tinykd.config import DistillConfig, ModelConfig, PruneConfig, QuantizeConfig
+from tinykd.distill import Schedule
 from tinykd.convert import check_full_int8, convert, convert_float
 from tinykd.errors import ConversionError, VerificationError
 from tinykd.keras_shim import keras
@@ -24,14 +25,14 @@ def student(smoke_data):
 
 @pytest.fixture(scope="module")
 def pruned(student, tiny_teacher, smoke_data):
-    return prune(student, tiny_teacher, smoke_data,
-                 PruneConfig(target_sparsity=0.6, epochs=2, batch_size=64, frequency_steps=2), DISTILL, seed=0)
+    cfg = PruneConfig(target_sparsity=0.6, epochs=2, batch_size=64, frequency_steps=2)
+    return prune(student, tiny_teacher, smoke_data, cfg, DISTILL, Schedule.of(cfg, seed=0))
 
 
 @pytest.fixture(scope="module")
 def qat(pruned, tiny_teacher, smoke_data):
-    return quantize(pruned, tiny_teacher, smoke_data, QuantizeConfig(epochs=1, batch_size=64), DISTILL, seed=0,
-                    preserve_sparsity=True)
+    return quantize(pruned, tiny_teacher, smoke_data, DISTILL,
+                    Schedule.of(QuantizeConfig(epochs=1, batch_size=64), seed=0), preserve_sparsity=True)
 
 
 @pytest.fixture(scope="module")

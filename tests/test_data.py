@@ -94,6 +94,10 @@ def test_bad_magic_and_mismatched_counts(tmp_path):
         load(DataConfig(path=str(folder)), seed=0)
 
 
-def test_unknown_format():
-    with pytest.raises(ConfigError, match="data.format: unknown format 'csv'"):
-        load(DataConfig(format="csv"), seed=0)
+def test_unknown_format_is_refused_at_load(tmp_path):
+    from tinykd import config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\ndata: {format: csv}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: data.format: must be one of arrays, fashion_mnist, image_folder"):
+        config.load(recipe)

@@ -1,7 +1,7 @@
 """The build's report: accuracy after every stage, size, arena and time, as JSON, Markdown and a plot.
 
 Every figure is measured (accuracy, .tflite bytes, TFLM arena, seconds) or counted from the model (parameters,
-MACs); nothing is estimated here. Runtime code size and latency come from `tinykd report`.
+MACs); the board's flash, RAM and latency come from `tinykd report` (tinykd.report), which says how each is made.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 
 from tinykd import artifacts, config
 from tinykd.artifacts import Run
-from tinykd.boards import get_board
 
 _STAGE_TITLES = {"teacher": "teacher (float)", "distill": "student (float, distilled)",
                  "prune": "student (float, pruned)", "quantize": "student (QAT, fake-quant)",
@@ -21,7 +20,7 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
     """Assemble the report from the stage records and write report.json, report.md and accuracy_vs_size.png."""
     verify = records["verify"]["metrics"]
     converted = records["convert"]["metrics"]
-    board = get_board(cfg.target.board)
+    board = verify["board_report"]
     stages = []
     for name in ("teacher", "distill", "prune", "quantize"):
         if name in records:
@@ -42,7 +41,8 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
         "recipe": config.as_dict(cfg),
         "data": {"source": data.source, "train": len(data.train), "val": len(data.val), "test": len(data.test),
                  "input_shape": list(data.input_shape), "labels": list(data.labels),
-                 "preprocessing": data.preprocessing.__dict__},
+                 "preprocessing": data.preprocessing.__dict__,
+                 "skipped_unreadable": len(data.skipped), "skipped_files": list(data.skipped)},
         "stages": stages,
         "int8": {
             "tflite_bytes": converted["tflite_bytes"], "ops": converted["ops"], "input": converted["input"],
@@ -52,12 +52,8 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
             "tflm_tflite_identical_fraction": verify["identical_fraction"],
             "tflm_tflite_max_lsb_diff": verify["max_lsb_diff"], "test_samples": verify["samples"],
         },
-        "board": board.__dict__ | {
-            "model_flash_fraction": converted["tflite_bytes"] / board.flash_bytes,
-            "arena_ram_fraction": verify["arena_bytes"] / board.arena_ram_bytes,
-            "counts": "model bytes against flash and the host-measured arena against the largest SRAM region; "
-                      "TFLM runtime code, stack and I/O buffers are not counted here (see `tinykd report`)",
-        },
+        "board": {key: value for key, value in board.items() if key != "layers"},
+        "layers": board["layers"],
         "pruning_note": _pruning_note(records),
         "seconds": {name: records[name]["seconds"] for name in records},
         "files": records["export"]["metrics"]["files"],
@@ -73,7 +69,9 @@ def render_markdown(report: dict) -> str:
     int8, board = report["int8"], report["board"]
     lines = [f"# tinykd build: {report['name']}", "",
              f"Data: {report['data']['source']} ({report['data']['train']} train / {report['data']['val']} val / "
-             f"{report['data']['test']} test), input {tuple(report['data']['input_shape'])}.", "",
+             f"{report['data']['test']} test), input {tuple(report['data']['input_shape'])}"
+             + (f"; {report['data']['skipped_unreadable']} unreadable files skipped" if report['data']['skipped_unreadable']
+                else "") + ".", "",
              "| stage | test accuracy | params | MACs | size | time |", "|---|---|---|---|---|---|"]
     for stage in report["stages"]:
         size = f"{stage['size_bytes']:,} B ({stage['size_kind']})" if stage["size_bytes"] else "-"
@@ -88,14 +86,22 @@ def render_markdown(report: dict) -> str:
               f"{int8['tflm_tflite_top1_agreement']:.2%}, bit-identical outputs "
               f"{int8['tflm_tflite_identical_fraction']:.2%}, largest difference {int8['tflm_tflite_max_lsb_diff']} LSB",
               f"- input: {int8['input']['dtype']} {tuple(int8['input']['shape'])}, scale {int8['input']['scale']:.6g}, "
-              f"zero point {int8['input']['zero_point']}; raw values: "
-              f"{report['data']['preprocessing']['description']}",
-              "", f"## Target board: {board['id']} ({board['mcu']}, {board['core']} @ {board['clock_mhz']} MHz)", "",
-              f"- model: {int8['tflite_bytes']:,} of {board['flash_bytes']:,} flash bytes "
-              f"({board['model_flash_fraction']:.1%})",
-              f"- arena: {int8['arena_bytes_host']:,} of {board['arena_ram_bytes']:,} bytes in the largest SRAM "
-              f"region ({board['arena_ram_fraction']:.1%})",
-              f"- {board['counts']}."]
+              f"zero point {int8['input']['zero_point']}",
+              f"- what the firmware must feed: {report['data']['preprocessing']['description']}; "
+              f"int8 = clamp(round((raw * {report['data']['preprocessing']['raw_scale']:.9g} + "
+              f"{report['data']['preprocessing']['raw_offset']:.9g}) / {int8['input']['scale']:.9g}) + "
+              f"{int8['input']['zero_point']}, -128, 127)",
+              "", f"## Target board: {board['board']} ({board['mcu']}, {board['core']} @ {board['clock_mhz']:g} MHz, "
+                  f"{board['kernels']} kernels), from `tinykd report`", "",
+              f"- fits: **{'yes' if board['fits'] else 'NO'}**",
+              f"- flash: {board['flash_bytes']:,} of {board['board_flash_bytes']:,} bytes "
+              f"({board['model_bytes']:,} model + {board['runtime_code_bytes']:,} TFLM runtime code; "
+              f"range {board['flash_range_bytes'][0]:,}-{board['flash_range_bytes'][1]:,}); {board['flash_counts']}",
+              f"- RAM: {board['ram_bytes']:,} bytes, arena {board['arena_bytes']:,} of {board['board_arena_ram_bytes']:,} "
+              f"in the largest SRAM region; {board['ram_counts']}",
+              f"- latency: {board['latency_ms']:.1f} ms (range {board['latency_range_ms'][0]:.1f}-"
+              f"{board['latency_range_ms'][1]:.1f} ms, confidence {board['confidence']}); {board['latency_basis']}"]
+    lines += [f"- warning: {warning}" for warning in board["warnings"]]
     if report["pruning_note"]:
         lines += ["", report["pruning_note"]]
     lines += ["", "Firmware files: " + ", ".join(f"`export/{f}`" for f in report["files"]), ""]

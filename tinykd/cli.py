@@ -72,15 +72,60 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
 
 @cli.command()
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def boards(output_format: str) -> None:
-    """List the boards a recipe's target.board can name."""
+@click.option("--boards", "boards_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A YAML file of your own boards (same keys as tinykd/boards.yaml), added to the list.")
+def boards(output_format: str, boards_file: Path | None) -> None:
+    """List the boards a recipe's target.board or `tinykd report --board` can name."""
     from tinykd.boards import load_boards
 
-    known = load_boards()
+    known = load_boards(boards_file)
     if output_format == "json":
         click.echo(json.dumps([b.__dict__ for b in known.values()], indent=2))
         return
-    click.echo(f"{'board':22} {'core':14} {'MHz':>5} {'flash KiB':>10} {'arena RAM KiB':>14}")
+    click.echo(f"{'board':22} {'core':14} {'simd':6} {'MHz':>5} {'flash KiB':>10} {'arena RAM KiB':>14} kernels")
     for board in known.values():
-        click.echo(f"{board.id:22} {board.core:14} {board.clock_mhz:>5g} {board.flash_bytes // 1024:>10,} "
-                   f"{board.arena_ram_bytes // 1024:>14,}")
+        click.echo(f"{board.id:22} {board.core:14} {board.simd:6} {board.clock_mhz:>5g} "
+                   f"{board.flash_bytes // 1024:>10,} {board.arena_ram_bytes // 1024:>14,} {board.kernels}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--board", "board_ids", multiple=True, metavar="ID",
+              help="A board from `tinykd boards` (repeatable); default: every board.")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "md"]), default="table",
+              show_default=True)
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write latency_per_layer.png and memory_per_board.png into this folder.")
+@click.option("--calibrate", "calibration_csv", type=click.Path(dir_okay=False, path_type=Path),
+              help="Your measured latencies (CSV: model,board,latency_ms) to refit the latency of those boards.")
+@click.option("--boards", "boards_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A YAML file of your own boards (same keys as tinykd/boards.yaml).")
+def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir: Path | None,
+           calibration_csv: Path | None, boards_file: Path | None) -> None:
+    """Flash, RAM and latency of MODEL (.tflite) on Cortex-M boards, and whether it fits. No TensorFlow needed."""
+    from tinykd.boards import load_boards
+    from tinykd.errors import ConfigError
+    from tinykd.report import read_model, render, reports
+
+    known = load_boards(boards_file)
+    unknown = [b for b in board_ids if b not in known]
+    if unknown:
+        raise ConfigError(f"--board: unknown board {unknown[0]!r}; known boards: {', '.join(sorted(known))} "
+                          "(add your own with --boards FILE)")
+    chosen = [known[b] for b in board_ids] if board_ids else list(known.values())
+    fit = None
+    if calibration_csv is not None:
+        from tinykd.report import calibration, latency
+        from tinykd.report.coefficients import FIT
+
+        fit = latency.calibrate(FIT, calibration.load_measurements(calibration_csv, known))
+    results = reports(read_model(model), chosen, fit, source=str(model))
+    if output_format == "json":
+        click.echo(render.as_json(results))
+    elif output_format == "md":
+        click.echo(render.markdown(results, model.name), nl=False)
+    else:
+        click.echo(render.table(results, model.name))
+    if plot_dir is not None:
+        for path in render.plots(results, plot_dir, model.name):
+            click.echo(f"wrote {path}", err=True)

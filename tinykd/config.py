@@ -45,19 +45,67 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NormalizeConfig:
+    """How a raw value (a 0-255 pixel, a sensor reading) becomes a model input: `input = raw * scale + offset`."""
+
+    scale: float
+    offset: float = 0.0
+
+    def __post_init__(self):
+        _require(self.scale != 0.0, "scale", "must not be 0 (e.g. 0.00392156862745098 for 1/255)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """Training-only image augmentation; validation, test, calibration and the device never see it."""
+
+    flip_horizontal: bool = False
+    shift_fraction: float = 0.0
+    crop_fraction: float = 0.0
+
+    def __post_init__(self):
+        _require(0.0 <= self.shift_fraction < 0.5, "shift_fraction", "must be in [0, 0.5), e.g. 0.1")
+        _require(0.0 <= self.crop_fraction < 0.5, "crop_fraction", "must be in [0, 0.5), e.g. 0.1")
+
+    @property
+    def active(self) -> bool:
+        return self.flip_horizontal or self.shift_fraction > 0.0 or self.crop_fraction > 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Where the data comes from and how it is split; `format` picks the reader in `tinykd.data`."""
+    """Where the data comes from and how it is split; `format` picks the reader in `tinykd.data`.
+
+    `val_fraction` and `test_fraction` apply only where the source has no such split of its own.
+    """
 
     format: str = "fashion_mnist"
     path: str | None = None
+    image_size: tuple[int, ...] | None = None
+    color: str = "grayscale"
+    normalize: NormalizeConfig | None = None
+    augment: AugmentConfig | None = None
+    skip_unreadable: bool = False
     val_fraction: float = 0.1
+    test_fraction: float = 0.1
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     seed: int = 0
     download: bool = True
 
     def __post_init__(self):
+        from tinykd.data import READERS
+
+        _require(self.format in READERS, "format", f"must be one of {', '.join(sorted(READERS))}")
+        _require(self.format == "fashion_mnist" or bool(self.path), "path",
+                 f"is required for format {self.format}: the folder or file holding your data")
         _require(0.0 < self.val_fraction < 0.5, "val_fraction", "must be between 0 and 0.5 (e.g. 0.1)")
+        _require(0.0 < self.test_fraction < 0.5, "test_fraction", "must be between 0 and 0.5 (e.g. 0.1)")
+        _require(self.color in ("grayscale", "rgb"), "color", "must be grayscale or rgb")
+        _require(self.image_size is None or (len(self.image_size) == 2 and min(self.image_size) >= 4),
+                 "image_size", "must be [height, width], each at least 4 pixels, e.g. [32, 32]")
+        _require(self.format != "image_folder" or self.image_size is not None, "image_size",
+                 "is required for format image_folder: every image is resized to it, e.g. [32, 32]")
         for key in ("max_train_samples", "max_test_samples"):
             value = getattr(self, key)
             _require(value is None or value >= 32, key, "must be at least 32, or null for all samples")
@@ -260,8 +308,12 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections (name:, data:, teacher:, ...)")
     raw.setdefault("name", path.stem)
+    _resolve_paths(raw, path.parent)  # paths in a recipe are relative to the recipe's folder
     for key, text in (overrides or {}).items():
-        _set_dotted(raw, key, _parse_value(text), f"{path}: --set {key}")
+        value = _parse_value(text)
+        if key in PATH_KEYS and isinstance(value, str):
+            value = str(Path(value).expanduser().resolve())  # paths on the command line: relative to the shell
+        _set_dotted(raw, key, value, f"{path}: --set {key}")
     if smoke:
         for key, value in SMOKE_OVERRIDES.items():
             section = key.split(".")[0]
@@ -269,6 +321,17 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
                 _set_dotted(raw, key, value, f"{path}: smoke")
         raw["name"] = f"{raw['name']}-smoke"
     return _build(Config, raw, str(path), "")
+
+
+PATH_KEYS = ("data.path", "teacher.path")
+
+
+def _resolve_paths(raw: dict, folder: Path) -> None:
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        node = raw.get(section)
+        if isinstance(node, dict) and isinstance(node.get(name), str):
+            node[name] = str((folder / Path(node[name]).expanduser()).resolve())
 
 
 def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, str]:

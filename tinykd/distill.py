@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinykd.config import DistillConfig, HintConfig
+from tinykd.config import AugmentConfig, DistillConfig, HintConfig
 from tinykd.data import Dataset, Split
 from tinykd.errors import ConfigError
 from tinykd.keras_shim import keras, tf
@@ -28,6 +28,17 @@ class Schedule:
     learning_rate: float
     seed: int
     verbose: int = 0
+    augment: AugmentConfig | None = None
+
+    @classmethod
+    def of(cls, section, *, seed: int, verbose: int = 0, augment: AugmentConfig | None = None) -> "Schedule":
+        """The schedule a recipe section (teacher, distill, prune, quantize) describes."""
+        return cls(epochs=section.epochs, batch_size=section.batch_size, learning_rate=section.learning_rate,
+                   seed=seed, verbose=verbose, augment=augment)
+
+    @property
+    def augmenting(self) -> bool:
+        return self.augment is not None and self.augment.active
 
 
 class Distiller(keras.Model):
@@ -99,9 +110,10 @@ def distill(teacher, student, data: Dataset, cfg: DistillConfig, schedule: Sched
     keras.utils.set_random_seed(schedule.seed)
     distiller = Distiller(student, teacher, temperature=cfg.temperature, alpha=cfg.alpha, hint=cfg.hint)
     distiller.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(data.train))))
-    use_teacher_logits = cfg.alpha > 0.0 and cfg.hint is None
-    train = _dataset(data.train, teacher if use_teacher_logits else None, schedule, shuffle=True)
-    val = _dataset(data.val, teacher if use_teacher_logits else None, schedule, shuffle=False)
+    # Precomputed logits would describe the un-augmented images; with augmentation the teacher runs per batch.
+    use_teacher_logits = cfg.alpha > 0.0 and cfg.hint is None and not schedule.augmenting
+    train = _dataset(data.train, teacher if use_teacher_logits else None, schedule, training=True)
+    val = _dataset(data.val, teacher if use_teacher_logits else None, schedule, training=False)
     distiller.fit(train, validation_data=val, epochs=schedule.epochs, verbose=schedule.verbose,
                   callbacks=list(callbacks))
     return student
@@ -113,8 +125,8 @@ def train_on_labels(model, data: Dataset, schedule: Schedule):
     model.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(data.train))),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    model.fit(_dataset(data.train, None, schedule, shuffle=True),
-              validation_data=_dataset(data.val, None, schedule, shuffle=False),
+    model.fit(_dataset(data.train, None, schedule, training=True),
+              validation_data=_dataset(data.val, None, schedule, training=False),
               epochs=schedule.epochs, verbose=schedule.verbose)
     return model
 
@@ -125,16 +137,59 @@ def accuracy(model, split: Split, batch_size: int = 256) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == split.y))
 
 
-def _dataset(split: Split, teacher, schedule: Schedule, shuffle: bool):
-    """Batches of (x, labels) or, with a teacher, (x, (labels, teacher logits)) computed once up front."""
+def _dataset(split: Split, teacher, schedule: Schedule, training: bool):
+    """Batches of (x, labels) or, with a teacher, (x, (labels, teacher logits)) computed once up front.
+
+    Training batches are shuffled and, when the recipe asks, augmented; evaluation batches never are.
+    """
     if teacher is not None:
-        targets = (split.y, teacher.predict(split.x, batch_size=512, verbose=0))
+        targets = (split.y, _teacher_logits(teacher, split.x))
     else:
         targets = split.y
     dataset = tf.data.Dataset.from_tensor_slices((split.x, targets))
-    if shuffle:
+    if training:
         dataset = dataset.shuffle(len(split), seed=schedule.seed, reshuffle_each_iteration=True)
+        if schedule.augmenting:
+            augment = _augmenter(schedule.augment, tuple(split.x.shape[1:]), schedule.seed)
+            dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(schedule.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+_LOGITS_CACHE: list[tuple[object, np.ndarray, np.ndarray]] = []
+
+
+def _teacher_logits(teacher, x: np.ndarray) -> np.ndarray:
+    """The teacher's logits on `x`, computed once per (teacher, array) and reused by distill, prune and quantize.
+
+    Entries hold the teacher and the array themselves, so an identity match can never be a recycled id.
+    """
+    for cached_teacher, cached_x, logits in _LOGITS_CACHE:
+        if cached_teacher is teacher and cached_x is x:
+            return logits
+    logits = teacher.predict(x, batch_size=512, verbose=0)
+    _LOGITS_CACHE.append((teacher, x, logits))
+    del _LOGITS_CACHE[:-4]  # train and validation of the current build, plus one earlier teacher
+    return logits
+
+
+def _augmenter(augment: AugmentConfig, shape: tuple[int, int, int], seed: int):
+    """Random flip, crop-and-resize and shift (reflect-pad, then crop back) of one HxWxC image."""
+    height, width, channels = shape
+
+    def apply(x):
+        if augment.flip_horizontal:
+            x = tf.image.random_flip_left_right(x, seed=seed)
+        if augment.crop_fraction:
+            crop = (max(1, round(height * (1 - augment.crop_fraction))),
+                    max(1, round(width * (1 - augment.crop_fraction))), channels)
+            x = tf.image.resize(tf.image.random_crop(x, crop, seed=seed + 1), (height, width))
+        if augment.shift_fraction:
+            pad_h, pad_w = round(height * augment.shift_fraction), round(width * augment.shift_fraction)
+            padded = tf.pad(x, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]], mode="REFLECT")
+            x = tf.image.random_crop(padded, (height, width, channels), seed=seed + 2)
+        return x
+
+    return apply
 
 
 def _cosine(schedule: Schedule, train_samples: int):

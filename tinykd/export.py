@@ -17,7 +17,7 @@ from string import Template
 from tinykd import model_file
 from tinykd.errors import ExportError, ModelError
 
-# Arena margin: the host-measured arena plus 25%, rounded up to 16 bytes (why: model_settings.h.in).
+# Arena margin: the arena from `tinykd report` plus 25%, rounded up to 16 bytes (why: model_settings.h.in).
 ARENA_MARGIN_PERCENT = 25
 ARENA_ALIGNMENT_BYTES = 16
 
@@ -65,8 +65,9 @@ OP_RESOLVER_METHODS = {
 class FirmwareSpec:
     """What the C side needs beyond the model itself.
 
-    `name` prefixes every file and C identifier; `arena_bytes` is the arena measured in the TFLM interpreter
-    on the 64-bit host; the model input as a float is `raw * raw_scale + raw_offset`.
+    `name` prefixes every file and C identifier; `arena_bytes` is the 32-bit arena from `tinykd report`
+    (measured in the TFLM interpreter, corrected to 32 bits, plus kernel scratch); the model input as a float is
+    `raw * raw_scale + raw_offset`.
     """
 
     name: str

@@ -6,6 +6,8 @@ hint distillation. Only ops with int8 kernels in TFLite Micro and CMSIS-NN are u
 
 from __future__ import annotations
 
+import numpy as np
+
 from tinykd.config import ModelConfig
 
 ARCHITECTURES = ("cnn", "ds_cnn", "mlp")
@@ -19,30 +21,40 @@ BATCH_NORM_MOMENTUM = 0.9
 
 
 def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name: str):
-    """A fresh, untrained Keras model that maps `input_shape` inputs to `num_classes` logits."""
+    """A fresh, untrained Keras model that maps `input_shape` inputs to `num_classes` logits.
+
+    The input's rank picks the layers: `(features,)` gets dense layers (`filters` are their widths),
+    `(steps, channels)` 1-D convolutions (as (3, 1) kernels), `(height, width, channels)` 2-D convolutions.
+    """
     from tinykd.keras_shim import keras
 
     layers = keras.layers
     inputs = keras.Input(shape=input_shape, name="input")
     x = inputs
-    if cfg.arch == "mlp" or len(input_shape) == 1:
-        x = layers.Flatten(name="flatten_input")(x) if len(input_shape) > 1 else x
+    spatial_dims = len(input_shape) - 1
+    if cfg.arch == "mlp" or spatial_dims == 0:
+        x = layers.Flatten(name="flatten_input")(x) if spatial_dims else x
         for index, units in enumerate(cfg.filters, start=1):
             x = layers.Dense(units, name=f"dense{index}")(x)
             x = layers.ReLU(name=f"dense{index}_relu")(x)
     else:
+        if spatial_dims == 1:
+            # Sequences run as (steps, 1, channels) images with (3, 1) kernels: TFMOT has no QAT for Conv1D,
+            # and TFLite converts Conv1D to the same CONV_2D anyway.
+            x = layers.Reshape((input_shape[0], 1, input_shape[1]), name="as_image")(x)
+        kernel, window = ((3, 1), (2, 1)) if spatial_dims == 1 else ((3, 3), (2, 2))
         for block, filters in enumerate(cfg.filters, start=1):
             for conv in range(1, cfg.convs_per_block + 1):
-                x = _conv_unit(layers, x, cfg.arch, filters, f"block{block}_conv{conv}",
+                x = _conv_unit(layers, x, cfg.arch, filters, f"block{block}_conv{conv}", kernel,
                                first=(block == 1 and conv == 1))
             if block < len(cfg.filters):
-                x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+                x = layers.MaxPooling2D(window, name=f"block{block}_pool")(x)
         x = layers.Activation("linear", name="features")(x)
         if cfg.head == "gap":
             x = layers.GlobalAveragePooling2D(name="gap")(x)
         else:
             if cfg.head == "pool_flatten":
-                x = layers.MaxPooling2D(2, name="head_pool")(x)
+                x = layers.MaxPooling2D(window, name="head_pool")(x)
             x = layers.Flatten(name="flatten")(x)
     if cfg.dense_units:
         x = layers.Dense(cfg.dense_units, name="hidden")(x)
@@ -53,15 +65,15 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name
     return keras.Model(inputs, outputs, name=name)
 
 
-def _conv_unit(layers, x, arch: str, filters: int, name: str, first: bool):
+def _conv_unit(layers, x, arch: str, filters: int, name: str, kernel: tuple[int, int], first: bool):
     """Conv (or depthwise-separable conv), batch norm, ReLU: the pattern TFMOT folds and TFLM fuses."""
     if arch == "ds_cnn" and not first:
-        x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_dw")(x)
+        x = layers.DepthwiseConv2D(kernel, padding="same", use_bias=False, name=f"{name}_dw")(x)
         x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_dw_bn")(x)
         x = layers.ReLU(name=f"{name}_dw_relu")(x)
         x = layers.Conv2D(filters, 1, use_bias=False, name=name)(x)
     else:
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+        x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=name)(x)
     x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -76,13 +88,10 @@ def count_macs(model) -> int:
     macs = 0
     for layer in _leaf_layers(model):
         if isinstance(layer, keras.layers.DepthwiseConv2D):
-            _, height, width, channels = layer.output_shape
-            kernel_h, kernel_w = layer.kernel_size
-            macs += height * width * channels * kernel_h * kernel_w
+            # Output positions x channels x kernel taps (one input channel per output channel).
+            macs += int(np.prod(layer.output_shape[1:])) * int(np.prod(layer.kernel_size))
         elif isinstance(layer, keras.layers.Conv2D):
-            _, height, width, filters = layer.output_shape
-            kernel_h, kernel_w = layer.kernel_size
-            macs += height * width * filters * kernel_h * kernel_w * layer.input_shape[-1]
+            macs += int(np.prod(layer.output_shape[1:])) * int(np.prod(layer.kernel_size)) * layer.input_shape[-1]
         elif isinstance(layer, keras.layers.Dense):
             macs += int(layer.input_shape[-1]) * layer.units
     return int(macs)

@@ -42,7 +42,8 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
     # 1. data: every split in memory, with a fingerprint of the files and the split
     data = data_layer.load(cfg.data, cfg.data.seed, options.data_dirs)
     options.log(f"[data] {data.source}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test, "
-                f"input {data.input_shape}, {data.num_classes} classes")
+                f"input {data.input_shape}, {data.num_classes} classes"
+                + (f"; skipped {len(data.skipped)} unreadable files" if data.skipped else ""))
 
     # 2. teacher: trained once per (teacher config, data) and cached across runs, or loaded from teacher.path
     teacher = stage.teacher(cfg, data)
@@ -175,16 +176,19 @@ class _Stages:
         return _Result(path.read_bytes(), record)
 
     def verify(self, tflite: _Result, data, cfg: config.Config) -> _Result:
-        from tinykd.verify import measure_arena, verify
+        from tinykd.report import report
+        from tinykd.verify import verify
 
-        key = artifacts.key("verify", config.as_dict(cfg.verify), tflite.record["run_id"], data.fingerprint)
+        key = artifacts.key("verify", config.as_dict(cfg.verify), cfg.target.board, tflite.record["run_id"],
+                            data.fingerprint)
         record = self._cached("verify", key)
         if record is None:
             started = time.time()
             test = data.test.head(cfg.verify.max_samples)
             self.options.log(f"[verify] {len(test)} test samples in TFLite Micro and TFLite reference kernels")
             result = verify(tflite.model, test)
-            metrics = result.__dict__ | {"arena_bytes": measure_arena(tflite.model)}
+            board = report(tflite.model, cfg.target.board, source=str(self.run_dir.root / "convert" / "model.tflite"))
+            metrics = result.__dict__ | {"arena_bytes": board.arena_host_bytes, "board_report": board.as_dict()}
             record = self._finish("verify", key, metrics, started)
         self.records["verify"] = record
         metrics = record["metrics"]
@@ -200,7 +204,7 @@ class _Stages:
         from tinykd.export import FirmwareSpec, export
 
         spec = FirmwareSpec(name=cfg.export_name, labels=data.labels,
-                            arena_bytes=verification.model["arena_bytes"],
+                            arena_bytes=verification.model["board_report"]["arena_bytes"],
                             raw_scale=data.preprocessing.raw_scale, raw_offset=data.preprocessing.raw_offset,
                             raw_description=data.preprocessing.description)
         key = artifacts.key("export", config.plain(spec.__dict__), tflite.record["run_id"])
@@ -213,38 +217,40 @@ class _Stages:
         self.records["export"] = record
 
 
+def _schedule(section, cfg: config.Config, options: BuildOptions, seed: int | None = None):
+    from tinykd.distill import Schedule
+
+    return Schedule.of(section, seed=cfg.seed if seed is None else seed, verbose=options.verbose,
+                       augment=cfg.data.augment)
+
+
 def _trained_teacher(data, cfg: config.Config, options: BuildOptions):
-    from tinykd.distill import Schedule, train_on_labels
+    from tinykd.distill import train_on_labels
 
     teacher = models.build(cfg.teacher.model, data.input_shape, data.num_classes, "teacher")
-    return train_on_labels(teacher, data, Schedule(epochs=cfg.teacher.epochs, batch_size=cfg.teacher.batch_size,
-                                                   learning_rate=cfg.teacher.learning_rate,
-                                                   seed=cfg.teacher.seed, verbose=options.verbose))
+    return train_on_labels(teacher, data, _schedule(cfg.teacher, cfg, options, seed=cfg.teacher.seed))
 
 
 def _distilled(teacher, data, cfg: config.Config, options: BuildOptions):
-    from tinykd.distill import Schedule, distill
+    from tinykd.distill import distill
 
     student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student")
-    d = cfg.distill
-    distill(teacher, student, data, d, Schedule(epochs=d.epochs, batch_size=d.batch_size,
-                                                learning_rate=d.learning_rate, seed=cfg.seed,
-                                                verbose=options.verbose))
+    distill(teacher, student, data, cfg.distill, _schedule(cfg.distill, cfg, options))
     return student, {}
 
 
 def _pruned(student, teacher, data, cfg: config.Config, options: BuildOptions):
     from tinykd.prune import prune, sparsity
 
-    pruned = prune(student, teacher, data, cfg.prune, cfg.distill, cfg.seed, options.verbose)
+    pruned = prune(student, teacher, data, cfg.prune, cfg.distill, _schedule(cfg.prune, cfg, options))
     return pruned, {"sparsity": round(sparsity(pruned), 4)}
 
 
 def _quantized(student, teacher, data, cfg: config.Config, options: BuildOptions):
     from tinykd.quantize import quantize
 
-    qat = quantize(student, teacher, data, cfg.quantize, cfg.distill, seed=cfg.seed,
-                   preserve_sparsity=cfg.prune is not None, verbose=options.verbose)
+    qat = quantize(student, teacher, data, cfg.distill, _schedule(cfg.quantize, cfg, options),
+                   preserve_sparsity=cfg.prune is not None)
     return qat, {}
 
 

@@ -16,21 +16,19 @@ from tinykd.distill import Schedule, distill
 from tinykd.keras_shim import keras, tfmot
 
 
-def prune(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: DistillConfig, seed: int, verbose: int = 0):
+def prune(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: DistillConfig, schedule: Schedule):
     """Prune a clone of `student` to `cfg.target_sparsity` while distilling from `teacher`; returns the stripped clone."""
-    steps_per_epoch = -(-len(data.train) // cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    steps_per_epoch = -(-len(data.train) // schedule.batch_size)
+    total_steps = schedule.epochs * steps_per_epoch
     # Reach the target by 70% of the steps so the last epochs fine-tune at the final sparsity.
     end_step = max(1, int(total_steps * 0.7))
-    schedule = tfmot.sparsity.keras.PolynomialDecay(
+    sparsity_schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=cfg.initial_sparsity, final_sparsity=cfg.target_sparsity, begin_step=0,
         end_step=end_step, frequency=min(cfg.frequency_steps, end_step))
     student = clone(student)  # TFMOT wraps the given layer objects, so training would change the caller's model
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(student, pruning_schedule=schedule)
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(student, pruning_schedule=sparsity_schedule)
     # Hints name layers by name, and the pruning wrappers rename them; logits distillation carries on.
-    distill(teacher, pruned, data, replace(distill_cfg, hint=None),
-            Schedule(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=seed,
-                     verbose=verbose),
+    distill(teacher, pruned, data, replace(distill_cfg, hint=None), schedule,
             callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(pruned)
 

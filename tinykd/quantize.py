@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tinykd.config import DistillConfig, QuantizeConfig
+from tinykd.config import DistillConfig
 from tinykd.data import Dataset
 from tinykd.distill import Schedule, distill
 from tinykd.keras_shim import keras, tfmot
 from tinykd.prune import clone
 
 
-def quantize(student, teacher, data: Dataset, cfg: QuantizeConfig, distill_cfg: DistillConfig, *, seed: int,
-             preserve_sparsity: bool, verbose: int = 0):
+def quantize(student, teacher, data: Dataset, distill_cfg: DistillConfig, schedule: Schedule,
+             preserve_sparsity: bool):
     """A quantization-aware clone of `student`, fine-tuned with the distillation loss (hints off)."""
     annotated = tfmot.quantization.keras.quantize_annotate_model(clone(student))
     if preserve_sparsity:
@@ -24,9 +24,7 @@ def quantize(student, teacher, data: Dataset, cfg: QuantizeConfig, distill_cfg: 
         scheme = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
     with tfmot.quantization.keras.quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme)
-    distill(teacher, qat, data, replace(distill_cfg, hint=None),
-            Schedule(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=seed,
-                     verbose=verbose))
+    distill(teacher, qat, data, replace(distill_cfg, hint=None), schedule)
     return qat
 
 

@@ -15,9 +15,6 @@ import numpy as np
 from tinykd.data import Split
 from tinykd.errors import VerificationError
 
-# TFLM fails allocation loudly on stderr while the arena search probes sizes that are too small.
-_ARENA_SEARCH_LIMIT_BYTES = 64 * 1024 * 1024
-
 
 @dataclass(frozen=True, kw_only=True)
 class Verification:
@@ -77,31 +74,19 @@ def measure_arena(tflite: bytes) -> int:
     """The smallest TFLM tensor arena (bytes, 16-byte steps) in which the model allocates, on this 64-bit host.
 
     Found by search rather than read from the allocator: the planner needs temporary room while it plans, so the
-    arena in use after allocation understates what `AllocateTensors()` requires.
+    arena in use after allocation understates what `AllocateTensors()` requires. Measured in a child process with
+    a time limit (tinykd.report.arena), because a corrupt model can crash or hang TFLM.
+
+    Raises:
+        VerificationError: TFLM cannot allocate or run the model.
     """
-    from tflite_micro.python.tflite_micro import runtime
+    from tinykd.errors import ModelError
+    from tinykd.report import arena
 
-    def fits(size: int) -> bool:
-        try:
-            with _quiet_stderr():
-                runtime.Interpreter.from_bytes(tflite, arena_size=size)
-            return True
-        except RuntimeError:
-            return False
-
-    high = 4096
-    while not fits(high):
-        high *= 2
-        if high > _ARENA_SEARCH_LIMIT_BYTES:
-            raise VerificationError(f"TFLite Micro could not allocate the model even with a "
-                                    f"{_ARENA_SEARCH_LIMIT_BYTES // 2**20} MiB arena; it cannot run on a MCU")
-    low = high // 2 if high > 4096 else 0
-    while high - low > 16:
-        middle = (low + high) // 2 // 16 * 16
-        if middle <= low:
-            break
-        low, high = (low, middle) if fits(middle) else (middle, high)
-    return high
+    try:
+        return arena.measure(tflite).host_bytes
+    except ModelError as error:
+        raise VerificationError(str(error)) from None
 
 
 def quantize_input(x: np.ndarray, quantization: dict) -> np.ndarray:

@@ -36,6 +36,7 @@ class Dataset:
     """Train, validation and test splits plus what the firmware needs to know about inputs and classes.
 
     `fingerprint` changes whenever the files, the split or the sample limits change; stage caching keys on it.
+    `skipped` lists the files left out because they could not be read (`data.skip_unreadable: true`).
     """
 
     train: Split
@@ -45,6 +46,7 @@ class Dataset:
     preprocessing: Preprocessing
     source: str
     fingerprint: str
+    skipped: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -53,6 +55,14 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+
+def split_stratified(x: np.ndarray, y: np.ndarray, *, val_fraction: float, test_fraction: float,
+                     seed: int) -> tuple[Split, Split, Split]:
+    """Train, validation and test from one pool: seeded, each class keeping its share in every split."""
+    rest, test = split_train_val(x, y, test_fraction, seed)
+    train, val = split_train_val(rest.x, rest.y, val_fraction / (1.0 - test_fraction), seed + 1)
+    return train, val, test
 
 
 def split_train_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> tuple[Split, Split]:

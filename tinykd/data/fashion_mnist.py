@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import socket
 import struct
 from pathlib import Path
@@ -35,7 +34,7 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
 
 
 def read(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = ()) -> Dataset:
-    """Find the IDX files, read them, split validation from train and scale pixels to [0, 1]."""
+    """Find the IDX files, read them and split validation from train; pixels stay 0..255 (load normalises)."""
     folder = find(cfg, search_dirs)
     digest = hashlib.sha256()
     arrays = {}
@@ -48,17 +47,13 @@ def read(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = ()) -> Data
         if len(arrays[f"{part}_images"]) != len(arrays[f"{part}_labels"]):
             raise DataError(f"{folder}: {part} has {len(arrays[f'{part}_images'])} images but "
                             f"{len(arrays[f'{part}_labels'])} labels; the files are from different releases")
-    train, val = split_train_val(_inputs(arrays["train_images"]), arrays["train_labels"].astype(np.int32),
+    train, val = split_train_val(_pixels(arrays["train_images"]), arrays["train_labels"].astype(np.int32),
                                  cfg.val_fraction, seed)
-    test = Split(x=_inputs(arrays["test_images"]), y=arrays["test_labels"].astype(np.int32))
-    limits = {"val_fraction": cfg.val_fraction, "seed": seed, "train": cfg.max_train_samples,
-              "test": cfg.max_test_samples}
-    digest.update(json.dumps(limits, sort_keys=True).encode())
-    val_count = None if cfg.max_train_samples is None else max(32, int(cfg.max_train_samples * cfg.val_fraction))
+    digest.update(f"val_fraction={cfg.val_fraction};seed={seed}".encode())
     return Dataset(
-        train=train.head(cfg.max_train_samples),
-        val=val.head(val_count),
-        test=test.head(cfg.max_test_samples),
+        train=train,
+        val=val,
+        test=Split(x=_pixels(arrays["test_images"]), y=arrays["test_labels"].astype(np.int32)),
         labels=LABELS,
         preprocessing=Preprocessing(raw_scale=1.0 / 255.0, raw_offset=0.0,
                                     description="grayscale pixel 0..255 (0 = background), 28x28, row-major"),
@@ -107,8 +102,8 @@ def read_idx(raw: bytes, path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
-def _inputs(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) / 255.0)[..., np.newaxis]
+def _pixels(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32)[..., np.newaxis]
 
 
 def _existing(folder: Path, stem: str, required: bool = True) -> Path | None:

@@ -1,0 +1,160 @@
+"""Benchmark the default Fashion-MNIST recipe against the baselines a user would otherwise write.
+
+    python bench/fashion_mnist.py            (or `make bench`; about an hour on a 2-core machine)
+
+Runs, each through the real `tinykd build` command:
+- the default recipe with 3 student seeds; the first build starts from an empty runs folder and trains the
+  teacher (`build_seconds`), the others reuse the cached teacher (`rebuild_seconds`, median);
+- baseline (a), the hand-written one: same student, labels only, no pruning, post-training quantization, the
+  same total epochs (distill + prune + quantize epochs, all spent on labels);
+- baseline (b): the same pipeline with distillation off (alpha 0).
+Writes bench/results/fashion_mnist.json with the machine it ran on and every target checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tinykd import config  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=REPO / "pipelines" / "fashion_mnist.yaml")
+    parser.add_argument("--runs", type=Path, default=REPO / "bench" / "runs")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "fashion_mnist.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--keep", action="store_true", help="keep earlier runs (then build_seconds is not a first build)")
+    args = parser.parse_args()
+
+    if args.runs.exists() and not args.keep:
+        shutil.rmtree(args.runs)
+    cfg = config.load(args.recipe)
+    total_epochs = cfg.distill.epochs + (cfg.prune.epochs if cfg.prune else 0) + \
+        (cfg.quantize.epochs if cfg.quantize else 0)
+    variants = {
+        "kd": [],
+        "baseline": ["distill.alpha=0", f"distill.epochs={total_epochs}", "prune=none", "quantize=none"],
+        "no_kd": ["distill.alpha=0"],
+    }
+    runs = {name: [] for name in variants}
+    for name, overrides in variants.items():
+        for seed in args.seeds:
+            runs[name].append(_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides))
+    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], [])
+
+    result = _summary(runs, noop, cfg)
+    result["machine"] = _machine()
+    result["command"] = "python bench/fashion_mnist.py " + " ".join(sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.out.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.replace(args.out)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=2))
+
+
+def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str]) -> dict:
+    command = [sys.executable, "-m", "tinykd", "build", str(recipe), "--runs", str(runs), "--quiet",
+               "--set", f"name={name}", "--set", f"seed={seed}"]
+    for override in overrides:
+        command += ["--set", override]
+    print("$", " ".join(command[2:]), flush=True)
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    log = runs / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(completed.stdout + completed.stderr)
+    if completed.returncode != 0:
+        sys.exit(f"build {name} failed (exit {completed.returncode}); see {log}")
+    report = json.loads((runs / name / "report.json").read_text())
+    print(f"  {seconds:.0f} s, int8 {report['int8']['tflm_accuracy']:.4f}", flush=True)
+    return {"name": name, "seed": seed, "seconds": round(seconds, 1), "report": report}
+
+
+def _summary(runs: dict, noop: dict, cfg) -> dict:
+    kd, baseline, no_kd = runs["kd"], runs["baseline"], runs["no_kd"]
+    first = kd[0]["report"]
+    stages = {s["stage"]: s for s in first["stages"]}
+    int8_seeds = [r["report"]["int8"]["tflm_accuracy"] for r in kd]
+    # The float student that entered quantization: the pruned one, or the distilled one when prune is none.
+    float_seeds = [_stage(r, "prune" if cfg.prune else "distill")["test_accuracy"] for r in kd]
+    result = {
+        "recipe": cfg.name,
+        "teacher_accuracy": stages["teacher"]["test_accuracy"],
+        "student_float_accuracy": statistics.mean(_stage(r, "distill")["test_accuracy"] for r in kd),
+        "student_float_accuracy_seeds": [_stage(r, "distill")["test_accuracy"] for r in kd],
+        "student_float_into_quantization_accuracy_seeds": float_seeds,
+        "student_int8_accuracy": statistics.mean(int8_seeds),
+        "student_int8_accuracy_seeds": int8_seeds,
+        "baseline_int8_accuracy": statistics.mean(r["report"]["int8"]["tflm_accuracy"] for r in baseline),
+        "baseline_int8_accuracy_seeds": [r["report"]["int8"]["tflm_accuracy"] for r in baseline],
+        "no_kd_int8_accuracy": statistics.mean(r["report"]["int8"]["tflm_accuracy"] for r in no_kd),
+        "no_kd_int8_accuracy_seeds": [r["report"]["int8"]["tflm_accuracy"] for r in no_kd],
+        "teacher_tflite_bytes": stages["teacher"]["size_bytes"],
+        "teacher_tflite_kind": stages["teacher"]["size_kind"],
+        "student_tflite_bytes": first["int8"]["tflite_bytes"],
+        "student_arena_bytes_host": first["int8"]["arena_bytes_host"],
+        "student_params": stages["int8"]["params"],
+        "student_sparsity": stages.get("prune", {}).get("sparsity"),
+        "tflm_tflite_top1_agreement": min(r["report"]["int8"]["tflm_tflite_top1_agreement"] for r in kd),
+        "tflm_tflite_identical_fraction": min(r["report"]["int8"]["tflm_tflite_identical_fraction"] for r in kd),
+        "tflm_tflite_max_lsb_diff": max(r["report"]["int8"]["tflm_tflite_max_lsb_diff"] for r in kd),
+        "build_seconds": kd[0]["seconds"],
+        "rebuild_seconds": statistics.median(r["seconds"] for r in kd[1:]) if len(kd) > 1 else None,
+        "rebuild_seconds_runs": [r["seconds"] for r in kd[1:]],
+        "noop_rebuild_seconds": noop["seconds"],
+        "stage_seconds_first_build": first["seconds"],
+        "runs": {name: [{"name": r["name"], "seed": r["seed"], "seconds": r["seconds"],
+                         "int8_accuracy": r["report"]["int8"]["tflm_accuracy"],
+                         "stages": r["report"]["stages"]} for r in group] for name, group in runs.items()},
+    }
+    result["kd_gain_over_baseline_points"] = 100 * (result["student_int8_accuracy"] - result["baseline_int8_accuracy"])
+    result["int8_minus_float_points"] = 100 * (statistics.mean(int8_seeds) - statistics.mean(float_seeds))
+    result["targets"] = {
+        "teacher_accuracy_at_least_0.92": result["teacher_accuracy"] >= 0.92,
+        "student_tflite_at_most_32KiB": result["student_tflite_bytes"] <= 32 * 1024,
+        "student_int8_at_least_97pct_of_teacher": result["student_int8_accuracy"] >= 0.97 * result["teacher_accuracy"],
+        "kd_beats_baseline_by_0.5_points": result["kd_gain_over_baseline_points"] >= 0.5,
+        "int8_within_0.5_points_of_float_student": abs(result["int8_minus_float_points"]) <= 0.5,
+        "tflm_tflite_top1_agreement_100pct": result["tflm_tflite_top1_agreement"] == 1.0,
+        "first_build_at_most_25_minutes": result["build_seconds"] <= 25 * 60,
+        "rebuild_at_most_8_minutes": result["rebuild_seconds"] is not None and result["rebuild_seconds"] <= 8 * 60,
+    }
+    return result
+
+
+def _stage(run: dict, name: str) -> dict:
+    return next(s for s in run["report"]["stages"] if s["stage"] == name)
+
+
+def _machine() -> dict:
+    def versions():
+        from importlib.metadata import version
+
+        return {p: version(p) for p in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tflite-micro",
+                                        "numpy")}
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    memory = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cores": os.cpu_count(), "memory_bytes": memory, "packages": versions(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+if __name__ == "__main__":
+    main()
