@@ -1,17 +1,19 @@
 """tinykd.export writes TFLM sources; checked by real compilers (Cortex-M and host) and by reading them back."""
 
+import importlib.metadata
 import re
 import shutil
 import subprocess
 from pathlib import Path
 from string import Template
 
+import numpy as np
 import pytest
 
 from tinykd import export as export_module
 from tinykd import model_file
 from tinykd.errors import ExportError
-from tinykd.export import FirmwareSpec, arena_with_margin, export
+from tinykd.export import LAYOUTS, FirmwareSpec, arena_with_margin, default_labels, export
 
 NASTY_LABELS = ('say "hi"', "back\\slash", "new\nline", "*/ end", "??=", "Größe ✓")
 KWS_LABELS = NASTY_LABELS + ("yes", "no", "up", "down", "", "_unknown_")
@@ -21,7 +23,18 @@ KWS_RESOLVER_METHODS = {
     "AVERAGE_POOL_2D": "AddAveragePool2D", "CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D",
     "FULLY_CONNECTED": "AddFullyConnected", "RESHAPE": "AddReshape", "SOFTMAX": "AddSoftmax",
 }
+RESOLVER_METHODS = KWS_RESOLVER_METHODS | {"ADD": "AddAdd"}
+INT8_MODELS = ("kws_ref_model.tflite", "vww_96_int8.tflite", "pretrainedResnet_quant.tflite", "ad01_int8.tflite",
+               "str_ww_ref_model.tflite")
+TEMPLATES = Path(export_module.__file__).parent / "templates"
+# Spellings of TFLM's C++ API; a template containing any of them calls TFLM.
+TFLM_API = ("tflite::", "tensorflow/lite/", "MicroInterpreter", "MicroMutableOpResolver", "GetModel",
+            "AllocateTensors", "Invoke(", "MicroPrintf", "TFLITE_SCHEMA_VERSION", "TfLiteStatus", "TfLiteTensor",
+            "resolver.Add")
 LABEL_SEPARATOR = b"\x1e"
+PLAIN_FILES = ("kws_model_data.h", "kws_model_data.cc", "kws_model_settings.h", "kws_op_resolver.h",
+               "kws_example.h", "kws_example.cc")
+CORES = ("cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 
 HOST_PROGRAM = r"""
 #include <cstdio>
@@ -49,6 +62,7 @@ int main(int argc, char** argv) {
 
 # Stands in for TFLM's header: records which Add* methods the generated resolver calls, and in what order.
 STUB_RESOLVER_HEADER = """
+#pragma once
 #include <cstdio>
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
 namespace tflite {
@@ -71,6 +85,86 @@ int main() {
   if (kws_register_ops(resolver) != kTfLiteOk) return 1;
   std::printf("count %u %u\n", resolver.count, KWS_OP_COUNT);
   return 0;
+}
+"""
+
+
+# Stands in for the TFLM headers the example includes. Invoke() copies the first 12 input bytes to the output,
+# so the program can check quantization, dequantization and argmax against Python; MicroPrintf gets printf's
+# format checking, which TFLM's lacks.
+STUB_TFLM = {
+    "tensorflow/lite/schema/schema_generated.h": """
+#pragma once
+#include <cstdint>
+namespace tflite {
+struct Model { uint32_t version() const { return 3; } };
+inline const Model* GetModel(const void*) { static Model model; return &model; }
+}  // namespace tflite
+""",
+    "tensorflow/lite/micro/micro_interpreter.h": """
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+#define TFLITE_SCHEMA_VERSION (3)
+struct TfLiteTensor { union { int8_t* int8; } data; };
+inline int8_t* stub_input = nullptr;
+namespace tflite {
+class MicroInterpreter {
+ public:
+  template <unsigned int tOpCount>
+  MicroInterpreter(const Model*, const MicroMutableOpResolver<tOpCount>& resolver, uint8_t* arena, size_t size)
+      : size_(resolver.count == tOpCount ? size : 0) {
+    input_.data.int8 = stub_input = reinterpret_cast<int8_t*>(arena);
+    output_.data.int8 = input_.data.int8 + 1024;
+  }
+  TfLiteStatus AllocateTensors() { return size_ > 2048 ? kTfLiteOk : kTfLiteError; }
+  TfLiteStatus Invoke() {
+    for (int i = 0; i < 12; ++i) output_.data.int8[i] = input_.data.int8[i];
+    return kTfLiteOk;
+  }
+  TfLiteTensor* input(size_t) { return &input_; }
+  TfLiteTensor* output(size_t) { return &output_; }
+  size_t arena_used_bytes() const { return 2048; }
+ private:
+  size_t size_;
+  TfLiteTensor input_, output_;
+};
+}  // namespace tflite
+""",
+    "tensorflow/lite/micro/micro_log.h": """
+#pragma once
+#include <cstdarg>
+#include <cstdio>
+__attribute__((format(printf, 1, 2))) inline void MicroPrintf(const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  std::vfprintf(stderr, format, args);
+  va_end(args);
+  std::fputc('\\n', stderr);
+}
+""",
+    "tensorflow/lite/micro/system_setup.h": "#pragma once\nnamespace tflite { inline void InitializeTarget() {} }\n",
+}
+
+EXAMPLE_PROGRAM = r"""
+#include <cstdio>
+#include "kws_example.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+
+int main() {
+  static float raw[KWS_INPUT_ELEMENTS];
+  for (int i = 0; i < KWS_INPUT_ELEMENTS; ++i) {
+    if (std::scanf("%f", &raw[i]) != 1) return 2;
+  }
+  float scores[KWS_CLASS_COUNT];
+  const int best = kws_example_classify(raw, scores);
+  for (int i = 0; i < KWS_INPUT_ELEMENTS; ++i) std::printf("%d ", stub_input[i]);
+  std::printf("\n");
+  for (int i = 0; i < KWS_CLASS_COUNT; ++i) std::printf("%.9g ", scores[i]);
+  std::printf("\n%d\n", best);
+  return kws_example_classify(raw, nullptr) == best ? 0 : 1;
 }
 """
 
@@ -101,12 +195,10 @@ def exported(kws_tflite, tmp_path_factory) -> tuple[Path, ...]:
     return export(kws_tflite, spec, tmp_path_factory.mktemp("export") / "firmware")
 
 
-def test_writes_the_four_files(exported):
+def test_writes_the_six_files(exported):
     out_dir = exported[0].parent
 
-    assert [path.name for path in exported] == [
-        "kws_model_data.h", "kws_model_data.cc", "kws_model_settings.h", "kws_op_resolver.h",
-    ]
+    assert [path.name for path in exported] == list(PLAIN_FILES)
     assert sorted(path.name for path in out_dir.iterdir()) == sorted(path.name for path in exported)
     assert not [path for path in out_dir.parent.iterdir() if path.name.startswith(".")]
 
@@ -119,16 +211,20 @@ def test_c_array_text_parses_back_to_the_tflite_bytes(exported, kws_tflite):
     assert f"const unsigned int kws_model_data_len = {len(kws_tflite)};" in text
 
 
-def test_cortex_m_build_puts_model_in_read_only_data(exported, kws_tflite, tmp_path):
+@pytest.mark.parametrize("core", CORES)
+def test_cortex_m_build_puts_model_in_read_only_data(exported, kws_tflite, tmp_path, core, stub_tflm):
     compiler, nm = _tool("arm-none-eabi-g++"), _tool("arm-none-eabi-nm")
     out_dir = exported[0].parent
     user = tmp_path / "user.cc"
-    user.write_text('#include "kws_model_settings.h"\n#include "kws_model_data.h"\n'
-                    "int first_label_byte() { return KWS_LABELS[KWS_CLASS_COUNT - 1][0] + kws_model_data[4]; }\n")
-    flags = ["-mcpu=cortex-m4", "-mthumb", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", out_dir, "-c"]
+    user.write_text('#include "kws_model_settings.h"\n#include "kws_model_data.h"\n#include "kws_example.h"\n'
+                    "int first_label_byte() { return KWS_LABELS[KWS_CLASS_COUNT - 1][0] + kws_model_data[4]; }\n"
+                    "int (*classify)(const float*, float*) = kws_example_classify;\n")
+    flags = [f"-mcpu={core}", "-mthumb", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", out_dir, "-c"]
 
     _run([compiler, *flags, out_dir / "kws_model_data.cc", "-o", tmp_path / "model_data.o"])
     _run([compiler, *flags, user, "-o", tmp_path / "user.o"])
+    # The example needs TFLM's headers; against stand-ins it shows that tinykd's own code compiles for the core.
+    _run([compiler, *flags, "-I", stub_tflm, out_dir / "kws_example.cc", "-o", tmp_path / "example.o"])
     symbols = _run([nm, "-S", "-C", tmp_path / "model_data.o"], text=True).stdout
 
     size, kind = re.search(r"^[0-9a-f]+ ([0-9a-f]+) (\w) kws_model_data$", symbols, re.M).groups()
@@ -258,13 +354,155 @@ def test_unwritable_out_dir_leaves_no_staging_files(kws_tflite, tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["firmware"]
 
 
-def test_all_quantized_reference_models_export(shared_models, tmp_path):
-    for file_name in ("vww_96_int8.tflite", "pretrainedResnet_quant.tflite"):
-        tflite = (shared_models / file_name).read_bytes()
-        classes = model_file.read(tflite).outputs[0].shape[-1]
-        spec = FirmwareSpec(name=file_name.split("_")[0].lower(), labels=tuple(map(str, range(classes))),
-                            arena_bytes=100_000)
+@pytest.mark.parametrize("file_name", INT8_MODELS)
+def test_every_int8_reference_model_exports_a_resolver_with_exactly_its_ops(shared_models, tmp_path, file_name):
+    tflite = (shared_models / file_name).read_bytes()
+    operators = model_file.read(tflite).operators
+    spec = FirmwareSpec(name="m", labels=default_labels(tflite), arena_bytes=100_000)
 
-        paths = export(tflite, spec, tmp_path / file_name)
+    export(tflite, spec, tmp_path / "firmware")
 
-        assert len(paths) == 4
+    text = (tmp_path / "firmware" / "m_op_resolver.h").read_text()
+    methods = re.findall(r"resolver\.(Add\w+)\(\)", text)
+    assert int(re.search(r"constexpr unsigned int M_OP_COUNT = (\d+);", text).group(1)) == len(methods)
+    assert "typedef tflite::MicroMutableOpResolver<M_OP_COUNT> m_op_resolver;" in text
+    assert sorted(methods) == sorted({RESOLVER_METHODS[operator.name] for operator in operators})
+    assert len(set(methods)) == len(methods)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_model_tflm_cannot_run_fails_naming_the_problem_and_leaves_nothing(shared_models, tmp_path, existing):
+    tflite = (shared_models / "kws_ref_model_float32.tflite").read_bytes()
+    out_dir = tmp_path / "firmware"
+    if existing:
+        (out_dir / "src").mkdir(parents=True)
+        (out_dir / "main.cc").write_text("// user code\n")
+        (out_dir / "kws_model_data.cc").write_text("previous export")
+    before = _tree(tmp_path)
+    spec = FirmwareSpec(name="kws", labels=KWS_LABELS, arena_bytes=ARENA_BYTES)
+
+    with pytest.raises(ExportError, match=r"TFLite Micro cannot run the model: .*Hybrid models are not supported.*"
+                                          r"Node CONV_2D \(number 0\) failed to prepare"):
+        export(tflite, spec, out_dir, layout="arduino")
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layouts_hold_the_same_sources(exported, kws_tflite, tmp_path, layout):
+    spec = FirmwareSpec(name="kws", labels=KWS_LABELS, arena_bytes=ARENA_BYTES, raw_scale=0.5, raw_offset=-3.25,
+                        raw_description='MFCC */ "49x10" ??/ \\')
+
+    paths = export(kws_tflite, spec, tmp_path / "out", layout=layout)
+
+    relative = [path.relative_to(tmp_path / "out").as_posix() for path in paths]
+    source_dir = {"plain": "", "cmake": "", "arduino": "src/"}[layout]
+    extra = {"plain": [], "cmake": ["CMakeLists.txt"],
+             "arduino": ["library.properties", "examples/kws_inference/kws_inference.ino"]}[layout]
+    assert relative == [source_dir + name for name in PLAIN_FILES] + extra
+    assert _tree(tmp_path / "out") == {name: (tmp_path / "out" / name).read_bytes() for name in relative}
+    for name in PLAIN_FILES:
+        assert (tmp_path / "out" / source_dir / name).read_bytes() == (exported[0].parent / name).read_bytes()
+
+
+def test_arduino_library_properties_and_sketch(kws_tflite, tmp_path):
+    spec = FirmwareSpec(name="kws", labels=KWS_LABELS, arena_bytes=ARENA_BYTES)
+
+    export(kws_tflite, spec, tmp_path / "kws_model", layout="arduino")
+
+    lines = (tmp_path / "kws_model" / "library.properties").read_text().splitlines()
+    properties = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert set(properties) >= {"name", "version", "author", "maintainer", "sentence", "paragraph", "category",
+                               "url", "architectures"}
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9 _.-]{0,62}", properties["name"])
+    assert properties["category"] in ("Display", "Communication", "Signal Input/Output", "Sensors",
+                                      "Device Control", "Timing", "Data Storage", "Data Processing", "Other")
+    assert (tmp_path / "kws_model" / "src" / properties["includes"]).is_file()
+    sketch = (tmp_path / "kws_model" / "examples" / "kws_inference" / "kws_inference.ino").read_text()
+    assert sketch.index("#include <TensorFlowLite.h>") < sketch.index("#include <kws_example.h>")
+    assert "void setup()" in sketch and "void loop()" in sketch and "kws_example_classify(" in sketch
+
+
+def test_cmake_layout_configures_with_a_tflite_micro_target_and_names_it_when_missing(kws_tflite, tmp_path):
+    cmake = _tool("cmake")
+    spec = FirmwareSpec(name="kws", labels=KWS_LABELS, arena_bytes=ARENA_BYTES)
+    export(kws_tflite, spec, tmp_path / "project" / "kws", layout="cmake")
+    project = tmp_path / "project" / "CMakeLists.txt"
+    head = "cmake_minimum_required(VERSION 3.13)\nproject(app CXX)\n"
+
+    project.write_text(head + "add_library(tflite-micro INTERFACE)\nadd_subdirectory(kws)\n")
+    done = subprocess.run([cmake, "-S", project.parent, "-B", tmp_path / "build"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    project.write_text(head + "add_subdirectory(kws)\n")
+    done = subprocess.run([cmake, "-S", project.parent, "-B", tmp_path / "build2"], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "links a CMake target named tflite-micro, which is not defined" in " ".join(done.stderr.split())
+    text = (tmp_path / "project" / "kws" / "CMakeLists.txt").read_text()
+    assert "target_link_libraries(kws_model PUBLIC tflite-micro)" in text
+
+
+def test_tflm_api_calls_live_only_in_the_example_and_resolver_templates():
+    templates = {path.name: path.read_text() for path in TEMPLATES.iterdir()}
+    code = {name: re.sub(r"//.*", "", text) for name, text in templates.items()}  # comments may name the API
+    calls = {name: [api for api in TFLM_API if api in text] for name, text in code.items()}
+
+    assert {name for name, found in calls.items() if found} == {"example.cc.in", "op_resolver.h.in"}
+    example = code["example.cc.in"]
+    for api in ("tflite::GetModel(", "tflite::MicroInterpreter static_interpreter(", ".AllocateTensors()",
+                "->Invoke()", "->input(0)", "->output(0)", "!= TFLITE_SCHEMA_VERSION)"):
+        assert example.count(api) == 1, api
+    for text in (templates["example.cc.in"], templates["op_resolver.h.in"]):
+        assert "TFLM API:" in text and "${tflm_version}" in text
+
+
+def test_generated_files_name_the_tflm_version_the_checks_use(exported):
+    installed = importlib.metadata.version("tflite_micro")
+
+    assert installed in export_module.TFLM_VERSION, "templates were written for another TFLM; re-check the API"
+    for name in ("kws_example.cc", "kws_op_resolver.h"):
+        assert export_module.TFLM_VERSION in (exported[0].parent / name).read_text()
+
+
+@pytest.fixture(scope="module")
+def stub_tflm(tmp_path_factory) -> Path:
+    """A folder of stand-ins for the TFLM headers the example and the KWS op resolver include."""
+    stub_dir = tmp_path_factory.mktemp("stub_tflm")
+    for header, text in STUB_TFLM.items():
+        (stub_dir / header).parent.mkdir(parents=True, exist_ok=True)
+        (stub_dir / header).write_text(text)
+    methods = "\n".join(Template(STUB_METHOD).substitute(method=method) for method in KWS_RESOLVER_METHODS.values())
+    (stub_dir / "tensorflow/lite/micro/micro_mutable_op_resolver.h").write_text(
+        Template(STUB_RESOLVER_HEADER).substitute(methods=methods))
+    return stub_dir
+
+
+def test_example_quantizes_invokes_dequantizes_and_argmaxes(exported, kws_tflite, tmp_path, stub_tflm):
+    compiler = _tool("g++")
+    out_dir = exported[0].parent
+    stub_dir = stub_tflm
+    (tmp_path / "main.cc").write_text(EXAMPLE_PROGRAM)
+    program = tmp_path / "example"
+    _run([compiler, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", stub_dir, "-I", out_dir, tmp_path / "main.cc",
+          out_dir / "kws_example.cc", out_dir / "kws_model_data.cc", "-o", program])
+    raw = np.random.default_rng(0).uniform(-300, 300, 490).astype(np.float32)
+
+    done = _run([program], input=" ".join(map(repr, raw.tolist())).encode())
+
+    *registered, quantized, scores, best, _ = done.stdout.decode().split("\n")  # the stub resolver logs ops
+    assert sorted(registered) == sorted(KWS_RESOLVER_METHODS.values())
+    model = model_file.read(kws_tflite)
+    ratio = ((raw * np.float32(0.5) + np.float32(-3.25)) / np.float32(model.inputs[0].scale)).astype(np.float64)
+    rounded = np.floor(np.abs(ratio) + 0.5) * np.sign(ratio)  # lroundf: halves away from zero
+    expected = np.clip(rounded + model.inputs[0].zero_point, -128, 127).astype(int)
+    assert [int(q) for q in quantized.split()] == expected.tolist()
+    assert expected.min() == -128 and expected.max() == 127  # the raw range exercises both clamps
+    out_scale, out_zero = np.float32(model.outputs[0].scale), model.outputs[0].zero_point
+    assert [float(score) for score in scores.split()] == [float(np.float32(q - out_zero) * out_scale)
+                                                          for q in expected[:12]]
+    assert int(best) == int(np.argmax(expected[:12]))
+    assert done.stderr.decode() == f"kws: arena uses 2048 of {arena_with_margin(ARENA_BYTES)} bytes\n"
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every file and folder under root, relative, with file contents (None for folders)."""
+    return {path.relative_to(root).as_posix(): (path.read_bytes() if path.is_file() else None)
+            for path in sorted(root.rglob("*")) if path.is_file() or not any(path.iterdir())}

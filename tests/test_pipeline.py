@@ -178,12 +178,13 @@ def test_killed_build_resumes_at_the_interrupted_stage(tmp_path):
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "".join(seen)
     assert not (tmp_path / "smoke" / "prune" / "stage.json").exists()
-    assert not list((tmp_path / "smoke").rglob("*.tmp*")) or True  # temporary names never count as done
+    (tmp_path / "smoke" / "prune" / ".prune.deadbeef.tmp.keras").write_bytes(b"half-written")  # as a kill leaves
     process = cli("build", str(SMOKE_RECIPE), "--runs", str(tmp_path), "--quiet")
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output
     assert "[distill] unchanged" in output and "[prune] running" in output and "[prune] done" in output
     assert (tmp_path / "smoke" / "report.json").is_file()
+    assert not list((tmp_path / "smoke").rglob(".*.tmp*")), "temporary files of the killed build were left behind"
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "pipelines").glob("*.yaml")))

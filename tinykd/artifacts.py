@@ -61,7 +61,10 @@ def copy_file(source: Path, path: Path) -> Path:
 
 
 def key(*parts) -> str:
-    """A short, stable hash of JSON-able parts: the identity of a stage's inputs."""
+    """A short, stable hash of JSON-able parts: the identity of a stage's inputs.
+
+    The tinykd code is not part of it: after upgrading tinykd, rebuild with --force (README).
+    """
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -77,6 +80,13 @@ class Run:
         path = self.root / stage
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def start(self, stage: str) -> Path:
+        """The stage's folder, cleared of temporary files a killed build left behind (they never count as done)."""
+        folder = self.dir(stage)
+        for leftover in folder.glob(".*.tmp*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        return folder
 
     def cached(self, stage: str, stage_key: str) -> dict | None:
         """The stage's record if it finished with these inputs and is not forced, else None."""

@@ -129,3 +129,39 @@ def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir
     if plot_dir is not None:
         for path in render.plots(results, plot_dir, model.name):
             click.echo(f"wrote {path}", err=True)
+
+
+@cli.command(name="export")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the files; created if missing. Files of other names in it are kept.")
+@click.option("--name", help="Prefix of every file and C identifier; default: the model file name as a C identifier.")
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="UTF-8 text file, one label per line in output order; default: class0 ... classN-1.")
+@click.option("--layout", type=click.Choice(["plain", "cmake", "arduino"]), default="plain", show_default=True,
+              help="plain: files only; cmake: plus a CMakeLists.txt library target; arduino: an Arduino library.")
+@click.option("--board", "board_id", metavar="ID",
+              help="Size the arena for this board (`tinykd boards`); default: the largest over every board.")
+def export_command(model: Path, out_dir: Path, name: str | None, labels_file: Path | None, layout: str,
+                   board_id: str | None) -> None:
+    """Write TFLite Micro C++ files for MODEL (an int8 .tflite): model data, settings, op resolver, example."""
+    from tinykd.boards import load_boards
+    from tinykd.errors import ConfigError
+    from tinykd.export import FirmwareSpec, arena_with_margin, c_identifier, default_labels, export, read_labels
+    from tinykd.report import read_model, reports
+
+    tflite = read_model(model)
+    labels = read_labels(labels_file) if labels_file is not None else default_labels(tflite, str(model))
+    known = load_boards()
+    if board_id is not None and board_id not in known:
+        raise ConfigError(f"--board: unknown board {board_id!r}; known boards: {', '.join(sorted(known))}")
+    chosen = [known[board_id]] if board_id is not None else list(known.values())
+    # Each board's arena is the 32-bit figure of `tinykd report`; they differ only by CMSIS-NN scratch.
+    sized = max(reports(tflite, chosen, source=str(model)), key=lambda result: result.arena_bytes)
+    spec = FirmwareSpec(name=name if name is not None else c_identifier(model.stem), labels=labels,
+                        arena_bytes=sized.arena_bytes)
+    paths = export(tflite, spec, out_dir, layout)
+    for path in paths:
+        click.echo(f"wrote {path}")
+    click.echo(f"{spec.name}: {len(labels)} classes, arena {arena_with_margin(spec.arena_bytes):,} B "
+               f"({spec.arena_bytes:,} B for {sized.board} from `tinykd report`, plus the margin)")

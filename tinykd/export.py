@@ -1,7 +1,8 @@
-"""Write the TFLite Micro C++ sources for a converted model: model data, model settings and op resolver.
+"""Write the TFLite Micro C++ sources for a converted model: model data, settings, op resolver and an example.
 
 Every file is rendered from a `string.Template` in tinykd/templates/, and the settings come from the same
-.tflite bytes that become the C array, so the C side cannot disagree with the model.
+.tflite bytes that become the C array, so the C side cannot disagree with the model. Only two templates call
+TFLM (example.cc.in and op_resolver.h.in); both name the TFLM version they follow (TFLM_VERSION).
 """
 
 import math
@@ -16,10 +17,18 @@ from string import Template
 
 from tinykd import model_file
 from tinykd.errors import ExportError, ModelError
+from tinykd.report import arena
 
 # Arena margin: the arena from `tinykd report` plus 25%, rounded up to 16 bytes (why: model_settings.h.in).
 ARENA_MARGIN_PERCENT = 25
 ARENA_ALIGNMENT_BYTES = 16
+
+# The TFLM C++ API the templates follow: checked against the tflite-micro headers of this date, and the same
+# revision as the pip interpreter that checks every exported model. Re-read the templates when it changes.
+TFLM_VERSION = "tflite-micro main of 2026-10-23 (pip tflite_micro 0.dev20261023182759)"
+LAYOUTS = ("plain", "cmake", "arduino")
+# Big enough for any model a Cortex-M can hold; the check only asks whether TFLM can run the model at all.
+_CHECK_ARENA_BYTES = 64 * 1024 * 1024
 
 _BYTES_PER_LINE = 12
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*", re.ASCII)
@@ -78,31 +87,98 @@ class FirmwareSpec:
     raw_description: str = ""
 
 
-def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path) -> tuple[Path, ...]:
-    """Write `<name>_model_data.h/.cc`, `<name>_model_settings.h` and `<name>_op_resolver.h` into out_dir.
+def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plain") -> tuple[Path, ...]:
+    """Write the firmware files for `tflite` into out_dir, laid out as `layout` (one of LAYOUTS).
 
-    Everything is rendered before anything is written, and files are moved into out_dir only once all of
-    them are on disk, so a failure leaves out_dir as it was.
+    `plain` writes `<name>_model_data.h/.cc`, `<name>_model_settings.h`, `<name>_op_resolver.h` and
+    `<name>_example.h/.cc` flat; `cmake` adds a CMakeLists.txt building them as the library `<name>_model`
+    (linking a `tflite-micro` target); `arduino` writes an Arduino library: library.properties, the files in
+    src/ and a sketch in examples/<name>_inference/.
+
+    The model is parsed, run in the pip TFLM interpreter and rendered before anything is written, so every
+    check that fails leaves out_dir as it was (or absent). A new out_dir appears in one rename; in an existing
+    one tinykd's files are replaced one by one and other files are kept.
 
     Returns:
-        The written paths, in the order above.
+        The written paths: the source files in the order above, then the layout's own files.
 
     Raises:
-        ExportError: bad name, labels or arena; a model that is not full-int8 or uses an op TFLM cannot
-            register; or out_dir cannot be written.
+        ExportError: bad name, labels, arena or layout; a model that is not full-int8, that TFLM cannot run
+            (names the op and what TFLM said) or whose ops TFLM cannot register; or out_dir cannot be written.
     """
     _check_spec(spec)
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    source = f"{spec.name} model"
     try:
-        model = model_file.read(tflite, source=f"{spec.name} model")
+        model = model_file.read(tflite, source=source)
     except ModelError as error:
         raise ExportError(f"cannot export {spec.name}: {error}") from error
-    rendered = {
-        f"{spec.name}_model_data.h": _render("model_data.h.in", _names(spec)),
+    _check_runs_in_tflm(tflite, source)
+    names = _names(spec)
+    sources = {
+        f"{spec.name}_model_data.h": _render("model_data.h.in", names),
         f"{spec.name}_model_data.cc": _render("model_data.cc.in", _model_data_fields(tflite, spec)),
         f"{spec.name}_model_settings.h": _render("model_settings.h.in", _settings_fields(model, spec)),
         f"{spec.name}_op_resolver.h": _render("op_resolver.h.in", _resolver_fields(model, spec)),
+        f"{spec.name}_example.h": _render("example.h.in", names),
+        f"{spec.name}_example.cc": _render("example.cc.in", names),
     }
-    return _write_atomically(rendered, Path(out_dir))
+    return _write_atomically(_lay_out(sources, spec, layout), Path(out_dir))
+
+
+def _check_runs_in_tflm(tflite: bytes, source: str) -> None:
+    """Raise ExportError, with TFLM's own words (naming the op), unless the pip TFLM interpreter allocates and
+    invokes the model (in a child process: a bad model can crash TFLM)."""
+    try:
+        with arena.Worker() as worker:
+            if worker.check(tflite, _CHECK_ARENA_BYTES, source):
+                return
+            worker.measure(tflite, source)  # fails again, and raises with TFLM's own words
+    except ModelError as error:
+        raise ExportError(f"cannot export: {error}") from error
+    raise ExportError(f"cannot export: {source}: TFLite Micro did not allocate and run it in a "
+                      f"{_CHECK_ARENA_BYTES:,}-byte arena")
+
+
+def c_identifier(text: str) -> str:
+    """`text` (e.g. a model file stem) as a firmware name: every run of characters other than ASCII letters
+    and digits becomes one underscore, and a name that does not start with a letter gets `model_` in front."""
+    name = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+    return name if _IDENTIFIER.fullmatch(name) else f"model_{name}".rstrip("_")
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """The labels in a UTF-8 text file, one per line in output order.
+
+    A final line break ends the last label rather than starting an empty one; a line's trailing carriage
+    return (Windows line ends) and a leading byte-order mark are not part of any label.
+
+    Raises:
+        ExportError: the file cannot be read or is not UTF-8.
+    """
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise ExportError(f"{path}: cannot read the labels file ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ExportError(f"{path}: the labels file is not UTF-8 (byte {error.start} is "
+                          f"{error.object[error.start]:#04x}); save it as UTF-8 text, one label per line") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return tuple(line.removesuffix("\r") for line in lines)
+
+
+def default_labels(tflite: bytes, source: str = "model") -> tuple[str, ...]:
+    """`class0` ... `classN-1` for the N scores in the last dimension of the model's first output.
+
+    Raises:
+        ModelError: the bytes are not a TFLite model.
+    """
+    outputs = model_file.read(tflite, source).outputs
+    shape = outputs[0].shape if outputs else ()
+    return tuple(f"class{index}" for index in range(shape[-1] if shape else 1))
 
 
 def arena_with_margin(arena_bytes: int) -> int:
@@ -142,7 +218,7 @@ def _check_spec(spec: FirmwareSpec) -> None:
 
 
 def _names(spec: FirmwareSpec) -> dict[str, str]:
-    return {"name": spec.name, "NAME": spec.name.upper()}
+    return {"name": spec.name, "NAME": spec.name.upper(), "tflm_version": TFLM_VERSION}
 
 
 def _model_data_fields(tflite: bytes, spec: FirmwareSpec) -> dict[str, str]:
@@ -214,23 +290,41 @@ def _render(template_name: str, fields: dict[str, str]) -> str:
     return Template(template).substitute(fields)
 
 
+def _lay_out(sources: dict[str, str], spec: FirmwareSpec, layout: str) -> dict[str, str]:
+    """Relative path -> text for `layout`."""
+    if layout == "plain":
+        return sources
+    if layout == "cmake":
+        return sources | {"CMakeLists.txt": _render("CMakeLists.txt.in", _names(spec))}
+    sketch = f"{spec.name}_inference"
+    return {
+        **{f"src/{file_name}": text for file_name, text in sources.items()},
+        "library.properties": _render("library.properties.in", _names(spec) | {"library_name": f"{spec.name}_model"}),
+        f"examples/{sketch}/{sketch}.ino": _render("example.ino.in", _names(spec)),
+    }
+
+
 def _write_atomically(rendered: dict[str, str], out_dir: Path) -> tuple[Path, ...]:
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        # A sibling temp dir is on the same filesystem, so os.replace is an atomic rename per file.
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+        # A sibling temp dir is on the same filesystem, so os.replace and os.rename are atomic.
+        staging_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     except OSError as error:
         raise ExportError(f"cannot write firmware files next to {out_dir}: {error}") from error
+    # mkdtemp's folder is private (0700); the one inside it gets the user's usual permissions.
+    staging = staging_root / out_dir.name
     try:
-        for file_name, text in rendered.items():
-            (staging / file_name).write_text(text, encoding="utf-8", newline="\n")
-        out_dir.mkdir(exist_ok=True)
-        paths = []
-        for file_name in rendered:
-            os.replace(staging / file_name, out_dir / file_name)
-            paths.append(out_dir / file_name)
-        return tuple(paths)
+        for relative, text in rendered.items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staging / relative).write_text(text, encoding="utf-8", newline="\n")
+        if not out_dir.exists():
+            os.rename(staging, out_dir)
+        else:
+            for relative in rendered:
+                (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / relative, out_dir / relative)
+        return tuple(out_dir / relative for relative in rendered)
     except OSError as error:
         raise ExportError(f"cannot write firmware files to {out_dir}: {error}") from error
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging_root, ignore_errors=True)

@@ -13,7 +13,8 @@ from tinykd.config import ModelConfig
 ARCHITECTURES = ("cnn", "ds_cnn", "mlp")
 # gap: global average pooling (converts to MEAN, whose int8 kernels in TFLite Micro and in TFLite's reference
 #      kernels round differently: outputs can differ by 1 LSB, so a near-tie can flip the top-1 class).
-# flatten / pool_flatten: flatten the last feature map, or max-pool it by 2 first; bit-exact in both runtimes.
+# flatten / pool_flatten: classify the whole last feature map (max-pooled by 2 first for pool_flatten) with one
+#      convolution; bit-exact in both runtimes unless a hidden dense layer (dense_units) brings FULLY_CONNECTED.
 HEADS = ("gap", "flatten", "pool_flatten")
 # Batch-norm statistics settle within ~30 steps at 0.9 (Keras' 0.99 needs ~300), so small datasets and short
 # fine-tuning runs evaluate with the statistics they trained with.
@@ -52,16 +53,23 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name
         x = layers.Activation("linear", name="features")(x)
         if cfg.head == "gap":
             x = layers.GlobalAveragePooling2D(name="gap")(x)
-        else:
-            if cfg.head == "pool_flatten":
-                x = layers.MaxPooling2D(window, name="head_pool")(x)
+        elif cfg.head == "pool_flatten":
+            x = layers.MaxPooling2D(window, name="head_pool")(x)
+        if cfg.dense_units or cfg.head == "gap":
             x = layers.Flatten(name="flatten")(x)
     if cfg.dense_units:
         x = layers.Dense(cfg.dense_units, name="hidden")(x)
         x = layers.ReLU(name="hidden_relu")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    if len(x.shape) == 4:
+        # The classifier as a convolution over the whole feature map: the same weights and MACs as flatten + dense,
+        # but it converts to CONV_2D, whose int8 kernels agree bit for bit in TFLite Micro and TFLite, while
+        # TFLite's reference FULLY_CONNECTED requantizes in float and can differ from TFLM's by 1 LSB.
+        x = layers.Conv2D(num_classes, tuple(x.shape[1:3]), name="classifier")(x)
+        outputs = layers.Flatten(name="logits")(x)
+    else:
+        outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
 
 

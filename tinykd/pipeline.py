@@ -99,6 +99,8 @@ class _Stages:
         if record is not None:
             self.options.log(f"[{name}] unchanged, reusing {self.run_dir.root / name} "
                              f"(--force {name} to redo)")
+        else:
+            self.run_dir.start(name)
         return record
 
     def _finish(self, name: str, key: str, metrics: dict, started: float) -> dict:
@@ -196,8 +198,10 @@ class _Stages:
             disagree = round((1.0 - metrics["top1_agreement"]) * metrics["samples"])
             raise VerificationError(
                 f"TFLite Micro and the TFLite reference kernels disagree on the top-1 class of {disagree} of "
-                f"{metrics['samples']} test inputs (largest output difference {metrics['max_lsb_diff']} LSB); "
-                f"the model in {self.run_dir.root / 'convert'} would not behave on the device as measured here.")
+                f"{metrics['samples']} test inputs (largest output difference {metrics['max_lsb_diff']} LSB), so "
+                f"the accuracy of {self.run_dir.root / 'convert' / 'model.tflite'} depends on the runtime. TFLite's "
+                "reference FULLY_CONNECTED and MEAN kernels round differently from TFLite Micro's: use a student "
+                "head without them (head: flatten or pool_flatten, dense_units: 0), or measure on the board.")
         return _Result(metrics, record)
 
     def export(self, tflite: _Result, verification: _Result, data, cfg: config.Config) -> None:

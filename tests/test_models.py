@@ -1,0 +1,43 @@
+"""The zoo: shapes adapt to the data, MACs follow the MLPerf Tiny convention, every variant quantizes to int8."""
+
+import numpy as np
+import pytest
+
+from tinykd import model_file, models
+from tinykd.config import ModelConfig
+from tinykd.convert import convert
+from tinykd.keras_shim import tfmot
+
+
+def test_macs_by_hand_for_a_2d_cnn():
+    model = models.build(ModelConfig(filters=(8, 16), head="pool_flatten"), (28, 28, 1), 10, "m")
+    conv1 = 28 * 28 * 8 * 3 * 3 * 1
+    conv2 = 14 * 14 * 16 * 3 * 3 * 8
+    dense = (7 * 7 * 16) * 10
+    assert models.count_macs(model) == conv1 + conv2 + dense
+
+
+def test_macs_by_hand_for_depthwise_separable():
+    model = models.build(ModelConfig(arch="ds_cnn", filters=(8, 16), head="gap"), (16, 16, 3), 4, "m")
+    first = 16 * 16 * 8 * 9 * 3
+    depthwise = 8 * 8 * 8 * 9
+    pointwise = 8 * 8 * 16 * 8
+    assert models.count_macs(model) == first + depthwise + pointwise + 16 * 4
+
+
+@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("shape", [(12,), (40, 3), (20, 20, 1), (16, 16, 3)])
+def test_every_architecture_quantizes_to_full_int8_for_every_rank(arch, shape):
+    model = models.build(ModelConfig(arch=arch, filters=(4, 8), head="pool_flatten"), shape, 5, "m")
+    assert model.output_shape == (None, 5)
+    qat = tfmot.quantization.keras.quantize_model(model)
+    samples = np.random.default_rng(0).normal(size=(8, *shape)).astype(np.float32)
+    info = model_file.read(convert(qat, samples))
+    assert info.inputs[0].dtype == info.outputs[0].dtype == "int8"
+    assert info.inputs[0].shape == (1, *shape) and info.outputs[0].shape == (1, 5)
+
+
+def test_named_layers_exist_for_hints():
+    model = models.build(ModelConfig(filters=(8, 16), convs_per_block=2), (28, 28, 1), 10, "m")
+    names = {layer.name for layer in model.layers}
+    assert {"block1_conv2_relu", "block2_conv1_relu", "features", "logits"} <= names
