@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--no-kd-seeds", type=int, default=3, help="seeds for baseline (b), the first N of --seeds")
     parser.add_argument("--keep-teacher", action="store_true",
                         help="keep the cached teacher of an earlier run; build_seconds then comes from --first-build-log")
+    parser.add_argument("--teacher", type=Path, help="load this trained teacher (teacher.path) instead of training one")
     parser.add_argument("--first-build-log", type=Path,
                         help="the log of an earlier first build (teacher trained) of the same recipe and teacher")
     args = parser.parse_args()
@@ -51,16 +52,17 @@ def main() -> None:
     cfg = config.load(args.recipe)
     total_epochs = cfg.distill.epochs + (cfg.prune.epochs if cfg.prune else 0) + \
         (cfg.quantize.epochs if cfg.quantize else 0)
+    common = [f"teacher.path={args.teacher.resolve()}"] if args.teacher else []
     variants = {
-        "kd": [],
-        "baseline": ["distill.alpha=0", f"distill.epochs={total_epochs}", "prune=none", "quantize=none"],
-        "no_kd": ["distill.alpha=0"],
+        "kd": common,
+        "baseline": common + ["distill.alpha=0", f"distill.epochs={total_epochs}", "prune=none", "quantize=none"],
+        "no_kd": common + ["distill.alpha=0"],
     }
     runs = {name: [] for name in variants}
     for name, overrides in variants.items():
         for seed in (args.seeds[:args.no_kd_seeds] if name == "no_kd" else args.seeds):
             runs[name].append(_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides))
-    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], [])
+    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common)
 
     result = _summary(runs, noop, cfg, args.first_build_log)
     result["machine"] = _machine()
