@@ -188,8 +188,10 @@ class _Stages:
             started = time.time()
             test = data.test.head(cfg.verify.max_samples)
             self.options.log(f"[verify] {len(test)} test samples in TFLite Micro and TFLite reference kernels")
-            result = verify(tflite.model, test)
+            # The report measures the arena in a child process (a crash there cannot take the build down);
+            # verify reuses that measurement instead of searching for the arena a second time.
             board = report(tflite.model, cfg.target.board, source=str(self.run_dir.root / "convert" / "model.tflite"))
+            result = verify(tflite.model, test, arena_bytes=board.arena_host_bytes)
             metrics = result.__dict__ | {"arena_bytes": board.arena_host_bytes, "board_report": board.as_dict()}
             record = self._finish("verify", key, metrics, started)
         self.records["verify"] = record

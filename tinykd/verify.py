@@ -28,8 +28,11 @@ class Verification:
     max_lsb_diff: int
 
 
-def verify(tflite: bytes, split: Split) -> Verification:
+def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verification:
     """Run every sample of `split` through both interpreters; inputs are quantized with the model's input params.
+
+    Args:
+        arena_bytes: the TFLM arena already measured for this model (e.g. by tinykd.report); measured when None.
 
     Raises:
         VerificationError: TFLM cannot load or run the model.
@@ -40,7 +43,8 @@ def verify(tflite: bytes, split: Split) -> Verification:
 
     try:
         with _quiet_stderr():
-            micro = runtime.Interpreter.from_bytes(tflite, arena_size=measure_arena(tflite) + 1024)
+            arena = measure_arena(tflite) if arena_bytes is None else arena_bytes
+            micro = runtime.Interpreter.from_bytes(tflite, arena_size=arena + 1024)
     except RuntimeError as error:
         raise VerificationError(f"TFLite Micro cannot run the model: {error}") from None
     details = micro.get_input_details(0)
