@@ -124,6 +124,22 @@ def test_teacher_is_shared_by_other_runs(first, runs):
     assert (runs / "smoke-seed1" / "report.json").is_file()
 
 
+def test_cached_teacher_keeps_its_logits_and_they_are_its_outputs(first, runs):
+    import numpy as np
+
+    from tinykd import data as data_layer
+    from tinykd.quantize import load_model
+
+    saved = list((runs / ".teacher_cache").glob("teacher-*.logits.npz"))
+    assert len(saved) == 1
+    cfg = config.load(SMOKE_RECIPE)
+    data = data_layer.load(cfg.data, cfg.data.seed)
+    teacher = load_model(saved[0].with_name(saved[0].name.replace(".logits.npz", ".keras")))
+    with np.load(saved[0]) as logits:
+        assert logits["train"].shape == (len(data.train), data.num_classes)
+        np.testing.assert_allclose(logits["val"], teacher.predict(data.val.x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_force_stage_is_refused(runs):
     from tinykd.errors import ConfigError
 

@@ -143,7 +143,7 @@ def _dataset(split: Split, teacher, schedule: Schedule, training: bool):
     Training batches are shuffled and, when the recipe asks, augmented; evaluation batches never are.
     """
     if teacher is not None:
-        targets = (split.y, _teacher_logits(teacher, split.x))
+        targets = (split.y, teacher_logits(teacher, split.x))
     else:
         targets = split.y
     dataset = tf.data.Dataset.from_tensor_slices((split.x, targets))
@@ -158,7 +158,7 @@ def _dataset(split: Split, teacher, schedule: Schedule, training: bool):
 _LOGITS_CACHE: list[tuple[object, np.ndarray, np.ndarray]] = []
 
 
-def _teacher_logits(teacher, x: np.ndarray) -> np.ndarray:
+def teacher_logits(teacher, x: np.ndarray) -> np.ndarray:
     """The teacher's logits on `x`, computed once per (teacher, array) and reused by distill, prune and quantize.
 
     Entries hold the teacher and the array themselves, so an identity match can never be a recycled id.
@@ -166,7 +166,13 @@ def _teacher_logits(teacher, x: np.ndarray) -> np.ndarray:
     for cached_teacher, cached_x, logits in _LOGITS_CACHE:
         if cached_teacher is teacher and cached_x is x:
             return logits
-    logits = teacher.predict(x, batch_size=512, verbose=0)
+    return remember_logits(teacher, x, teacher.predict(x, batch_size=512, verbose=0))
+
+
+def remember_logits(teacher, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Use `logits` as the teacher's output on `x` (logits the build saved with its cached teacher)."""
+    if logits.shape != (len(x), teacher.output_shape[-1]):
+        raise ValueError(f"teacher logits of shape {logits.shape} cannot belong to {len(x)} samples")
     _LOGITS_CACHE.append((teacher, x, logits))
     del _LOGITS_CACHE[:-4]  # train and validation of the current build, plus one earlier teacher
     return logits

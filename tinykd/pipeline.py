@@ -6,6 +6,8 @@ unchanged is not redone, `force` redoes named stages, and every stage after a re
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,12 +132,33 @@ class _Stages:
                 artifacts.save_model(_trained_teacher(data, cfg, self.options), path)
                 artifacts.copy_file(path, cached)
             model = _load(path)
-            record = self._finish("teacher", key, _model_metrics(model, data) | {"tflite_float_bytes": len(
-                _float_tflite(model))}, started)
+            metrics_file = self.teacher_cache / f"teacher-{key}.json"
+            if metrics_file.exists() and "teacher" not in self.run_dir.force:
+                metrics = json.loads(metrics_file.read_text())
+            else:
+                metrics = _model_metrics(model, data) | {"tflite_float_bytes": len(_float_tflite(model))}
+                artifacts.write_json(metrics_file, metrics)
+            record = self._finish("teacher", key, metrics, started)
         else:
             model = _load(path)
+        if _uses_teacher_logits(cfg):
+            self._teacher_logits(model, data, self.teacher_cache / f"teacher-{key}.logits.npz")
         self.records["teacher"] = record
         return _Result(model, record)
+
+    def _teacher_logits(self, model, data, path: Path) -> None:
+        """Teacher logits on train and validation, saved beside the cached teacher so a rebuild skips them."""
+        from tinykd.distill import remember_logits, teacher_logits
+
+        if path.exists():
+            with np.load(path) as saved:
+                if saved["train"].shape[0] == len(data.train) and saved["val"].shape[0] == len(data.val):
+                    remember_logits(model, data.train.x, saved["train"])
+                    remember_logits(model, data.val.x, saved["val"])
+                    return
+        buffer = io.BytesIO()
+        np.savez(buffer, train=teacher_logits(model, data.train.x), val=teacher_logits(model, data.val.x))
+        artifacts.write_bytes(path, buffer.getvalue())
 
     def run(self, name: str, stage_cfg, compute, data, after: _Result) -> _Result:
         key = artifacts.key(name, config.as_dict(stage_cfg) if hasattr(stage_cfg, "__dataclass_fields__")
@@ -228,6 +251,12 @@ def _schedule(section, cfg: config.Config, options: BuildOptions, seed: int | No
 
     return Schedule.of(section, seed=cfg.seed if seed is None else seed, verbose=options.verbose,
                        augment=cfg.data.augment)
+
+
+def _uses_teacher_logits(cfg: config.Config) -> bool:
+    """Whether distillation feeds precomputed teacher logits (no hints, no augmentation, alpha above 0)."""
+    augmenting = cfg.data.augment is not None and cfg.data.augment.active
+    return cfg.distill.alpha > 0.0 and cfg.distill.hint is None and not augmenting
 
 
 def _trained_teacher(data, cfg: config.Config, options: BuildOptions):
