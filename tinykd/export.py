@@ -15,7 +15,10 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from tinykd import model_file
+import numpy as np
+
+from tinykd import audio, model_file
+from tinykd.audio import FrontendConfig
 from tinykd.errors import ExportError, ModelError
 from tinykd.report import arena
 
@@ -87,24 +90,30 @@ class FirmwareSpec:
     raw_description: str = ""
 
 
-def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plain") -> tuple[Path, ...]:
+def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plain", *,
+           frontend: FrontendConfig | None = None, golden_clip: np.ndarray | None = None) -> tuple[Path, ...]:
     """Write the firmware files for `tflite` into out_dir, laid out as `layout` (one of LAYOUTS).
 
     `plain` writes `<name>_model_data.h/.cc`, `<name>_model_settings.h`, `<name>_op_resolver.h` and
-    `<name>_example.h/.cc` flat; `cmake` adds a CMakeLists.txt building them as the library `<name>_model`
-    (linking a `tflite-micro` target); `arduino` writes an Arduino library: library.properties, the files in
-    src/ and a sketch in examples/<name>_inference/.
+    `<name>_example.h/.cc` flat, then `<name>_golden_vectors.h` if `golden_clip` is given; `cmake` adds a
+    CMakeLists.txt building them as the library `<name>_model` (linking a `tflite-micro` target); `arduino`
+    writes an Arduino library: library.properties, the files in src/ and a sketch in examples/<name>_inference/.
 
     The model is parsed, run in the pip TFLM interpreter and rendered before anything is written, so every
     check that fails leaves out_dir as it was (or absent). A new out_dir appears in one rename; in an existing
     one tinykd's files are replaced one by one and other files are kept.
+
+    With `frontend` (an audio model), `<name>_model_settings.h` also carries the front-end settings and the
+    uint16 -> int8 formula (tinykd.audio.settings_defines); with `golden_clip` too (int16 samples of one clip),
+    `<name>_golden_vectors.h` holds the clip, its int8 features and the model output TFLM gives for them.
 
     Returns:
         The written paths: the source files in the order above, then the layout's own files.
 
     Raises:
         ExportError: bad name, labels, arena or layout; a model that is not full-int8, that TFLM cannot run
-            (names the op and what TFLM said) or whose ops TFLM cannot register; or out_dir cannot be written.
+            (names the op and what TFLM said) or whose ops TFLM cannot register; a model input that does not
+            hold the front-end's features, or a golden clip without a front-end; or out_dir cannot be written.
     """
     _check_spec(spec)
     if layout not in LAYOUTS:
@@ -124,7 +133,32 @@ def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plai
         f"{spec.name}_example.h": _render("example.h.in", names),
         f"{spec.name}_example.cc": _render("example.cc.in", names),
     }
+    if frontend is not None or golden_clip is not None:
+        sources |= _frontend_sources(tflite, model, spec, sources, frontend, golden_clip)
     return _write_atomically(_lay_out(sources, spec, layout), Path(out_dir))
+
+
+def _frontend_sources(tflite: bytes, model: model_file.ModelInfo, spec: FirmwareSpec, sources: dict[str, str],
+                      frontend: FrontendConfig | None, golden_clip: np.ndarray | None) -> dict[str, str]:
+    """The settings header with the front-end block added, and the golden vectors header if there is a clip."""
+    if frontend is None:
+        raise ExportError(f"{spec.name}: a golden clip needs the front-end settings that turn it into features; "
+                          "pass frontend= too")
+    feature_elements = frontend.frames * frontend.num_channels
+    if math.prod(model.inputs[0].shape) != feature_elements:
+        raise ExportError(f"{spec.name}: the model input {tuple(model.inputs[0].shape)} does not hold the "
+                          f"front-end's {frontend.frames} frames x {frontend.num_channels} channels; build the "
+                          f"model for input {(*frontend.feature_shape, 1)}")
+    settings_name = f"{spec.name}_model_settings.h"
+    # The block goes inside the include guard, after everything the template wrote.
+    guard_end = f"#endif  // {spec.name.upper()}_MODEL_SETTINGS_H_\n"
+    settings = sources[settings_name].replace(guard_end, audio.settings_defines(frontend, spec.name) + "\n"
+                                              + guard_end)
+    added = {settings_name: settings}
+    if golden_clip is not None:
+        golden = audio.golden_vectors(golden_clip, frontend, tflite)
+        added[f"{spec.name}_golden_vectors.h"] = audio.golden_header(golden, spec.name)
+    return added
 
 
 def _check_runs_in_tflm(tflite: bytes, source: str) -> None:
