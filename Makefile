@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tinykd-installed
 RECIPE ?= pipelines/fashion_mnist.yaml
-APT_PACKAGES := dataset-fashion-mnist gcc-arm-none-eabi libnewlib-arm-none-eabi
+APT_PACKAGES := dataset-fashion-mnist gcc-arm-none-eabi libnewlib-arm-none-eabi espeak-ng flite
 PYTEST_ARGS ?=
 
 .PHONY: setup system-packages run test test-all bench clean

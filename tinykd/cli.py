@@ -165,3 +165,28 @@ def export_command(model: Path, out_dir: Path, name: str | None, labels_file: Pa
         click.echo(f"wrote {path}")
     click.echo(f"{spec.name}: {len(labels)} classes, arena {arena_with_margin(spec.arena_bytes):,} B "
                f"({spec.arena_bytes:,} B for {sized.board} from `tinykd report`, plus the margin)")
+
+
+@cli.group()
+def data() -> None:
+    """Make datasets a recipe's data.path can name."""
+
+
+@data.command(name="keywords")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Same seed, same files, byte for byte.")
+@click.option("--speakers", default=128, show_default=True, type=click.IntRange(min=3),
+              help="Synthetic speakers (engine, voice, variant); a tenth each are held out for validation and test.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")
+def keywords_command(out_dir: Path, seed: int, speakers: int, jobs: int | None) -> None:
+    """Write a synthetic Speech Commands dataset to OUT_DIR with espeak-ng and flite (offline)."""
+    from tinykd.data.keywords import synthesize
+
+    started = time.time()
+    summary = synthesize(out_dir, seed=seed, speakers=speakers, jobs=jobs)
+    speakers_text = ", ".join(f"{count} {split}" for split, count in summary.speakers)
+    click.echo(f"wrote {summary.clips:,} clips ({summary.keyword_clips:,} keywords, {summary.other_clips:,} other "
+               f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "
+               f"in {time.time() - started:.0f} s")
+    click.echo(f"use it with   data: {{format: speech_commands, path: {summary.out_dir}}}")

@@ -37,6 +37,7 @@ class Dataset:
 
     `fingerprint` changes whenever the files, the split or the sample limits change; stage caching keys on it.
     `skipped` lists the files left out because they could not be read (`data.skip_unreadable: true`).
+    `repairs` counts what a reader changed to make inputs fit, as (what, files) pairs, e.g. ("resampled", 3).
     """
 
     train: Split
@@ -47,6 +48,8 @@ class Dataset:
     source: str
     fingerprint: str
     skipped: tuple[str, ...] = ()
+    repairs: tuple[tuple[str, int], ...] = ()
+    test_audio: np.ndarray | None = None  # the test clips before the front-end (golden vectors, parity checks)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -1,0 +1,153 @@
+"""The keyword synthesizer with the real espeak-ng and flite, at a few speakers: layout, held-out speakers, bytes."""
+
+import hashlib
+import re
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tinykd.cli import cli
+from tinykd.config import DataConfig
+from tinykd.data import keywords, load
+from tinykd.data.keywords import KEYWORDS, NOISES, OTHER_WORDS, RATE_HZ, synthesize
+from tinykd.errors import DataError
+
+TINY = {"speakers": 5, "clips_per_speaker_word": 2}
+NAME = re.compile(r"^[0-9a-f]{8}_nohash_\d+\.wav$")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kws") / "set"
+    return root, synthesize(root, seed=3, jobs=2, **TINY)
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def speaker_ids(lines) -> set[str]:
+    return {line.split("/")[1].split("_nohash_")[0] for line in lines}
+
+
+def test_layout_is_speech_commands(made):
+    root, summary = made
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(("_background_noise_",) + KEYWORDS
+                                                                           + OTHER_WORDS)
+    assert summary.keyword_clips == 5 * 10 * 2 and summary.other_clips == 5 * len(OTHER_WORDS)
+    clips = sorted(root.glob("*/*_nohash_*.wav"))
+    assert len(clips) == summary.clips and all(NAME.match(p.name) for p in clips)
+    for path in clips[::7]:
+        with wave.open(str(path)) as file:
+            assert (file.getframerate(), file.getnchannels(), file.getsampwidth(), file.getnframes()) == \
+                (16000, 1, 2, 16000)
+    noise = sorted(p.name for p in (root / "_background_noise_").iterdir())
+    assert noise == sorted(f"{name}_noise.wav" for name in NOISES) and len(summary.noise_files) == len(NOISES)
+    for list_name in ("validation_list.txt", "testing_list.txt"):
+        lines = (root / list_name).read_text().splitlines()
+        assert lines and lines == sorted(lines) and all((root / line).is_file() for line in lines)
+    assert not list(root.parent.glob(".*partial*"))
+
+
+def test_validation_and_test_speakers_are_never_heard_in_training(made):
+    root, summary = made
+    val = speaker_ids((root / "validation_list.txt").read_text().splitlines())
+    test = speaker_ids((root / "testing_list.txt").read_text().splitlines())
+    everyone = speaker_ids(str(p.relative_to(root)) for p in root.glob("*/*_nohash_*.wav"))
+    train = everyone - val - test
+    assert len(everyone) == 5 and len(val) == 1 and len(test) == 1 and len(train) == 3 and not val & test
+    assert dict(summary.speakers) == {"train": 3, "val": 1, "test": 1}
+    for speaker in val | test:  # every clip of a held-out speaker is listed, none trains
+        listed = (root / "validation_list.txt").read_text() + (root / "testing_list.txt").read_text()
+        assert all(f"{p.parent.name}/{p.name}" in listed for p in root.glob(f"*/{speaker}_nohash_*.wav"))
+
+
+def test_same_seed_same_bytes_whatever_the_jobs(made, tmp_path):
+    root, _ = made
+    again = tmp_path / "again"
+    synthesize(again, seed=3, jobs=1, **TINY)
+    assert digests(again) == digests(root)
+    other = tmp_path / "other"
+    synthesize(other, seed=4, jobs=2, **TINY)
+    assert digests(other).keys() != digests(root).keys()  # other speakers, so other names
+    assert digests(other)["_background_noise_/white_noise.wav"] != digests(root)["_background_noise_/white_noise.wav"]
+
+
+def test_clips_vary_in_voice_timing_level_and_noise(made):
+    root, _ = made
+    clips = [wave.open(str(p)).readframes(16000) for p in sorted((root / "yes").glob("*.wav"))]
+    samples = np.stack([np.frombuffer(c, "<i2").astype(float) for c in clips])
+    assert len({c for c in clips}) == len(clips)  # no two clips alike, even one speaker's two takes
+    peaks = np.abs(samples).max(axis=1)
+    assert 32767 * 10 ** (-27 / 20) < peaks.min() and len(np.unique(peaks)) == len(peaks)
+    onsets = [np.flatnonzero(np.abs(s) > 0.3 * np.abs(s).max())[0] for s in samples]
+    assert max(onsets) - min(onsets) > 1600  # time shifts spread words over more than 100 ms
+    assert np.all(np.abs(samples[:, :80]).max(axis=1) > 0)  # noise under everything, never digital silence
+
+
+def test_every_speaker_in_the_pool_has_its_own_id():
+    everyone = keywords.choose_speakers(len(keywords.ESPEAK_VOICES) * len(keywords.ESPEAK_VARIANTS) + 5, seed=0)
+    assert len({speaker.id for speaker in everyone}) == len(everyone) == len(set(everyone))
+    assert [s.engine for s in everyone[:9]] == ["flite"] + ["espeak-ng"] * 7 + ["flite"]
+
+
+def test_noises_have_their_character():
+    noises = keywords.generate_noises(seed=0)
+    assert set(noises) == set(NOISES)
+    spectra = {name: np.abs(np.fft.rfft(samples)) ** 2 for name, samples in noises.items()}
+    frequency = np.fft.rfftfreq(len(noises["white"]), 1 / RATE_HZ)
+
+    def low_share(name: str) -> float:
+        return spectra[name][frequency < 500].sum() / spectra[name].sum()
+
+    assert low_share("white") < 0.1 < low_share("pink") < low_share("brown")
+    assert abs(frequency[np.argmax(spectra["hum"])] - 50.0) < 0.5
+    for samples in noises.values():
+        assert np.std(samples) == pytest.approx(keywords.NOISE_RMS)
+
+
+def test_synthetic_set_loads_as_twelve_classes(made):
+    root, _ = made
+    data = load(DataConfig(format="speech_commands", path=str(root)), seed=0)
+    assert data.labels == ("_silence_", "_unknown_") + KEYWORDS
+    assert (len(data.val), len(data.test)) == (20 + 2 + 2, 20 + 2 + 2) and len(data.train) == 60 + 6 + 6
+    assert dict(data.repairs) == {"resampled": 0, "mixed_down": 0, "padded": 0, "trimmed": 0}
+
+
+def test_bad_requests_fail_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="already exists and is not an empty folder"):
+        synthesize(tmp_path / "full", **TINY)
+    with pytest.raises(DataError, match="use 3 to"):
+        synthesize(tmp_path / "few", speakers=2)
+    with pytest.raises(DataError, match="seed: -1 is negative"):
+        synthesize(tmp_path / "few", seed=-1, **TINY)
+    monkeypatch.setattr(keywords.shutil, "which", lambda name: None if name == "flite" else "/usr/bin/" + name)
+    with pytest.raises(DataError, match=re.escape("flite not found") + ".*apt-get install espeak-ng flite"):
+        synthesize(tmp_path / "x", **TINY)
+    assert not (tmp_path / "few").exists() and not (tmp_path / "x").exists()
+
+
+def test_cli_writes_the_set_and_reports_it(tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(cli, ["data", "keywords", str(out), "--speakers", "3", "--jobs", "2", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {3 * (30 + len(OTHER_WORDS))} clips" in result.output and "1 train, 1 val, 1 test" in result.output
+    assert (out / "testing_list.txt").is_file()
+    default = next(p for p in cli.commands["data"].commands["keywords"].params if p.name == "speakers").default
+    assert default == keywords.DEFAULT_SPEAKERS
+
+
+def test_cli_turns_errors_into_exit_code_2(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.wav").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "tinykd", "data", "keywords", str(tmp_path / "taken")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "already exists and is not an empty folder" in result.stderr
