@@ -97,3 +97,19 @@ def config_path():
     from conftest import SMOKE_RECIPE
 
     return SMOKE_RECIPE
+
+
+def test_unquoted_yes_no_keywords_get_a_quoting_hint(tmp_path):
+    path = write(tmp_path, "name: k\ndata: {format: speech_commands, path: x, keywords: [yes, no]}\n")
+    with pytest.raises(ConfigError, match=r"data.keywords\[0\]: expected a word, got true: .*quote the word"):
+        config.load(path)
+
+
+def test_frontend_only_with_audio_and_matching_rate(tmp_path):
+    with pytest.raises(ConfigError, match="frontend: turns audio into features; data.format fashion_mnist"):
+        config.load(write(tmp_path, "name: k\nfrontend: {}\n"))
+    path = write(tmp_path, "name: k\ndata: {format: speech_commands, path: x}\nfrontend: {sample_rate_hz: 8000, upper_band_limit_hz: 3800}\n")
+    with pytest.raises(ConfigError, match=r"frontend.sample_rate_hz: must equal data.sample_rate_hz \(16000\)"):
+        config.load(path)
+    cfg = config.load(write(tmp_path, "name: k\ndata: {format: speech_commands, path: x}\nfrontend: {}\n"))
+    assert cfg.frontend.feature_shape == (49, 40)

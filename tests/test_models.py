@@ -41,3 +41,42 @@ def test_named_layers_exist_for_hints():
     model = models.build(ModelConfig(filters=(8, 16), convs_per_block=2), (28, 28, 1), 10, "m")
     names = {layer.name for layer in model.layers}
     assert {"block1_conv2_relu", "block2_conv1_relu", "features", "logits"} <= names
+
+
+def test_hello_edge_ds_cnn_shape_width_and_macs_by_hand():
+    # Hello Edge DS-CNN: one strided 10x4 convolution, then depthwise-separable blocks without pooling.
+    cfg = ModelConfig(arch="ds_cnn", filters=(64, 64, 64), width_multiplier=0.5, first_kernel=(10, 4),
+                      first_strides=(2, 2), pool_between_blocks=False, head="avgpool")
+    model = models.build(cfg, (49, 40, 1), 12, "kws")
+    assert models.widths(cfg) == (32, 32, 32)
+    first = 25 * 20 * 32 * 10 * 4 * 1
+    separable = 25 * 20 * 32 * 9 + 25 * 20 * 32 * 32
+    assert models.count_macs(model) == first + 2 * separable + 32 * 12
+    assert model.get_layer("block1_conv1").output_shape == (None, 25, 20, 32)
+
+
+def test_avgpool_head_converts_to_average_pool_not_mean():
+    from tflite_micro.python.tflite_micro import runtime
+
+    from tinykd.keras_shim import tf
+
+    model = models.build(ModelConfig(arch="ds_cnn", filters=(8, 8), pool_between_blocks=False, head="avgpool"),
+                         (12, 10, 1), 4, "m")
+    qat = tfmot.quantization.keras.quantize_model(model)
+    samples = np.random.default_rng(0).normal(size=(64, 12, 10, 1)).astype(np.float32)
+    tflite = convert(qat, samples)
+    ops = model_file.read(tflite).op_names
+    assert "AVERAGE_POOL_2D" in ops and "MEAN" not in ops
+    micro = runtime.Interpreter.from_bytes(tflite, arena_size=64 * 1024)
+    reference = tf.lite.Interpreter(model_content=tflite,
+                                    experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    reference.allocate_tensors()
+    scale, zero_point = micro.get_input_details(0)["quantization_parameters"]["scales"][0], \
+        micro.get_input_details(0)["quantization_parameters"]["zero_points"][0]
+    for sample in samples[:16]:
+        q = np.clip(np.round(sample / scale) + zero_point, -128, 127).astype(np.int8)[np.newaxis]
+        micro.set_input(q, 0)
+        micro.invoke()
+        reference.set_tensor(reference.get_input_details()[0]["index"], q)
+        reference.invoke()
+        np.testing.assert_array_equal(micro.get_output(0), reference.get_tensor(reference.get_output_details()[0]["index"]))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from tinykd.audio.frontend import FrontendConfig
 from tinykd.errors import ConfigError
 
 # What `--smoke` changes in any recipe: a few hundred samples and one epoch per stage, so a build takes seconds
@@ -92,6 +93,13 @@ class DataConfig:
     max_test_samples: int | None = None
     seed: int = 0
     download: bool = True
+    # Keyword spotting (format speech_commands): the classes are _silence_, _unknown_, then `keywords` in order.
+    keywords: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+    unknown_fraction: float = 0.1
+    silence_fraction: float = 0.1
+    sample_rate_hz: int = 16000
+    clip_ms: int = 1000
+    synthesize: bool = False
 
     def __post_init__(self):
         from tinykd.data import READERS
@@ -109,6 +117,24 @@ class DataConfig:
         for key in ("max_train_samples", "max_test_samples"):
             value = getattr(self, key)
             _require(value is None or value >= 32, key, "must be at least 32, or null for all samples")
+        self._check_keywords()
+
+    def _check_keywords(self) -> None:
+        _require(len(self.keywords) > 0 and len(set(self.keywords)) == len(self.keywords), "keywords",
+                 "must be a non-empty list of distinct words, e.g. ['yes', 'no']")
+        for word in self.keywords:
+            _require(bool(word) and word[0] not in "_." and "/" not in word, "keywords",
+                     f"{word!r} cannot name a word folder: no '/', and no leading '_' or '.' (those folders are "
+                     "_silence_, _unknown_ and _background_noise_)")
+        for key in ("unknown_fraction", "silence_fraction"):
+            _require(0.0 <= getattr(self, key) <= 1.0, key,
+                     "must be in [0, 1]: clips per keyword clip in each split (0.1 as in TensorFlow's speech_commands)")
+        _require(4000 <= self.sample_rate_hz <= 48000, "sample_rate_hz", "must be in [4000, 48000], e.g. 16000")
+        _require(100 <= self.clip_ms <= 10000, "clip_ms", "must be in [100, 10000], e.g. 1000")
+        _require(self.sample_rate_hz * self.clip_ms % 1000 == 0, "clip_ms",
+                 f"must hold a whole number of samples at {self.sample_rate_hz} Hz")
+        _require(not self.synthesize or self.format == "speech_commands", "synthesize",
+                 "applies only to format speech_commands (it writes a synthetic keyword dataset at data.path)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +143,11 @@ class ModelConfig:
 
     arch: str = "cnn"
     filters: tuple[int, ...] = (16, 32, 64)
+    width_multiplier: float = 1.0
     convs_per_block: int = 1
+    first_kernel: tuple[int, ...] | None = None
+    first_strides: tuple[int, ...] = (1, 1)
+    pool_between_blocks: bool = True
     head: str = "gap"
     dense_units: int = 0
     dropout: float = 0.0
@@ -130,6 +160,12 @@ class ModelConfig:
         _require(len(self.filters) > 0 and all(f > 0 for f in self.filters), "filters",
                  "must be a non-empty list of positive channel counts, e.g. [16, 32, 64]")
         _require(self.convs_per_block >= 1, "convs_per_block", "must be at least 1")
+        _require(0.0 < self.width_multiplier <= 8.0, "width_multiplier",
+                 "must be in (0, 8]: every entry of filters is scaled by it (e.g. 0.5 for half width)")
+        _require(self.first_kernel is None or (len(self.first_kernel) == 2 and min(self.first_kernel) >= 1),
+                 "first_kernel", "must be [height, width] of the first convolution, e.g. [10, 4], or null for 3x3")
+        _require(len(self.first_strides) == 2 and min(self.first_strides) >= 1, "first_strides",
+                 "must be [height, width] strides of the first convolution, e.g. [2, 2]")
         _require(self.dense_units >= 0, "dense_units", "must be 0 (no hidden dense layer) or more")
         _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
 
@@ -263,6 +299,7 @@ class Config:
     name: str
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    frontend: FrontendConfig | None = None
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     prune: PruneConfig | None = field(default_factory=PruneConfig)
@@ -275,6 +312,15 @@ class Config:
     def __post_init__(self):
         _require(self.name.replace("_", "").replace("-", "").isalnum(), "name",
                  "must be letters, digits, '_' or '-' (it names the folder runs/<name>/)")
+        if self.frontend is not None:
+            _require(self.data.format == "speech_commands", "frontend",
+                     f"turns audio into features; data.format {self.data.format} is not audio (remove frontend)")
+            _require(self.frontend.sample_rate_hz == self.data.sample_rate_hz, "frontend.sample_rate_hz",
+                     f"must equal data.sample_rate_hz ({self.data.sample_rate_hz}): the loader resamples to it")
+            _require(self.frontend.clip_ms == self.data.clip_ms, "frontend.clip_ms",
+                     f"must equal data.clip_ms ({self.data.clip_ms}): the loader cuts clips to it")
+            _require(self.data.normalize is None, "data.normalize",
+                     "must be left out with a frontend: the model's input is fixed by the front-end's int8 features")
 
     @property
     def export_name(self) -> str:
@@ -424,6 +470,9 @@ def _convert(hint, value, file: str, key: str):
             return float(value)  # YAML 1.1 reads 1e-3 as a string
         except ValueError:
             pass
+    if hint is str and isinstance(value, bool):
+        raise ConfigError(f"{file}: {key}: expected a word, got {str(value).lower()}: YAML reads unquoted yes, no, "
+                          "on and off as true/false; quote the word, e.g. 'yes'")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{file}: {key}: expected {hint.__name__}, got {value!r}")
     return value

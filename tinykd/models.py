@@ -15,7 +15,9 @@ ARCHITECTURES = ("cnn", "ds_cnn", "mlp")
 #      kernels round differently: outputs can differ by 1 LSB, so a near-tie can flip the top-1 class).
 # flatten / pool_flatten: classify the whole last feature map (max-pooled by 2 first for pool_flatten) with one
 #      convolution; bit-exact in both runtimes unless a hidden dense layer (dense_units) brings FULLY_CONNECTED.
-HEADS = ("gap", "flatten", "pool_flatten")
+# avgpool: average the whole last feature map with AVERAGE_POOL_2D (the same numbers as gap, but a kernel that is
+#      bit-exact in both runtimes), then classify with a 1x1 convolution; the small head DS-CNNs use.
+HEADS = ("gap", "avgpool", "flatten", "pool_flatten")
 # Batch-norm statistics settle within ~30 steps at 0.9 (Keras' 0.99 needs ~300), so small datasets and short
 # fine-tuning runs evaluate with the statistics they trained with.
 BATCH_NORM_MOMENTUM = 0.9
@@ -35,7 +37,7 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name
     spatial_dims = len(input_shape) - 1
     if cfg.arch == "mlp" or spatial_dims == 0:
         x = layers.Flatten(name="flatten_input")(x) if spatial_dims else x
-        for index, units in enumerate(cfg.filters, start=1):
+        for index, units in enumerate(widths(cfg), start=1):
             x = layers.Dense(units, name=f"dense{index}")(x)
             x = layers.ReLU(name=f"dense{index}_relu")(x)
     else:
@@ -44,15 +46,19 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name
             # and TFLite converts Conv1D to the same CONV_2D anyway.
             x = layers.Reshape((input_shape[0], 1, input_shape[1]), name="as_image")(x)
         kernel, window = ((3, 1), (2, 1)) if spatial_dims == 1 else ((3, 3), (2, 2))
-        for block, filters in enumerate(cfg.filters, start=1):
+        for block, filters in enumerate(widths(cfg), start=1):
             for conv in range(1, cfg.convs_per_block + 1):
-                x = _conv_unit(layers, x, cfg.arch, filters, f"block{block}_conv{conv}", kernel,
-                               first=(block == 1 and conv == 1))
-            if block < len(cfg.filters):
+                first = block == 1 and conv == 1
+                x = _conv_unit(layers, x, cfg.arch, filters, f"block{block}_conv{conv}",
+                               tuple(cfg.first_kernel or kernel) if first else kernel,
+                               strides=tuple(cfg.first_strides) if first else (1, 1), first=first)
+            if block < len(cfg.filters) and cfg.pool_between_blocks:
                 x = layers.MaxPooling2D(window, name=f"block{block}_pool")(x)
         x = layers.Activation("linear", name="features")(x)
         if cfg.head == "gap":
             x = layers.GlobalAveragePooling2D(name="gap")(x)
+        elif cfg.head == "avgpool":
+            x = layers.AveragePooling2D(tuple(x.shape[1:3]), name="avgpool")(x)
         elif cfg.head == "pool_flatten":
             x = layers.MaxPooling2D(window, name="head_pool")(x)
         if cfg.dense_units or cfg.head == "gap":
@@ -73,15 +79,21 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name
     return keras.Model(inputs, outputs, name=name)
 
 
-def _conv_unit(layers, x, arch: str, filters: int, name: str, kernel: tuple[int, int], first: bool):
+def widths(cfg: ModelConfig) -> tuple[int, ...]:
+    """The channel count of every block: `filters` scaled by `width_multiplier`, at least 1 each."""
+    return tuple(max(1, round(f * cfg.width_multiplier)) for f in cfg.filters)
+
+
+def _conv_unit(layers, x, arch: str, filters: int, name: str, kernel: tuple[int, int], *,
+               strides: tuple[int, int], first: bool):
     """Conv (or depthwise-separable conv), batch norm, ReLU: the pattern TFMOT folds and TFLM fuses."""
     if arch == "ds_cnn" and not first:
-        x = layers.DepthwiseConv2D(kernel, padding="same", use_bias=False, name=f"{name}_dw")(x)
+        x = layers.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_dw")(x)
         x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_dw_bn")(x)
         x = layers.ReLU(name=f"{name}_dw_relu")(x)
         x = layers.Conv2D(filters, 1, use_bias=False, name=name)(x)
     else:
-        x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=name)(x)
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
     x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 

@@ -32,3 +32,20 @@ def load_model(path):
     """Load any model tinykd saved, including quantization-aware ones."""
     with tfmot.quantization.keras.quantize_scope():
         return keras.models.load_model(path, compile=False)
+
+
+def fix_input_range(qat, low: float, high: float) -> None:
+    """Pin a quantization-aware model's input quantizer to [low, high] (it otherwise keeps the range it saw).
+
+    An audio model's int8 input must be the front-end's int8 feature itself, so the converted input scale and
+    zero point have to be exact: [0, 255/256] gives scale 1/256 and zero point -128.
+    """
+    layer = next((layer for layer in qat.layers
+                  if type(layer).__name__ == "QuantizeLayer"), None)
+    variables = {v.name.split("/")[-1].split(":")[0]: v for v in (layer.weights if layer else [])}
+    low_var = next((v for name, v in variables.items() if name.endswith("_min")), None)
+    high_var = next((v for name, v in variables.items() if name.endswith("_max")), None)
+    if low_var is None or high_var is None:
+        raise ValueError(f"{qat.name}: no input quantizer with min/max variables to pin")
+    low_var.assign(low)
+    high_var.assign(high)
