@@ -44,3 +44,13 @@ def tiny_teacher(smoke_cfg, smoke_data):
 
     teacher = models.build(smoke_cfg.teacher.model, smoke_data.input_shape, smoke_data.num_classes, "teacher")
     return train_on_labels(teacher, smoke_data, Schedule(epochs=2, batch_size=64, learning_rate=2e-3, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_keywords(tmp_path_factory) -> Path:
+    """A tiny synthetic Speech Commands set (espeak-ng and flite; 10 speakers, one each for validation and test)."""
+    from tinykd.data.keywords import synthesize
+
+    root = tmp_path_factory.mktemp("keywords") / "speech_commands"
+    synthesize(root, seed=0, speakers=10, clips_per_speaker_word=2, jobs=2)
+    return root

@@ -204,14 +204,36 @@ def test_killed_build_resumes_at_the_interrupted_stage(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "pipelines").glob("*.yaml")))
-def test_every_recipe_builds_in_smoke_mode(recipe, tmp_path):
-    process = cli("build", str(REPO / "pipelines" / recipe), "--smoke", "--runs", str(tmp_path), "--quiet")
+def test_every_recipe_builds_in_smoke_mode(recipe, tmp_path, request):
+    cfg = config.load(REPO / "pipelines" / recipe, smoke=True)
+    extra = []
+    if cfg.data.format == "speech_commands":  # the recipe would synthesize the full set; a tiny one will do
+        extra = ["--set", f"data.path={request.getfixturevalue('tiny_keywords')}"]
+    process = cli("build", str(REPO / "pipelines" / recipe), "--smoke", "--runs", str(tmp_path), "--quiet", *extra)
     output = process.communicate(timeout=900)[0]
     assert process.returncode == 0, output
-    name = config.load(REPO / "pipelines" / recipe, smoke=True).name
-    report = json.loads((tmp_path / name / "report.json").read_text())
+    report = json.loads((tmp_path / cfg.name / "report.json").read_text())
     assert report["int8"]["tflm_tflite_top1_agreement"] == 1.0
     assert "done: teacher" in output
+    assert sum(sum(row) for row in report["classes"]["confusion"]) == report["int8"]["test_samples"]
+    assert (tmp_path / cfg.name / "confusion.png").stat().st_size > 0
+    if cfg.frontend is not None:
+        _check_audio_build(tmp_path / cfg.name, report, cfg)
+
+
+def _check_audio_build(run, report, cfg):
+    """An audio build: the firmware's int8 features are the model input, and the export proves it."""
+    from tinykd import audio
+
+    assert report["int8"]["input"]["scale"] == audio.INPUT_SCALE
+    assert report["int8"]["input"]["zero_point"] == audio.INPUT_ZERO_POINT
+    parity = report["frontend_parity"]
+    assert parity["identical_clips"] == parity["test_clips"] == report["int8"]["test_samples"]
+    assert 0.0 <= report["classes"]["false_reject_rate"] <= 1.0
+    assert 0.0 <= report["classes"]["false_accept_rate"] <= 1.0
+    settings = (run / "export" / f"{cfg.export_name}_model_settings.h").read_text()
+    assert audio.parse_settings(settings) == cfg.frontend
+    assert (run / "export" / f"{cfg.export_name}_golden_vectors.h").is_file()
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from tinykd import artifacts, config
 from tinykd.artifacts import Run
 
@@ -54,6 +56,9 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
         },
         "board": {key: value for key, value in board.items() if key != "layers"},
         "layers": board["layers"],
+        "classes": class_metrics(verify["confusion"], data.labels),
+        "data_repairs": dict(data.repairs),
+        "frontend_parity": records["export"]["metrics"].get("frontend_parity"),
         "pruning_note": _pruning_note(records),
         "seconds": {name: records[name]["seconds"] for name in records},
         "files": records["export"]["metrics"]["files"],
@@ -61,7 +66,31 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
     artifacts.write_json(run.root / "report.json", report)
     artifacts.write_text(run.root / "report.md", render_markdown(report))
     _plot(stages, run.root / "accuracy_vs_size.png", cfg.name)
+    _plot_confusion(verify["confusion"], data.labels, run.root / "confusion.png", cfg.name)
     return report
+
+
+def class_metrics(confusion, labels) -> dict:
+    """Per-class accuracy of the int8 model in TFLM and, for keyword spotting, false reject and false accept rates.
+
+    False reject: a keyword clip not recognised as its keyword. False accept: a `_silence_` or `_unknown_` clip
+    recognised as any keyword.
+    """
+    counts = np.asarray(confusion, dtype=np.int64)
+    per_class = {label: {"samples": int(counts[i].sum()),
+                         "accuracy": float(counts[i, i] / counts[i].sum()) if counts[i].sum() else None}
+                 for i, label in enumerate(labels)}
+    result = {"per_class": per_class, "confusion": counts.tolist()}
+    fillers = [i for i, label in enumerate(labels) if label in ("_silence_", "_unknown_")]
+    if fillers:
+        keywords = [i for i in range(len(labels)) if i not in fillers]
+        keyword_clips = counts[keywords].sum()
+        filler_clips = counts[fillers].sum()
+        result["false_reject_rate"] = float(1.0 - counts[keywords, keywords].sum() / keyword_clips) \
+            if keyword_clips else None
+        result["false_accept_rate"] = float(counts[np.ix_(fillers, keywords)].sum() / filler_clips) \
+            if filler_clips else None
+    return result
 
 
 def render_markdown(report: dict) -> str:
@@ -102,6 +131,23 @@ def render_markdown(report: dict) -> str:
               f"- latency: {board['latency_ms']:.1f} ms (range {board['latency_range_ms'][0]:.1f}-"
               f"{board['latency_range_ms'][1]:.1f} ms, confidence {board['confidence']}); {board['latency_basis']}"]
     lines += [f"- warning: {warning}" for warning in board["warnings"]]
+    classes = report["classes"]
+    lines += ["", "## Per class (int8 in TFLite Micro; confusion matrix in confusion.png)", "",
+              "| class | test samples | accuracy |", "|---|---|---|"]
+    lines += [f"| {label} | {c['samples']:,} | " + (f"{c['accuracy']:.2%} |" if c["accuracy"] is not None else "- |")
+              for label, c in classes["per_class"].items()]
+    if "false_reject_rate" in classes:
+        lines += ["", f"- false reject rate (keyword clips not recognised as their keyword): "
+                      f"{classes['false_reject_rate']:.2%}",
+                  f"- false accept rate (silence and unknown clips recognised as a keyword): "
+                  f"{classes['false_accept_rate']:.2%}"]
+    if report["data_repairs"] and any(report["data_repairs"].values()):
+        lines += ["", "Audio the loader repaired: " + ", ".join(f"{what} {count}" for what, count in
+                                                               report["data_repairs"].items() if count)]
+    if report["frontend_parity"]:
+        parity = report["frontend_parity"]
+        lines += ["", f"Front-end parity: features recomputed from the exported model_settings.h are identical to "
+                      f"the training features on {parity['identical_clips']:,} of {parity['test_clips']:,} test clips."]
     if report["pruning_note"]:
         lines += ["", report["pruning_note"]]
     lines += ["", "Firmware files: " + ", ".join(f"`export/{f}`" for f in report["files"]), ""]
@@ -114,6 +160,40 @@ def _pruning_note(records: dict) -> str:
     sparsity = records["prune"]["metrics"]["sparsity"]
     return (f"Pruning zeroed {sparsity:.0%} of the conv and dense weights. TFLite Micro stores tensors dense, so "
             "the int8 `.tflite` is as large as an unpruned one; the zeros only pay off with compression.")
+
+
+def _plot_confusion(confusion, labels, path: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    counts = np.asarray(confusion, dtype=np.float64)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = max(5.0, 0.5 * len(labels) + 2)
+    figure, axes = pyplot.subplots(figsize=(size, size))
+    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(counts):
+        if count:
+            axes.text(column, row, f"{int(count)}", ha="center", va="center", fontsize=7,
+                      color="white" if rates[row, column] > 0.5 else "black")
+    axes.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    axes.set_yticks(range(len(labels)), labels, fontsize=8)
+    axes.set_xlabel("predicted (int8, TFLite Micro)")
+    axes.set_ylabel("true class")
+    axes.set_title(f"{name}: confusion on the test split")
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
+    from matplotlib import pyplot
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=120)
+    pyplot.close(figure)
+    temporary.replace(path)
 
 
 def _plot(stages: list[dict], path: Path, name: str) -> None:
@@ -135,8 +215,4 @@ def _plot(stages: list[dict], path: Path, name: str) -> None:
     axes.set_title(f"{name}: accuracy against size across the build")
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=120)
-    pyplot.close(figure)
-    temporary.replace(path)
+    _save(figure, path)

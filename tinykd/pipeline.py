@@ -17,7 +17,7 @@ import numpy as np
 
 from tinykd import artifacts, config, data as data_layer, models
 from tinykd.artifacts import Run
-from tinykd.errors import ConfigError, ModelError, VerificationError
+from tinykd.errors import ConfigError, ConversionError, ExportError, ModelError, VerificationError
 
 STAGES = ("teacher", "distill", "prune", "quantize", "convert", "verify", "export", "report")
 TEACHER_CACHE = ".teacher_cache"
@@ -42,7 +42,7 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
     stage = _Stages(run, Path(runs_dir) / TEACHER_CACHE, options)
 
     # 1. data: every split in memory, with a fingerprint of the files and the split
-    data = data_layer.load(cfg.data, cfg.data.seed, options.data_dirs)
+    data = data_layer.load(cfg.data, cfg.data.seed, options.data_dirs, frontend=cfg.frontend)
     options.log(f"[data] {data.source}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test, "
                 f"input {data.input_shape}, {data.num_classes} classes"
                 + (f"; skipped {len(data.skipped)} unreadable files" if data.skipped else ""))
@@ -108,7 +108,7 @@ class _Stages:
     def _finish(self, name: str, key: str, metrics: dict, started: float) -> dict:
         record = self.run_dir.finish(name, key, metrics, started)
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                          for k, v in metrics.items() if not isinstance(v, (dict, list)))
+                          for k, v in metrics.items() if not isinstance(v, (dict, list, tuple)))
         self.options.log(f"[{name}] done in {record['seconds']:.1f} s: {shown}")
         return record
 
@@ -191,9 +191,14 @@ class _Stages:
             rng = np.random.default_rng(cfg.seed)
             picks = rng.choice(len(data.train), size=min(cfg.convert.representative_samples, len(data.train)),
                                replace=False)
-            tflite = convert(student.model, data.train.x[np.sort(picks)])
-            artifacts.write_bytes(path, tflite)
+            representative = data.train.x[np.sort(picks)]
+            if cfg.frontend is not None:
+                representative = _pin_input_to_frontend(student.model, representative, cfg)
+            tflite = convert(student.model, representative)
             info = model_file.read(tflite, str(path))
+            if cfg.frontend is not None:
+                _check_frontend_input(info, path)
+            artifacts.write_bytes(path, tflite)
             record = self._finish("convert", key, {
                 "tflite_bytes": len(tflite), "ops": list(info.op_names),
                 "input": _tensor(info.inputs[0]), "output": _tensor(info.outputs[0])}, started)
@@ -240,9 +245,12 @@ class _Stages:
         record = self._cached("export", key)
         if record is None:
             started = time.time()
-            files = export(tflite.model, spec, self.run_dir.dir("export"))
-            record = self._finish("export", key, {"file_count": len(files), "files": [f.name for f in files]},
-                                  started)
+            out_dir = self.run_dir.dir("export")
+            files = export(tflite.model, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data))
+            metrics = {"file_count": len(files), "files": [f.name for f in files]}
+            if cfg.frontend is not None:
+                metrics["frontend_parity"] = _frontend_parity(out_dir / f"{spec.name}_model_settings.h", data)
+            record = self._finish("export", key, metrics, started)
         self.records["export"] = record
 
 
@@ -251,6 +259,55 @@ def _schedule(section, cfg: config.Config, options: BuildOptions, seed: int | No
 
     return Schedule.of(section, seed=cfg.seed if seed is None else seed, verbose=options.verbose,
                        augment=cfg.data.augment)
+
+
+def _pin_input_to_frontend(model, representative: np.ndarray, cfg: config.Config) -> np.ndarray:
+    """Make the converted input scale and zero point the front-end's (1/256, -128), so the firmware copies its
+    int8 features straight into the input tensor: QAT's input quantizer is pinned to the int8 grid's range,
+    and calibration (post-training quantization) sees both ends of it."""
+    from tinykd.audio import to_model_input
+    from tinykd.quantize import fix_input_range
+
+    low, high = (float(to_model_input(np.array([edge], dtype=np.int8))[0]) for edge in (-128, 127))
+    if cfg.quantize is not None:
+        fix_input_range(model, low, high)
+    edges = np.stack([np.full(representative.shape[1:], low), np.full(representative.shape[1:], high)])
+    return np.concatenate([edges.astype(representative.dtype), representative])
+
+
+def _check_frontend_input(info, path: Path) -> None:
+    from tinykd.audio import INPUT_SCALE, INPUT_ZERO_POINT
+
+    given = info.inputs[0]
+    if given.scale != INPUT_SCALE or given.zero_point != INPUT_ZERO_POINT:
+        raise ConversionError(
+            f"{path}: the converted input has scale {given.scale} and zero point {given.zero_point}, not the "
+            f"front-end's {INPUT_SCALE} and {INPUT_ZERO_POINT}, so the firmware's int8 features would not be the "
+            "model's input. This is a tinykd bug; please report it with the recipe.")
+
+
+def _golden_clip(data) -> np.ndarray | None:
+    """The first test clip of a keyword (not silence or unknown), for the firmware's golden vectors."""
+    if data.test_audio is None:
+        return None
+    keyword = [i for i, label in enumerate(data.labels) if not label.startswith("_")]
+    index = next((i for i, y in enumerate(data.test.y) if y in keyword), 0)
+    return data.test_audio[index].astype(np.int16)
+
+
+def _frontend_parity(settings_header: Path, data) -> dict:
+    """Recompute every test clip's features from the exported settings alone and compare with the training
+    features; a setting lost or changed on the way to model_settings.h fails the build."""
+    from tinykd.audio import features, parse_settings, to_int8
+
+    exported = parse_settings(settings_header.read_text())
+    recomputed = to_int8(features(data.test_audio, exported))
+    trained = np.round(data.test.x[..., 0] * 256.0 - 128.0).astype(np.int8)
+    identical = int(np.sum(np.all(recomputed == trained, axis=(1, 2))))
+    if identical != len(trained):
+        raise ExportError(f"{settings_header}: the exported front-end settings give different features from the "
+                          f"training features on {len(trained) - identical} of {len(trained)} test clips")
+    return {"test_clips": len(trained), "identical_clips": identical}
 
 
 def _uses_teacher_logits(cfg: config.Config) -> bool:

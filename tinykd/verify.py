@@ -27,6 +27,7 @@ class Verification:
     top1_agreement: float
     identical_fraction: float
     max_lsb_diff: int
+    confusion: tuple[tuple[int, ...], ...]  # TFLM predictions: row = true class, column = predicted class
 
 
 def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verification:
@@ -69,7 +70,15 @@ def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verif
         top1_agreement=float(np.mean(micro_top1 == ref_top1)),
         identical_fraction=float(np.mean(np.all(micro_out == ref_out, axis=-1))),
         max_lsb_diff=int(np.max(np.abs(micro_out.astype(np.int32) - ref_out.astype(np.int32)), initial=0)),
+        confusion=confusion_matrix(split.y, micro_top1, micro_out.shape[-1]),
     )
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) -> tuple[tuple[int, ...], ...]:
+    """Counts of (true class, predicted class) pairs."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    return tuple(tuple(int(v) for v in row) for row in counts)
 
 
 def _run_reference(reference, inputs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,101 @@
+"""Benchmark the keyword-spotting recipe: synthesized data, distilled DS-CNN, against the same student without KD.
+
+    python bench/kws.py            (about half an hour on a 2-core machine)
+
+Runs, each through the real `tinykd` commands:
+- `tinykd data keywords` into an empty folder (timed: `synthesis_seconds`);
+- the recipe with 3 student seeds; the first build trains the teacher (`build_seconds`), the others reuse it;
+- baseline (a): same student, labels only, no pruning, post-training quantization, the same total epochs;
+- baseline (b): the same pipeline with distillation off (alpha 0), 3 seeds: "the same student without KD".
+Writes bench/results/kws.json with the same keys as the Fashion-MNIST benchmark plus the front-end parity, the
+false reject and false accept rates, and every target of the keyword-spotting issue checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from fashion_mnist import _build, _machine, _stage, _summary  # noqa: E402
+
+from tinykd import config  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=REPO / "pipelines" / "kws_dscnn.yaml")
+    parser.add_argument("--runs", type=Path, default=REPO / "bench" / "runs" / "kws")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kws.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data", type=Path, help="use this keyword data set instead of synthesizing one")
+    args = parser.parse_args()
+
+    if args.runs.exists():
+        shutil.rmtree(args.runs)
+    args.runs.mkdir(parents=True)
+    synthesis_seconds = None
+    data = args.data
+    if data is None:
+        data = args.runs / "data"
+        command = [sys.executable, "-m", "tinykd", "data", "keywords", str(data)]
+        print("$", " ".join(command[2:]), flush=True)
+        started = time.perf_counter()
+        subprocess.run(command, cwd=REPO, check=True)
+        synthesis_seconds = round(time.perf_counter() - started, 1)
+        print(f"  {synthesis_seconds:.0f} s", flush=True)
+
+    cfg = config.load(args.recipe)
+    total_epochs = cfg.distill.epochs + (cfg.prune.epochs if cfg.prune else 0) + \
+        (cfg.quantize.epochs if cfg.quantize else 0)
+    common = [f"data.path={data.resolve()}", "data.synthesize=false"]
+    variants = {
+        "kd": common,
+        "baseline": common + ["distill.alpha=0", f"distill.epochs={total_epochs}", "prune=none", "quantize=none"],
+        "no_kd": common + ["distill.alpha=0"],
+    }
+    runs = {name: [_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides)
+                   for seed in args.seeds] for name, overrides in variants.items()}
+    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common)
+
+    result = _summary(runs, noop, cfg, None)
+    kd = runs["kd"]
+    result["synthesis_seconds"] = synthesis_seconds
+    result["synthesis_plus_build_seconds"] = (None if synthesis_seconds is None or result["build_seconds"] is None
+                                              else round(synthesis_seconds + result["build_seconds"], 1))
+    result["no_kd_gain_points"] = 100 * (result["student_int8_accuracy"] - result["no_kd_int8_accuracy"])
+    result["frontend_parity"] = [r["report"]["frontend_parity"] for r in kd]
+    result["false_reject_rate_seeds"] = [r["report"]["classes"]["false_reject_rate"] for r in kd]
+    result["false_accept_rate_seeds"] = [r["report"]["classes"]["false_accept_rate"] for r in kd]
+    result["no_kd_float_accuracy_seeds"] = [_stage(r, "distill")["test_accuracy"] for r in runs["no_kd"]]
+    result["test_clips"] = kd[0]["report"]["data"]["test"]
+    result["targets"] = {
+        "student_int8_at_least_97pct_of_teacher": result["student_int8_accuracy"] >= 0.97 * result["teacher_accuracy"],
+        "student_tflite_at_most_30KB": result["student_tflite_bytes"] <= 30 * 1000,
+        "kd_beats_no_kd_by_0.5_points": result["no_kd_gain_points"] >= 0.5,
+        "synthesis_plus_build_under_25_minutes": result["synthesis_plus_build_seconds"] is not None
+        and result["synthesis_plus_build_seconds"] < 25 * 60,
+        "features_identical_on_every_test_clip": all(p["identical_clips"] == p["test_clips"]
+                                                     for p in result["frontend_parity"]),
+        "tflm_tflite_top1_agreement_100pct": result["tflm_tflite_top1_agreement"] == 1.0,
+    }
+    result["machine"] = _machine()
+    result["command"] = "python bench/kws.py " + " ".join(sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.out.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.replace(args.out)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
