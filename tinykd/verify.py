@@ -6,10 +6,13 @@ TFLM is what runs on the device, so its accuracy is the accuracy tinykd reports;
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -39,29 +42,28 @@ def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verif
     Raises:
         VerificationError: TFLM cannot load or run the model.
     """
-    from tflite_micro.python.tflite_micro import runtime
-
     from tinykd.keras_shim import tf
 
-    try:
-        with _quiet_stderr():
-            arena = measure_arena(tflite) if arena_bytes is None else arena_bytes
-            micro = runtime.Interpreter.from_bytes(tflite, arena_size=arena + 1024)
-    except RuntimeError as error:
-        raise VerificationError(f"TFLite Micro cannot run the model: {error}") from None
-    details = micro.get_input_details(0)
-    inputs = quantize_input(split.x, details["quantization_parameters"])
+    with _quiet_stderr():
+        arena = measure_arena(tflite) if arena_bytes is None else arena_bytes
     reference = tf.lite.Interpreter(model_content=tflite,
                                     experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
-    # TFLite's invoke releases the GIL, so the reference kernels run on the second core while TFLM runs here.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_run_reference, reference, inputs)
-        micro_out = []
-        for sample in inputs:
-            micro.set_input(sample[np.newaxis], 0)
-            micro.invoke()
-            micro_out.append(micro.get_output(0)[0].copy())
-        micro_out, ref_out = np.array(micro_out), pending.result()
+    inputs = quantize_input(split.x, reference.get_input_details()[0]["quantization_parameters"])
+    # TFLM's Python invoke holds the GIL, so it runs in a child process on the other core while TFLite's
+    # reference kernels run here; only tflite_micro and numpy are imported there.
+    with tempfile.TemporaryDirectory(prefix="tinykd-verify-") as folder:
+        Path(folder, "model.tflite").write_bytes(tflite)
+        np.save(Path(folder, "inputs.npy"), inputs)
+        child = subprocess.Popen([sys.executable, "-m", "tinykd.verify", folder, str(arena + 1024)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            ref_out = _run_reference(reference, inputs)
+        finally:
+            log = child.communicate()[1].decode(errors="replace").strip()
+        if child.returncode != 0:
+            reason = log.splitlines()[-1] if log else f"exit code {child.returncode}"
+            raise VerificationError(f"TFLite Micro cannot run the model: {reason}")
+        micro_out = np.load(Path(folder, "outputs.npy"))
     micro_top1, ref_top1 = micro_out.argmax(-1), ref_out.argmax(-1)
     return Verification(
         samples=len(inputs),
@@ -131,3 +133,23 @@ def _quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _tflm_outputs(folder: str, arena_bytes: int) -> None:
+    """The child's side of `verify`: TFLM's int8 output for every input in folder/inputs.npy."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    try:
+        micro = runtime.Interpreter.from_bytes(Path(folder, "model.tflite").read_bytes(), arena_size=arena_bytes)
+    except RuntimeError as error:
+        sys.exit(str(error).strip().replace("\n", " "))
+    outputs = []
+    for sample in np.load(Path(folder, "inputs.npy")):
+        micro.set_input(sample[np.newaxis], 0)
+        micro.invoke()
+        outputs.append(micro.get_output(0)[0].copy())
+    np.save(Path(folder, "outputs.npy"), np.array(outputs))
+
+
+if __name__ == "__main__":
+    _tflm_outputs(sys.argv[1], int(sys.argv[2]))
