@@ -1,0 +1,209 @@
+"""LUT compression with TFLM's real compressor and interpreter, on small int8 models clustered by the real TFMOT."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tinykd import lut, model_file
+from tinykd.convert import convert
+from tinykd.errors import ConversionError
+from tinykd.keras_shim import keras, tfmot
+from tinykd.verify import measure_arena, quantize_input
+
+CLUSTERS = 16
+
+
+def _convnet(seed: int):
+    """Convolutions of 32 and 64 channels: big enough that 4-bit indices matter (about 56 KB of kernels)."""
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
+        layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv2"),
+        layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv3"),
+        layers.GlobalAveragePooling2D(name="gap"),
+        layers.Dense(10, name="logits"),
+    ], name="convnet")
+
+
+def _dsnet(seed: int):
+    """A 3x3 depthwise kernel (too small to pay off) and a 7x7 one binned to 4 values per channel."""
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+        layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw_small"),
+        layers.Conv2D(64, 1, activation="relu", name="pointwise"),
+        layers.DepthwiseConv2D(7, strides=2, padding="same", activation="relu", name="dw_big"),
+        layers.GlobalAveragePooling2D(name="gap"),
+        layers.Dense(10, name="logits"),
+    ], name="dsnet")
+    kernel, bias = model.get_layer("dw_big").get_weights()
+    rng = np.random.default_rng(seed)
+    levels = rng.normal(0.0, 0.2, size=(4, kernel.shape[2]))  # 4 values per channel, as per-channel clusters
+    picks = rng.integers(0, 4, size=kernel.shape[:3])
+    kernel = levels[picks, np.arange(kernel.shape[2])][..., np.newaxis]  # kernel[h, w, c] = levels[pick, c]
+    model.get_layer("dw_big").set_weights([kernel.astype(np.float32), bias])
+    return model
+
+
+def _clustered(model):
+    wrapped = tfmot.clustering.keras.cluster_weights(
+        model, number_of_clusters=CLUSTERS,
+        cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS)
+    return tfmot.clustering.keras.strip_clustering(wrapped)
+
+
+def _inputs(tflite: bytes, x: np.ndarray) -> np.ndarray:
+    tensor = model_file.read(tflite).inputs[0]
+    return quantize_input(x, {"scales": [tensor.scale], "zero_points": [tensor.zero_point]})
+
+
+def _tflm_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
+    from tflite_micro.python.tflite_micro import runtime
+
+    interpreter = runtime.Interpreter.from_bytes(tflite, arena_size=measure_arena(tflite))
+    outputs = []
+    for sample in inputs:
+        interpreter.set_input(sample[np.newaxis], 0)
+        interpreter.invoke()
+        outputs.append(interpreter.get_output(0)[0].copy())
+    return np.array(outputs)
+
+
+def _allocates(tflite: bytes, arena_bytes: int, alt_bytes: int) -> bool:
+    """Whether TFLM allocates and invokes the model, tried in a forked child: a failed allocation can leave
+    TFLM state behind that crashes a later interpreter in the same process."""
+    pid = os.fork()
+    if pid == 0:
+        from tflite_micro.python.tflite_micro import runtime
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # TFLM logs every failed allocation
+        try:
+            runtime.Interpreter.from_bytes(tflite, arena_size=arena_bytes,
+                                           alt_decompression_memory_size=alt_bytes).invoke()
+            os._exit(0)
+        except RuntimeError:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _by_name(result: lut.Compressed, layer: str) -> lut.TensorChoice:
+    matches = [choice for choice in result.tensors if layer in choice.name]
+    assert len(matches) == 1, [choice.name for choice in result.tensors]
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def clustered_tflite(smoke_data) -> bytes:
+    return convert(_clustered(_convnet(0)), smoke_data.train.x[:32])
+
+
+@pytest.fixture(scope="module")
+def check_inputs(clustered_tflite, smoke_data) -> np.ndarray:
+    return _inputs(clustered_tflite, smoke_data.test.x[:64])
+
+
+@pytest.fixture(scope="module")
+def compressed(clustered_tflite, check_inputs) -> lut.Compressed:
+    return lut.compress(clustered_tflite, bits=4, check_inputs=check_inputs)
+
+
+@pytest.fixture(scope="module")
+def ds_tflite(smoke_data) -> bytes:
+    return convert(_dsnet(1), smoke_data.train.x[:32])
+
+
+def test_four_bit_makes_a_clustered_model_at_least_30_percent_smaller(clustered_tflite, compressed):
+    assert len(compressed.tflite) <= 0.7 * len(clustered_tflite)
+    assert compressed.identical_outputs and compressed.checked_samples == 64
+    assert {choice.name for choice in compressed.compressed_tensors} == \
+        {_by_name(compressed, "conv2").name, _by_name(compressed, "conv3").name}
+    assert all(choice.bits == 4 and choice.axis == 0 and choice.channels == 64
+               for choice in compressed.compressed_tensors)
+    ops = [operator.name for operator in model_file.read(compressed.tflite).operators]
+    assert ops.count("TFLM_DECODE") == 2 and ops.count("CONV_2D") == 3
+
+
+def test_outputs_are_identical_in_tflm_on_many_inputs(clustered_tflite, compressed, smoke_data):
+    inputs = _inputs(clustered_tflite, smoke_data.test.x)
+    expected = _tflm_outputs(clustered_tflite, inputs)
+    assert len(np.unique(expected, axis=0)) > len(inputs) // 2  # the outputs really depend on the input
+    np.testing.assert_array_equal(_tflm_outputs(compressed.tflite, inputs), expected)
+
+
+def test_small_kernels_stay_dense_with_a_reason(compressed):
+    first, classifier = _by_name(compressed, "conv1"), _by_name(compressed, "logits")
+    for choice in (first, classifier):
+        assert choice.bits is None and choice.bytes_after == choice.bytes_before
+        assert "not smaller" in choice.reason
+    assert first.bytes_before == 32 * 3 * 3 * 1 and classifier.bytes_before == 10 * 64
+    assert classifier.op == "FULLY_CONNECTED" and classifier.axis == 0  # dense weights are per-channel too
+
+
+def test_decompression_memory_is_measured(clustered_tflite, compressed):
+    decoded = sum(choice.bytes_before for choice in compressed.compressed_tensors)
+    assert 0 < compressed.decompression_memory_bytes <= decoded + 4096
+    assert measure_arena(compressed.tflite) == measure_arena(clustered_tflite) + compressed.decompression_memory_bytes
+
+
+def test_alternate_memory_takes_the_decoded_weights_instead(clustered_tflite, compressed):
+    """With SetDecompressionMemory the arena stays near the uncompressed one; the region holds one decoded tensor."""
+    arena = measure_arena(clustered_tflite) + 1024  # DECODE state is a few hundred bytes
+    alt = compressed.alt_decompression_memory_bytes
+    assert alt == 64 * 3 * 3 * 64  # conv3's decoded kernel, the largest
+    assert _allocates(compressed.tflite, arena, alt)
+    assert not _allocates(compressed.tflite, arena, alt - 16)
+    assert not _allocates(compressed.tflite, arena, 0)
+
+
+def test_bits_are_the_fewest_that_hold_each_channel(clustered_tflite, check_inputs):
+    result = lut.compress(clustered_tflite, check_inputs=check_inputs)
+    assert [choice.bits for choice in result.compressed_tensors] == [4, 4]
+    assert all(choice.unique_values == 16 for choice in result.compressed_tensors)
+
+
+def test_depthwise_tables_follow_the_last_axis(ds_tflite, smoke_data):
+    inputs = _inputs(ds_tflite, smoke_data.test.x[:64])
+    result = lut.compress(ds_tflite, check_inputs=inputs)
+    small, big = _by_name(result, "dw_small"), _by_name(result, "dw_big")
+    assert small.op == big.op == "DEPTHWISE_CONV_2D" and small.axis == big.axis == 3
+    assert small.bits is None and "not smaller" in small.reason and small.unique_values <= 9
+    assert big.bits == 2 and big.unique_values == 4 and big.bytes_after < big.bytes_before / 2
+    np.testing.assert_array_equal(_tflm_outputs(result.tflite, inputs), _tflm_outputs(ds_tflite, inputs))
+
+
+def test_an_unclustered_model_is_left_as_it_is(smoke_data):
+    tflite = convert(_convnet(0), smoke_data.train.x[:32])
+    result = lut.compress(tflite, check_inputs=_inputs(tflite, smoke_data.test.x[:8]))
+    assert result.tflite == tflite and not result.compressed_tensors and result.decompression_memory_bytes == 0
+    for layer in ("conv2", "conv3"):
+        choice = _by_name(result, layer)
+        assert choice.unique_values > 16 and "not clustered" in choice.reason
+
+
+def test_too_few_bits_leave_tensors_dense(clustered_tflite, check_inputs):
+    result = lut.compress(clustered_tflite, bits=2, check_inputs=check_inputs)
+    assert result.tflite == clustered_tflite
+    assert "need 4-bit indices, 2 requested" in _by_name(result, "conv3").reason
+
+
+def test_different_outputs_raise_and_name_the_tensor(clustered_tflite, check_inputs, monkeypatch):
+    """A compressor that writes wrong value tables (here: each table reversed) must not get through."""
+    from tflite_micro.tensorflow.lite.micro.compression import lut as tflm_lut
+
+    pack = tflm_lut.pack_lookup_tables
+    monkeypatch.setattr(tflm_lut, "pack_lookup_tables",
+                        lambda tables, length: pack([table[::-1] for table in tables], length))
+    with pytest.raises(ConversionError, match=r"tensor '[^']*conv2[^']*' \(CONV_2D, 4-bit\): TFLite Micro's "
+                                              r"outputs differ after LUT compression on \d+ of 64 inputs"):
+        lut.compress(clustered_tflite, check_inputs=check_inputs)
+
+
+def test_check_inputs_must_be_int8_model_inputs(clustered_tflite, smoke_data):
+    with pytest.raises(ValueError, match=r"int8 array of shape \(samples, 28, 28, 1\)"):
+        lut.compress(clustered_tflite, check_inputs=smoke_data.test.x[:4])
