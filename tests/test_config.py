@@ -113,3 +113,8 @@ def test_frontend_only_with_audio_and_matching_rate(tmp_path):
         config.load(path)
     cfg = config.load(write(tmp_path, "name: k\ndata: {format: speech_commands, path: x}\nfrontend: {}\n"))
     assert cfg.frontend.feature_shape == (49, 40)
+
+
+def test_negative_data_seed_is_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="data.seed: must be 0 or more"):
+        config.load(write(tmp_path, "name: k\ndata: {seed: -1}\n"))

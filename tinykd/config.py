@@ -104,6 +104,8 @@ class DataConfig:
     def __post_init__(self):
         from tinykd.data import READERS
 
+        _require(self.seed >= 0, "seed", "must be 0 or more (it seeds the split)")
+
         _require(self.format in READERS, "format", f"must be one of {', '.join(sorted(READERS))}")
         _require(self.format == "fashion_mnist" or bool(self.path), "path",
                  f"is required for format {self.format}: the folder or file holding your data")
