@@ -50,27 +50,36 @@ def main() -> None:
             if not (args.keep_teacher and path.name == ".teacher_cache"):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     cfg = config.load(args.recipe)
-    total_epochs = cfg.distill.epochs + (cfg.prune.epochs if cfg.prune else 0) + \
-        (cfg.quantize.epochs if cfg.quantize else 0)
     common = [f"teacher.path={args.teacher.resolve()}"] if args.teacher else []
-    variants = {
-        "kd": common,
-        "baseline": common + ["distill.alpha=0", f"distill.epochs={total_epochs}", "prune=none", "quantize=none"],
-        "no_kd": common + ["distill.alpha=0"],
-    }
+    variants = _variants(cfg, common)
     runs = {name: [] for name in variants}
     for name, overrides in variants.items():
         for seed in (args.seeds[:args.no_kd_seeds] if name == "no_kd" else args.seeds):
             runs[name].append(_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides))
     noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common)
 
-    result = _summary(runs, noop, cfg, args.first_build_log)
+    _write_result(_summary(runs, noop, cfg, args.first_build_log), args.out, "bench/fashion_mnist.py")
+
+
+def _variants(cfg, common: list[str]) -> dict[str, list[str]]:
+    """The overrides of each arm: the recipe, baseline (a) and baseline (b), with `common` added to all three."""
+    total_epochs = cfg.distill.epochs + (cfg.prune.epochs if cfg.prune else 0) + \
+        (cfg.quantize.epochs if cfg.quantize else 0)
+    return {
+        "kd": common,
+        "baseline": common + ["distill.alpha=0", f"distill.epochs={total_epochs}", "prune=none", "quantize=none"],
+        "no_kd": common + ["distill.alpha=0"],
+    }
+
+
+def _write_result(result: dict, out: Path, script: str) -> None:
+    """Add the machine and the command, write the JSON atomically and print it without the per-run detail."""
     result["machine"] = _machine()
-    result["command"] = "python bench/fashion_mnist.py " + " ".join(sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_suffix(".tmp")
+    result["command"] = f"python {script} " + " ".join(sys.argv[1:])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_suffix(".tmp")
     temporary.write_text(json.dumps(result, indent=2) + "\n")
-    temporary.replace(args.out)
+    temporary.replace(out)
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=2))
 
 

@@ -14,7 +14,6 @@ false reject and false accept rates, and every target of the keyword-spotting is
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from fashion_mnist import _build, _machine, _stage, _summary  # noqa: E402
+from fashion_mnist import _build, _stage, _summary, _variants, _write_result  # noqa: E402
 
 from tinykd import config  # noqa: E402
 
@@ -55,16 +54,9 @@ def main() -> None:
         print(f"  {synthesis_seconds:.0f} s", flush=True)
 
     cfg = config.load(args.recipe)
-    total_epochs = cfg.distill.epochs + (cfg.prune.epochs if cfg.prune else 0) + \
-        (cfg.quantize.epochs if cfg.quantize else 0)
     common = [f"data.path={data.resolve()}", "data.synthesize=false"]
-    variants = {
-        "kd": common,
-        "baseline": common + ["distill.alpha=0", f"distill.epochs={total_epochs}", "prune=none", "quantize=none"],
-        "no_kd": common + ["distill.alpha=0"],
-    }
     runs = {name: [_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides)
-                   for seed in args.seeds] for name, overrides in variants.items()}
+                   for seed in args.seeds] for name, overrides in _variants(cfg, common).items()}
     noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common)
 
     result = _summary(runs, noop, cfg, None)
@@ -88,13 +80,7 @@ def main() -> None:
                                                      for p in result["frontend_parity"]),
         "tflm_tflite_top1_agreement_100pct": result["tflm_tflite_top1_agreement"] == 1.0,
     }
-    result["machine"] = _machine()
-    result["command"] = "python bench/kws.py " + " ".join(sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    temporary.replace(args.out)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=2))
+    _write_result(result, args.out, "bench/kws.py")
 
 
 if __name__ == "__main__":
