@@ -298,11 +298,12 @@ def _golden_clip(data) -> np.ndarray | None:
 def _frontend_parity(settings_header: Path, data) -> dict:
     """Recompute every test clip's features from the exported settings alone and compare with the training
     features; a setting lost or changed on the way to model_settings.h fails the build."""
-    from tinykd.audio import features, parse_settings, to_int8
+    from tinykd.audio import INPUT_SCALE, INPUT_ZERO_POINT, features, parse_settings, to_int8
+    from tinykd.verify import quantize_input
 
     exported = parse_settings(settings_header.read_text())
     recomputed = to_int8(features(data.test_audio, exported))
-    trained = np.round(data.test.x[..., 0] * 256.0 - 128.0).astype(np.int8)
+    trained = quantize_input(data.test.x, {"scales": [INPUT_SCALE], "zero_points": [INPUT_ZERO_POINT]})[..., 0]
     identical = int(np.sum(np.all(recomputed == trained, axis=(1, 2))))
     if identical != len(trained):
         raise ExportError(f"{settings_header}: the exported front-end settings give different features from the "

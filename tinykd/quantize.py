@@ -40,12 +40,9 @@ def fix_input_range(qat, low: float, high: float) -> None:
     An audio model's int8 input must be the front-end's int8 feature itself, so the converted input scale and
     zero point have to be exact: [0, 255/256] gives scale 1/256 and zero point -128.
     """
-    layer = next((layer for layer in qat.layers
-                  if type(layer).__name__ == "QuantizeLayer"), None)
-    variables = {v.name.split("/")[-1].split(":")[0]: v for v in (layer.weights if layer else [])}
-    low_var = next((v for name, v in variables.items() if name.endswith("_min")), None)
-    high_var = next((v for name, v in variables.items() if name.endswith("_max")), None)
-    if low_var is None or high_var is None:
+    layer = next((layer for layer in qat.layers if type(layer).__name__ == "QuantizeLayer"), None)
+    ends = {v.name.split(":")[0].rsplit("_", 1)[-1]: v for v in (layer.weights if layer else [])}
+    if "min" not in ends or "max" not in ends:
         raise ValueError(f"{qat.name}: no input quantizer with min/max variables to pin")
-    low_var.assign(low)
-    high_var.assign(high)
+    ends["min"].assign(low)
+    ends["max"].assign(high)

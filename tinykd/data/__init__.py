@@ -97,13 +97,14 @@ def _through_frontend(raw: Dataset, frontend) -> Dataset:
     The model's input is (int8 + 128) / 256, so `raw` for the firmware is the int8 feature itself and its
     quantized input tensor receives exactly that int8 (tinykd.audio.INPUT_SCALE and INPUT_ZERO_POINT).
     """
-    from tinykd.audio import features, to_int8
+    from tinykd.audio import INPUT_SCALE, INPUT_ZERO_POINT, features, to_int8
 
     def split_features(split: Split) -> Split:
         return Split(x=to_int8(features(split.x, frontend)).astype(np.float32)[..., np.newaxis], y=split.y)
 
+    # The int8 feature dequantized with the model's fixed input parameters: (q - zero_point) * scale.
     preprocessing = Preprocessing(
-        raw_scale=1.0 / 256.0, raw_offset=0.5,
+        raw_scale=INPUT_SCALE, raw_offset=-INPUT_ZERO_POINT * INPUT_SCALE,
         description=(f"int8 audio features: TFLite Micro's microfrontend on {frontend.clip_ms} ms of "
                      f"{frontend.sample_rate_hz} Hz int16 audio (settings in model_settings.h), "
                      "int8 = clamp((uint16 * 256 + 333) / 666 - 128, -128, 127)"))
