@@ -83,9 +83,10 @@ def _write_result(result: dict, out: Path, script: str) -> None:
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=2))
 
 
-def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str]) -> dict:
+def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str], smoke: bool = False) -> dict:
+    """One `tinykd build` in a child process, timed; exits naming the log when the build fails."""
     command = [sys.executable, "-m", "tinykd", "build", str(recipe), "--runs", str(runs), "--quiet",
-               "--set", f"name={name}", "--set", f"seed={seed}"]
+               "--set", f"name={name}", "--set", f"seed={seed}"] + (["--smoke"] if smoke else [])
     for override in overrides:
         command += ["--set", override]
     print("$", " ".join(command[2:]), flush=True)
@@ -97,7 +98,7 @@ def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str])
     log.write_text(completed.stdout + completed.stderr)
     if completed.returncode != 0:
         sys.exit(f"build {name} failed (exit {completed.returncode}); see {log}")
-    report = json.loads((runs / name / "report.json").read_text())
+    report = json.loads((runs / (f"{name}-smoke" if smoke else name) / "report.json").read_text())
     print(f"  {seconds:.0f} s, int8 {report['int8']['tflm_accuracy']:.4f}", flush=True)
     return {"name": name, "seed": seed, "seconds": round(seconds, 1), "report": report, "log": completed.stdout}
 

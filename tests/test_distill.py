@@ -72,16 +72,17 @@ def test_alpha_zero_is_plain_cross_entropy(tiny_teacher, smoke_data):
 def test_hint_distillation_trains_through_a_projection(tiny_teacher, smoke_data):
     student = fresh_student(smoke_data)
     hint = HintConfig(teacher_layer="block2_conv1_relu", student_layer="block2_conv1_relu", weight=0.5)
-    cfg = DistillConfig(student=STUDENT, hint=hint)
+    cfg = DistillConfig(student=STUDENT, hints=(hint,))
     distill(tiny_teacher, student, smoke_data, cfg, Schedule(epochs=1, batch_size=64, learning_rate=5e-3, seed=0))
-    distiller = Distiller(student, tiny_teacher, temperature=4.0, alpha=0.9, hint=hint)
+    distiller = Distiller(student, tiny_teacher, temperature=4.0, alpha=0.9, hints=(hint,))
     # Student block2 has 16 channels, the teacher's 16 as well but a different space: a 1x1 conv maps them.
-    projected = distiller.projection(distiller.student_features(smoke_data.train.x[:2])[1])
+    projected = distiller.projections[0](distiller.student_features(smoke_data.train.x[:2])[1])
     assert projected.shape == distiller.teacher_features(smoke_data.train.x[:2])[1].shape
 
 
 def test_hint_with_unknown_layer_names_the_key(tiny_teacher, smoke_data):
     student = fresh_student(smoke_data)
-    with pytest.raises(ConfigError, match=r"distill.hint.student_layer: no layer 'nope' in student; its layers are"):
+    with pytest.raises(ConfigError,
+                       match=r"distill.hints\[0\].student_layer: no layer 'nope' in student; its layers are"):
         Distiller(student, tiny_teacher, temperature=4.0, alpha=0.9,
-                  hint=HintConfig(teacher_layer="features", student_layer="nope"))
+                  hints=(HintConfig(teacher_layer="features", student_layer="nope"),))

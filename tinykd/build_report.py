@@ -59,6 +59,8 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
         "classes": class_metrics(verify["confusion"], data.labels),
         "data_repairs": dict(data.repairs),
         "frontend_parity": records["export"]["metrics"].get("frontend_parity"),
+        "ensemble": records["ensemble"]["metrics"] if "ensemble" in records else None,
+        "distill_rounds": records["distill"]["metrics"].get("rounds"),
         "pruning_note": _pruning_note(records),
         "seconds": {name: records[name]["seconds"] for name in records},
         "files": records["export"]["metrics"]["files"],

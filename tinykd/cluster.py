@@ -12,8 +12,6 @@ clusters.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from tinykd.config import DistillConfig
@@ -42,8 +40,7 @@ def cluster(student, teacher, data: Dataset, clusters: int, distill_cfg: Distill
         # k-means++ places centroids where the weights are dense; TFMOT seeds it, so the result is repeatable.
         cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS,
         preserve_sparsity=sparsity(student) > 0.0)
-    # Hints name layers by name, and the clustering wrappers rename them; logits distillation carries on.
-    distill(teacher, clustered, data, replace(distill_cfg, hint=None), schedule)
+    distill(teacher, clustered, data, distill_cfg, schedule)
     return tfmot.clustering.keras.strip_clustering(clustered)
 
 

@@ -100,6 +100,12 @@ class DataConfig:
     sample_rate_hz: int = 16000
     clip_ms: int = 1000
     synthesize: bool = False
+    # Distillation on unlabelled data: the teacher gives soft targets for these inputs and the student learns from
+    # them too. `unlabeled` is a path in the same format as `path`. `labeled_samples` keeps only that many labelled
+    # training samples (seeded, stratified), to measure what labels are worth; `unlabeled: rest` then makes the
+    # rest of the training split the unlabelled data.
+    unlabeled: str | None = None
+    labeled_samples: int | None = None
 
     def __post_init__(self):
         from tinykd.data import READERS
@@ -119,6 +125,10 @@ class DataConfig:
         for key in ("max_train_samples", "max_test_samples"):
             value = getattr(self, key)
             _require(value is None or value >= 32, key, "must be at least 32, or null for all samples")
+        _require(self.labeled_samples is None or self.labeled_samples >= 32, "labeled_samples",
+                 "must be at least 32, or null to keep every training label")
+        _require(self.unlabeled != UNLABELED_REST or self.labeled_samples is not None, "unlabeled",
+                 "'rest' means the training samples beyond labeled_samples; set data.labeled_samples too")
         self._check_keywords()
 
     def _check_keywords(self) -> None:
@@ -189,8 +199,8 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class HintConfig:
-    """Feature distillation: a learned 1x1 projection maps `student_layer` onto `teacher_layer` (FitNets)."""
+class LayerPairConfig:
+    """A teacher layer and the student layer that learns from it, by the names the zoo gives them."""
 
     teacher_layer: str
     student_layer: str
@@ -201,13 +211,58 @@ class HintConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HintConfig(LayerPairConfig):
+    """Feature distillation (FitNets): a learned projection maps `student_layer` onto `teacher_layer`, MSE.
+
+    The projection (1x1 convolution, resized when resolutions differ; dense for vectors) is training-only: it lives
+    in the Distiller, never in the student, so it never reaches the exported model.
+    """
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionConfig(LayerPairConfig):
+    """Attention transfer (Zagoruyko & Komodakis 2017) between two convolutional layers.
+
+    Each map is the channel mean of squared activations, flattened and L2-normalised; the student's map is resized
+    to the teacher's resolution first. Loss: weight / 2 * mean((student_map - teacher_map)^2), the paper's beta = 1000.
+    """
+
+    weight: float = 1000.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleTeacherConfig(TeacherConfig):
+    """One more teacher whose softened outputs are averaged with the main teacher's, with this `weight`."""
+
+    weight: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.weight > 0.0, "weight", "must be positive (a relative weight in the average, e.g. 1.0)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class DistillConfig:
-    """Train the student on alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)."""
+    """How the student learns from the teacher; the terms add up, each with its weight:
+
+    alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)     logits (Hinton et al. 2015)
+    + sum of hints[i].weight * MSE(projection_i(student layer), teacher layer)      FitNets
+    + sum of attention[i].weight / 2 * mean((student map - teacher map)^2)        attention transfer
+
+    `ensemble` adds teachers: the soft targets become the weighted mean of every teacher's softmax(logits / T)
+    (the main teacher weighs `teacher_weight`); hints and attention read the main teacher's layers.
+    `rounds` > 1 is self-distillation ("born-again"): each round's student, frozen, teaches a fresh student of the
+    same architecture, on the logits term only; pruning and QAT then distil from the teacher(s) again.
+    """
 
     student: ModelConfig = field(default_factory=ModelConfig)
     temperature: float = 4.0
     alpha: float = 0.9
-    hint: HintConfig | None = None
+    hints: tuple[HintConfig, ...] = ()
+    attention: tuple[AttentionConfig, ...] = ()
+    ensemble: tuple[EnsembleTeacherConfig, ...] = ()
+    teacher_weight: float = 1.0
+    rounds: int = 1
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -216,6 +271,22 @@ class DistillConfig:
         _check_training(self)
         _require(self.temperature >= 1.0, "temperature", "must be at least 1 (1 means no softening)")
         _require(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1] (0 trains on labels only)")
+        _require(self.teacher_weight > 0.0, "teacher_weight", "must be positive (the main teacher's weight)")
+        _require(1 <= self.rounds <= 10, "rounds", "must be 1 (plain distillation) to 10 (born-again rounds)")
+        _require(self.rounds == 1 or self.alpha > 0.0, "rounds",
+                 "born-again rounds teach through soft targets only; with alpha 0 they would be plain retraining")
+        _require(not self.ensemble or self.alpha > 0.0, "ensemble",
+                 "teaches through soft targets only; with alpha 0 it would be ignored (raise alpha or remove it)")
+
+    @property
+    def feature_pairs(self) -> tuple:
+        """Every hint and attention pair, in recipe order (hints first)."""
+        return self.hints + self.attention
+
+    @property
+    def teaches(self) -> bool:
+        """Whether the teacher takes part at all (soft targets, hints or attention)."""
+        return self.alpha > 0.0 or bool(self.feature_pairs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -359,7 +430,7 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
     _resolve_paths(raw, path.parent)  # paths in a recipe are relative to the recipe's folder
     for key, text in (overrides or {}).items():
         value = _parse_value(text)
-        if key in PATH_KEYS and isinstance(value, str):
+        if key in PATH_KEYS and isinstance(value, str) and value != UNLABELED_REST:
             value = str(Path(value).expanduser().resolve())  # paths on the command line: relative to the shell
         _set_dotted(raw, key, value, f"{path}: --set {key}")
     if smoke:
@@ -367,18 +438,24 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
             section = key.split(".")[0]
             if raw.get(section, {}) != "none":
                 _set_dotted(raw, key, value, f"{path}: smoke")
+        members = raw["distill"].get("ensemble") if isinstance(raw.get("distill"), dict) else None
+        for member in members if isinstance(members, list) else []:
+            if isinstance(member, dict):
+                member["epochs"] = 1
         raw["name"] = f"{raw['name']}-smoke"
     return _build(Config, raw, str(path), "")
 
 
-PATH_KEYS = ("data.path", "teacher.path")
+PATH_KEYS = ("data.path", "data.unlabeled", "teacher.path")
+UNLABELED_REST = "rest"  # data.unlabeled: the training samples beyond data.labeled_samples, not a path
 
 
 def _resolve_paths(raw: dict, folder: Path) -> None:
-    for key in PATH_KEYS:
-        section, name = key.split(".")
-        node = raw.get(section)
-        if isinstance(node, dict) and isinstance(node.get(name), str):
+    nodes = [(key.split(".")[0], raw.get(key.split(".")[0]), key.split(".")[1]) for key in PATH_KEYS]
+    members = raw.get("distill", {}).get("ensemble") if isinstance(raw.get("distill"), dict) else None
+    nodes += [("ensemble", member, "path") for member in (members if isinstance(members, list) else [])]
+    for _, node, name in nodes:
+        if isinstance(node, dict) and isinstance(node.get(name), str) and node[name] != UNLABELED_REST:
             node[name] = str((folder / Path(node[name]).expanduser()).resolve())
 
 

@@ -1,10 +1,12 @@
 """Knowledge distillation: a `Distiller` wraps a frozen teacher and a student, and overrides `compute_loss`.
 
 loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(labels, student)
-       [+ hint.weight * MSE(projection(student_layer), teacher_layer)]
+       + sum of hint weight * MSE(projection(student layer), teacher layer)                  (FitNets)
+       + sum of attention weight / 2 * mean((student attention map - teacher attention map)^2)  (attention transfer)
 
 The same Distiller fine-tunes the pruned and the quantization-aware student, so every stage keeps learning from
-the teacher. When no hint is used, teacher logits are computed once per split and fed in with the labels.
+the teacher; layers are found by name through TFMOT's wrappers. Without augmentation, teacher logits are
+computed once per split and fed in with the labels; hints and attention run the teacher per batch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinykd.config import AugmentConfig, DistillConfig, HintConfig
+from tinykd.config import AugmentConfig, DistillConfig
 from tinykd.data import Dataset, Split
 from tinykd.errors import ConfigError
 from tinykd.keras_shim import keras, tf
@@ -42,21 +44,40 @@ class Schedule:
 
 
 class Distiller(keras.Model):
-    """Trains `student` on the teacher's softened outputs and the labels; the teacher never changes."""
+    """Trains `student` on the teacher's softened outputs, the labels and, when configured, the teacher's features.
 
-    def __init__(self, student, teacher, *, temperature: float, alpha: float, hint: HintConfig | None = None):
+    `teacher` gives the soft targets (one model, or an `ensemble`); hints and attention read the layers of
+    `feature_teacher` (the main teacher; by default `teacher`). Labels below 0 mark unlabelled samples: they add
+    to the teacher terms only. The teacher never changes; projections are the Distiller's own, never the student's.
+    """
+
+    def __init__(self, student, teacher, *, temperature: float, alpha: float, hints=(), attention=(),
+                 feature_teacher=None):
         super().__init__(name="distiller")
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
         self.temperature = float(temperature)
         self.alpha = float(alpha)
-        self.hint_weight = hint.weight if hint else 0.0
-        if hint:
-            self.student_features = _with_features(student, hint.student_layer, "distill.hint.student_layer")
-            self.teacher_features = _with_features(teacher, hint.teacher_layer, "distill.hint.teacher_layer")
-            self.projection = _projection(self.student_features.outputs[1].shape,
-                                          self.teacher_features.outputs[1].shape)
+        self.feature_teacher = feature_teacher if feature_teacher is not None else teacher
+        self.feature_teacher.trainable = False
+        self.pairs = [("hints", i, pair) for i, pair in enumerate(hints)] + \
+                     [("attention", i, pair) for i, pair in enumerate(attention)]
+        self.projections = []  # one per hint, in order; attention has no parameters
+        if self.pairs:
+            self.student_features = _with_features(
+                student, [(f"distill.{kind}[{i}].student_layer", p.student_layer) for kind, i, p in self.pairs])
+            self.teacher_features = _with_features(
+                self.feature_teacher, [(f"distill.{kind}[{i}].teacher_layer", p.teacher_layer)
+                                       for kind, i, p in self.pairs])
+            for number, (kind, i, _) in enumerate(self.pairs):
+                student_shape = self.student_features.outputs[1 + number].shape
+                teacher_shape = self.teacher_features.outputs[1 + number].shape
+                if kind == "hints":
+                    self.projections.append(_projection(student_shape, teacher_shape, f"distill.hints[{i}]",
+                                                        f"hint_projection_{i}"))
+                else:
+                    _check_attention_shapes(student_shape, teacher_shape, f"distill.attention[{i}]")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
@@ -65,58 +86,117 @@ class Distiller(keras.Model):
         return [self.loss_tracker, self.accuracy]
 
     def call(self, x, training=False):
-        if self.hint_weight:
+        if self.pairs:
             return self.student_features(x, training=training)
         return self.student(x, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
         labels, teacher_logits = _unpack(y)
-        student_logits, student_hint = y_pred if self.hint_weight else (y_pred, None)
-        loss = (1.0 - self.alpha) * tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-            labels, student_logits, from_logits=True))
-        if self.alpha > 0.0 or self.hint_weight:
-            teacher_hint = None
-            if teacher_logits is None or self.hint_weight:
-                teacher_logits, teacher_hint = self._teacher_outputs(x)
+        student_logits, student_maps = (y_pred[0], y_pred[1:]) if self.pairs else (y_pred, [])
+        labelled = tf.cast(labels >= 0, tf.float32)
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(tf.maximum(labels, 0), student_logits,
+                                                                     from_logits=True)
+        loss = (1.0 - self.alpha) * tf.reduce_sum(cross_entropy * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
+        teacher_maps = []
+        if self.pairs:
+            outputs = self.teacher_features(x, training=False)
+            teacher_maps = [tf.stop_gradient(t) for t in outputs[1:]]
+            if teacher_logits is None and self.feature_teacher is self.teacher:
+                teacher_logits = outputs[0]
+        if self.alpha > 0.0:
+            if teacher_logits is None:
+                teacher_logits = self.teacher(x, training=False)
+            teacher_logits = tf.stop_gradient(teacher_logits)
             soft_teacher = tf.nn.softmax(teacher_logits / self.temperature)
             soft_student = tf.nn.log_softmax(student_logits / self.temperature)
             kl = tf.reduce_sum(soft_teacher * (tf.math.log(soft_teacher + 1e-12) - soft_student), axis=-1)
             # Soft-target gradients shrink as 1/T^2; scaling by T^2 keeps their weight independent of T (Hinton 2015).
             loss += self.alpha * self.temperature ** 2 * tf.reduce_mean(kl)
-            if self.hint_weight:
-                projected = self.projection(student_hint)
-                loss += self.hint_weight * tf.reduce_mean(tf.square(projected - teacher_hint))
+        projections = iter(self.projections)
+        for (kind, _, pair), student_map, teacher_map in zip(self.pairs, student_maps, teacher_maps):
+            if kind == "hints":
+                loss += pair.weight * tf.reduce_mean(tf.square(next(projections)(student_map) - teacher_map))
+            else:
+                size = tuple(teacher_map.shape[1:3])
+                difference = attention_map(student_map, size) - attention_map(teacher_map)
+                loss += pair.weight / 2.0 * tf.reduce_mean(tf.square(difference))
         self.loss_tracker.update_state(loss)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight):
         labels, _ = _unpack(y)
-        self.accuracy.update_state(labels, y_pred[0] if self.hint_weight else y_pred)
+        self.accuracy.update_state(tf.maximum(labels, 0), y_pred[0] if self.pairs else y_pred,
+                                   sample_weight=tf.cast(labels >= 0, tf.float32))
         return {metric.name: metric.result() for metric in self.metrics}
 
-    def _teacher_outputs(self, x):
-        if self.hint_weight:
-            logits, features = self.teacher_features(x, training=False)
-            return tf.stop_gradient(logits), tf.stop_gradient(features)
-        return tf.stop_gradient(self.teacher(x, training=False)), None
+
+def attention_map(features, size: tuple[int, int] | None = None):
+    """Zagoruyko & Komodakis' spatial attention of NHWC `features`: the mean over channels of the squared
+    activations, resized to `size` (bilinear) when given and different, flattened and L2-normalised per sample."""
+    attention = tf.reduce_mean(tf.square(features), axis=-1)
+    if size is not None and tuple(attention.shape[1:3]) != tuple(size):
+        attention = tf.image.resize(attention[..., tf.newaxis], size, method="bilinear")[..., 0]
+    flat = tf.reshape(attention, [tf.shape(attention)[0], -1])
+    return tf.math.l2_normalize(flat, axis=1)
 
 
-def distill(teacher, student, data: Dataset, cfg: DistillConfig, schedule: Schedule, callbacks=()):
+def ensemble(teachers, weights, temperature: float):
+    """One teacher whose logits are T * log(sum_i w_i softmax(z_i / T) / sum_i w_i), so that at temperature T its
+    soft targets are exactly the weighted mean of the teachers' soft targets (and its top-1, their vote)."""
+    if len(teachers) != len(weights) or not teachers:
+        raise ValueError("ensemble: one weight per teacher, and at least one teacher")
+    total = float(sum(weights))
+    inputs = keras.Input(shape=teachers[0].input_shape[1:], name="ensemble_input")
+    # Each teacher under its own name (they may all be called "teacher"); the layers are shared, not copied.
+    members = [keras.Model(t.inputs, t.outputs, name=f"member_{i}") for i, t in enumerate(teachers)]
+    softened = [keras.layers.Lambda(lambda z, w=w: (w / total) * tf.nn.softmax(z / temperature),
+                                    name=f"soft_targets_{i}")(member(inputs, training=False))
+                for i, (member, w) in enumerate(zip(members, weights))]
+    mean = softened[0] if len(softened) == 1 else keras.layers.Add(name="weighted_mean")(softened)
+    logits = keras.layers.Lambda(lambda p: temperature * tf.math.log(p + 1e-12), name="ensemble_logits")(mean)
+    for teacher in teachers:
+        teacher.trainable = False
+    return keras.Model(inputs, logits, name="ensemble")
+
+
+def distill(teacher, student, data: Dataset, cfg: DistillConfig, schedule: Schedule, callbacks=(),
+            feature_teacher=None):
     """Train `student` (a fresh or a TFMOT-wrapped model) against `teacher`; returns the trained student.
 
+    `teacher` gives the soft targets; `feature_teacher` (default: `teacher`) the layers hints and attention read.
     The teacher is not modified. `student` is trained in place, as Keras does; callers pass a clone
-    (TFMOT's prune and quantize wrappers already are clones).
+    (TFMOT's prune and quantize wrappers already are clones). Unlabelled inputs (`data.unlabeled`) join the
+    training split whenever the teacher teaches.
     """
     keras.utils.set_random_seed(schedule.seed)
-    distiller = Distiller(student, teacher, temperature=cfg.temperature, alpha=cfg.alpha, hint=cfg.hint)
-    distiller.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(data.train))))
+    distiller = Distiller(student, teacher, temperature=cfg.temperature, alpha=cfg.alpha, hints=cfg.hints,
+                          attention=cfg.attention, feature_teacher=feature_teacher)
+    train_split = _with_unlabeled(data) if cfg.teaches else data.train
+    distiller.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(train_split))))
     # Precomputed logits would describe the un-augmented images; with augmentation the teacher runs per batch.
-    use_teacher_logits = cfg.alpha > 0.0 and cfg.hint is None and not schedule.augmenting
-    train = _dataset(data.train, teacher if use_teacher_logits else None, schedule, training=True)
+    use_teacher_logits = cfg.alpha > 0.0 and not schedule.augmenting
+    train = _dataset(train_split, teacher if use_teacher_logits else None, schedule, training=True)
     val = _dataset(data.val, teacher if use_teacher_logits else None, schedule, training=False)
     distiller.fit(train, validation_data=val, epochs=schedule.epochs, verbose=schedule.verbose,
                   callbacks=list(callbacks))
     return student
+
+
+_UNLABELED_CACHE: list[tuple[np.ndarray, np.ndarray, Split]] = []
+
+
+def _with_unlabeled(data: Dataset) -> Split:
+    """The training split plus the unlabelled inputs (label -1), built once per dataset so the teacher's
+    logits on it are computed once and reused by distill, prune and quantize."""
+    if data.unlabeled is None or len(data.unlabeled) == 0:
+        return data.train
+    for train_x, unlabeled, combined in _UNLABELED_CACHE:
+        if train_x is data.train.x and unlabeled is data.unlabeled:
+            return combined
+    combined = Split(x=np.concatenate([data.train.x, data.unlabeled]),
+                     y=np.concatenate([data.train.y, np.full(len(data.unlabeled), -1, dtype=data.train.y.dtype)]))
+    _UNLABELED_CACHE[:] = [(data.train.x, data.unlabeled, combined)]
+    return combined
 
 
 def train_on_labels(model, data: Dataset, schedule: Schedule):
@@ -209,24 +289,44 @@ def _unpack(y):
     return y, None
 
 
-def _with_features(model, layer_name: str, key: str):
-    """The model with a second output: the named layer's activations."""
-    try:
-        layer = model.get_layer(layer_name)
-    except ValueError:
-        names = ", ".join(layer.name for layer in model.layers)
-        raise ConfigError(f"{key}: no layer {layer_name!r} in {model.name}; its layers are: {names}") from None
-    return keras.Model(model.inputs, [model.outputs[0], layer.output], name=f"{model.name}_with_{layer_name}")
+def find_layer(model, name: str):
+    """The layer called `name`, also when TFMOT wrapped it for pruning (prune_low_magnitude_<name>) or for
+    quantization-aware training (quant_<name>); None if there is none."""
+    for layer in model.layers:
+        if layer.name == name or getattr(getattr(layer, "layer", None), "name", None) == name:
+            return layer
+    return None
 
 
-def _projection(student_shape, teacher_shape):
+def _with_features(model, named: list[tuple[str, str]]):
+    """The model with more outputs: its logits, then each named layer's activations, in order."""
+    outputs = [model.outputs[0]]
+    for key, layer_name in named:
+        layer = find_layer(model, layer_name)
+        if layer is None:
+            names = ", ".join(getattr(getattr(item, "layer", None), "name", item.name) for item in model.layers)
+            raise ConfigError(f"{key}: no layer {layer_name!r} in {model.name}; its layers are: {names}")
+        outputs.append(layer.output)
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_with_features")
+
+
+def _projection(student_shape, teacher_shape, key: str, name: str):
     """A learned map from student features to teacher features: 1x1 conv (+ resize) for maps, dense for vectors."""
     if len(student_shape) != len(teacher_shape):
-        raise ConfigError(f"distill.hint: student features {tuple(student_shape)[1:]} and teacher features "
+        raise ConfigError(f"{key}: student features {tuple(student_shape)[1:]} and teacher features "
                           f"{tuple(teacher_shape)[1:]} differ in rank; pick layers of the same kind (both conv)")
     if len(teacher_shape) == 2:
-        return keras.layers.Dense(teacher_shape[-1], name="hint_projection")
-    projection = keras.Sequential([keras.layers.Conv2D(teacher_shape[-1], 1, name="hint_projection")])
-    if tuple(student_shape[1:3]) != tuple(teacher_shape[1:3]):
-        projection.add(keras.layers.Resizing(teacher_shape[1], teacher_shape[2], interpolation="bilinear"))
+        projection = keras.layers.Dense(teacher_shape[-1], name=name)
+    else:
+        projection = keras.Sequential([keras.layers.Conv2D(teacher_shape[-1], 1, name=name)], name=f"{name}_block")
+        if tuple(student_shape[1:3]) != tuple(teacher_shape[1:3]):
+            projection.add(keras.layers.Resizing(teacher_shape[1], teacher_shape[2], interpolation="bilinear"))
+    projection.build(tuple(student_shape))  # its weights exist before training, so the optimizer sees them
     return projection
+
+
+def _check_attention_shapes(student_shape, teacher_shape, key: str) -> None:
+    if len(student_shape) != 4 or len(teacher_shape) != 4:
+        raise ConfigError(f"{key}: attention maps need convolutional layers (height, width, channels), but the "
+                          f"student layer gives {tuple(student_shape)[1:]} and the teacher layer "
+                          f"{tuple(teacher_shape)[1:]}; name conv, batch-norm or activation layers")

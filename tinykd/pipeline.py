@@ -19,7 +19,7 @@ from tinykd import artifacts, config, data as data_layer, models
 from tinykd.artifacts import Run
 from tinykd.errors import ConfigError, ConversionError, ExportError, ModelError, VerificationError
 
-STAGES = ("teacher", "distill", "prune", "quantize", "convert", "verify", "export", "report")
+STAGES = ("teacher", "ensemble", "distill", "prune", "quantize", "convert", "verify", "export", "report")
 TEACHER_CACHE = ".teacher_cache"
 
 
@@ -47,22 +47,26 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
                 f"input {data.input_shape}, {data.num_classes} classes"
                 + (f"; skipped {len(data.skipped)} unreadable files" if data.skipped else ""))
 
-    # 2. teacher: trained once per (teacher config, data) and cached across runs, or loaded from teacher.path
+    # 2. teacher: trained once per (teacher config, data) and cached across runs, or loaded from teacher.path;
+    #    with distill.ensemble, more teachers (cached the same way) whose soft targets are averaged with its own
     teacher = stage.teacher(cfg, data)
+    teachers = stage.ensemble(cfg, data, teacher) if cfg.distill.ensemble else teacher
 
-    # 3. distill: a fresh student learns from the frozen teacher's soft targets (and hints, if configured)
-    student = stage.run("distill", (cfg.distill, cfg.seed), lambda: _distilled(teacher.model, data, cfg, options),
-                        data, after=teacher)
+    # 3. distill: a fresh student learns from the frozen teacher's soft targets (and hints, attention, rounds)
+    student = stage.run("distill", (cfg.distill, cfg.seed),
+                        lambda: _distilled(teachers.model, teacher.model, data, cfg, options), data, after=teachers)
 
     # 4. prune: magnitude pruning to the target sparsity, fine-tuned with the distillation loss
     if cfg.prune is not None:
-        student = stage.run("prune", cfg.prune, lambda: _pruned(student.model, teacher.model, data, cfg, options),
+        student = stage.run("prune", cfg.prune,
+                            lambda: _pruned(student.model, teachers.model, teacher.model, data, cfg, options),
                             data, after=student)
 
     # 5. quantize: INT8 quantization-aware training, still distilling (pruning-preserving when pruned)
     if cfg.quantize is not None:
         student = stage.run("quantize", cfg.quantize,
-                            lambda: _quantized(student.model, teacher.model, data, cfg, options), data, after=student)
+                            lambda: _quantized(student.model, teachers.model, teacher.model, data, cfg, options),
+                            data, after=student)
 
     # 6. convert: full-int8 .tflite, calibrated on training samples; fails naming any float op
     tflite = stage.convert(student, data, cfg)
@@ -113,38 +117,82 @@ class _Stages:
         return record
 
     def teacher(self, cfg: config.Config, data) -> _Result:
-        source = Path(cfg.teacher.path).expanduser() if cfg.teacher.path else None
-        key = artifacts.key("teacher", config.as_dict(cfg.teacher), data.fingerprint,
-                            _source_stamp(source) if source else None)
+        key = _teacher_key(cfg.teacher, data)
         path = self.run_dir.dir("teacher") / "teacher.keras"
         record = self._cached("teacher", key, path)
         if record is None:
             started = time.time()
-            cached = self.teacher_cache / f"teacher-{key}.keras"
-            if source is not None:
-                self.options.log(f"[teacher] loading {source}")
-                artifacts.save_model(_load_teacher(source, data), path)
-            elif cached.exists() and "teacher" not in self.run_dir.force:
-                self.options.log(f"[teacher] reusing the teacher trained for this config and data ({cached})")
-                artifacts.copy_file(cached, path)
-            else:
-                self.options.log(f"[teacher] training {cfg.teacher.model.arch} for {cfg.teacher.epochs} epochs")
-                artifacts.save_model(_trained_teacher(data, cfg, self.options), path)
-                artifacts.copy_file(path, cached)
-            model = _load(path)
-            metrics_file = self.teacher_cache / f"teacher-{key}.json"
-            if metrics_file.exists() and "teacher" not in self.run_dir.force:
-                metrics = json.loads(metrics_file.read_text())
-            else:
-                metrics = _model_metrics(model, data) | {"tflite_float_bytes": len(_float_tflite(model))}
-                artifacts.write_json(metrics_file, metrics)
+            model, metrics = self._one_teacher(cfg.teacher, key, path, data, cfg, "teacher")
             record = self._finish("teacher", key, metrics, started)
         else:
             model = _load(path)
-        if _uses_teacher_logits(cfg):
+        if _uses_teacher_logits(cfg) and not cfg.distill.ensemble:
             self._teacher_logits(model, data, self.teacher_cache / f"teacher-{key}.logits.npz")
         self.records["teacher"] = record
         return _Result(model, record)
+
+    def _one_teacher(self, teacher_cfg, key: str, path: Path, data, cfg: config.Config, label: str):
+        """Load, reuse from the cache or train one teacher into `path`; returns it and its metrics."""
+        source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
+        cached = self.teacher_cache / f"teacher-{key}.keras"
+        forced = "teacher" in self.run_dir.force or label != "teacher" and "ensemble" in self.run_dir.force
+        trained_seconds = None
+        if source is not None:
+            self.options.log(f"[{label}] loading {source}")
+            artifacts.save_model(_load_teacher(source, data), path)
+        elif cached.exists() and not forced:
+            self.options.log(f"[{label}] reusing the teacher trained for this config and data ({cached})")
+            artifacts.copy_file(cached, path)
+        else:
+            self.options.log(f"[{label}] training {teacher_cfg.model.arch} for {teacher_cfg.epochs} epochs")
+            started = time.time()
+            artifacts.save_model(_trained_teacher(data, teacher_cfg, cfg, self.options), path)
+            trained_seconds = round(time.time() - started, 1)
+            artifacts.copy_file(path, cached)
+        model = _load(path)
+        metrics_file = self.teacher_cache / f"teacher-{key}.json"
+        if metrics_file.exists() and not forced and trained_seconds is None:
+            metrics = json.loads(metrics_file.read_text())
+        else:
+            # Training time stays with the cached teacher, so a rebuild still reports what the teacher cost.
+            metrics = _model_metrics(model, data) | {"tflite_float_bytes": len(_float_tflite(model)),
+                                                     "training_seconds": trained_seconds}
+            artifacts.write_json(metrics_file, metrics)
+        return model, metrics
+
+    def ensemble(self, cfg: config.Config, data, teacher: _Result) -> _Result:
+        """The main teacher and `distill.ensemble`'s teachers as one model whose soft targets at the recipe's
+        temperature are their weighted mean; each extra teacher is cached like the main one."""
+        from tinykd.distill import ensemble
+
+        members = cfg.distill.ensemble
+        keys = [_teacher_key(member, data) for member in members]
+        weights = [cfg.distill.teacher_weight] + [member.weight for member in members]
+        key = artifacts.key("ensemble", keys, weights, cfg.distill.temperature, teacher.record["run_id"])
+        paths = [self.run_dir.dir("ensemble") / f"teacher{i + 1}.keras" for i in range(len(members))]
+        record = self._cached("ensemble", key, paths[-1])
+        models_ = []
+        if record is None:
+            started = time.time()
+            member_metrics = []
+            for i, (member, member_key, path) in enumerate(zip(members, keys, paths)):
+                model, metrics = self._one_teacher(member, member_key, path, data, cfg, f"ensemble {i + 1}")
+                models_.append(model)
+                member_metrics.append(metrics)
+            combined = ensemble([teacher.model] + models_, weights, cfg.distill.temperature)
+            metrics = {"teachers": 1 + len(members), "weights": weights,
+                       "val_accuracy": _accuracy(combined, data.val), "test_accuracy": _accuracy(combined, data.test),
+                       "members": member_metrics,
+                       "extra_teachers_training_seconds": round(sum(m.get("training_seconds") or 0.0
+                                                                    for m in member_metrics), 1)}
+            record = self._finish("ensemble", key, metrics, started)
+        else:
+            models_ = [_load(path) for path in paths]
+            combined = ensemble([teacher.model] + models_, weights, cfg.distill.temperature)
+        if _uses_teacher_logits(cfg):
+            self._teacher_logits(combined, data, self.teacher_cache / f"ensemble-{key}.logits.npz")
+        self.records["ensemble"] = record
+        return _Result(combined, record)
 
     def _teacher_logits(self, model, data, path: Path) -> None:
         """Teacher logits on train and validation, saved beside the cached teacher so a rebuild skips them."""
@@ -312,39 +360,70 @@ def _frontend_parity(settings_header: Path, data) -> dict:
 
 
 def _uses_teacher_logits(cfg: config.Config) -> bool:
-    """Whether distillation feeds precomputed teacher logits (no hints, no augmentation, alpha above 0)."""
+    """Whether distillation feeds precomputed teacher logits (no augmentation, alpha above 0)."""
     augmenting = cfg.data.augment is not None and cfg.data.augment.active
-    return cfg.distill.alpha > 0.0 and cfg.distill.hint is None and not augmenting
+    return cfg.distill.alpha > 0.0 and not augmenting
 
 
-def _trained_teacher(data, cfg: config.Config, options: BuildOptions):
+def _teacher_key(teacher_cfg, data) -> str:
+    """What a trained teacher depends on: its config (an ensemble member's weight aside) and the data."""
+    source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
+    settings = config.as_dict(teacher_cfg)
+    settings.pop("weight", None)
+    return artifacts.key("teacher", settings, data.fingerprint, _source_stamp(source) if source else None)
+
+
+def _trained_teacher(data, teacher_cfg, cfg: config.Config, options: BuildOptions):
     from tinykd.distill import train_on_labels
 
-    teacher = models.build(cfg.teacher.model, data.input_shape, data.num_classes, "teacher")
-    return train_on_labels(teacher, data, _schedule(cfg.teacher, cfg, options, seed=cfg.teacher.seed))
+    teacher = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher")
+    return train_on_labels(teacher, data, _schedule(teacher_cfg, cfg, options, seed=teacher_cfg.seed))
 
 
-def _distilled(teacher, data, cfg: config.Config, options: BuildOptions):
-    from tinykd.distill import distill
+def _distilled(teacher, feature_teacher, data, cfg: config.Config, options: BuildOptions):
+    """Round 1 learns from the teacher(s); each further round ("born-again") from the previous round's student,
+    frozen, on the logits term only (hint and attention layers name the teacher's layers)."""
+    from dataclasses import replace
 
+    from tinykd.distill import accuracy, distill
+    from tinykd.prune import clone
+
+    schedule = _schedule(cfg.distill, cfg, options)
     student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student")
-    distill(teacher, student, data, cfg.distill, _schedule(cfg.distill, cfg, options))
-    return student, {}
+    distill(teacher, student, data, cfg.distill, schedule, feature_teacher=feature_teacher)
+    rounds = [{"round": 1, "val_accuracy": accuracy(student, data.val), "test_accuracy": accuracy(student, data.test)}]
+    for number in range(2, cfg.distill.rounds + 1):
+        previous = clone(student)
+        options.log(f"[distill] born-again round {number} of {cfg.distill.rounds}: the round {number - 1} student "
+                    "teaches a fresh one")
+        student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student")
+        distill(previous, student, data, replace(cfg.distill, hints=(), attention=()),
+                replace(schedule, seed=schedule.seed + number - 1))
+        rounds.append({"round": number, "val_accuracy": accuracy(student, data.val),
+                       "test_accuracy": accuracy(student, data.test)})
+    return student, ({"rounds": rounds} if cfg.distill.rounds > 1 else {})
 
 
-def _pruned(student, teacher, data, cfg: config.Config, options: BuildOptions):
+def _pruned(student, teacher, feature_teacher, data, cfg: config.Config, options: BuildOptions):
     from tinykd.prune import prune, sparsity
 
-    pruned = prune(student, teacher, data, cfg.prune, cfg.distill, _schedule(cfg.prune, cfg, options))
+    pruned = prune(student, teacher, data, cfg.prune, cfg.distill, _schedule(cfg.prune, cfg, options),
+                   feature_teacher=feature_teacher)
     return pruned, {"sparsity": round(sparsity(pruned), 4)}
 
 
-def _quantized(student, teacher, data, cfg: config.Config, options: BuildOptions):
+def _quantized(student, teacher, feature_teacher, data, cfg: config.Config, options: BuildOptions):
     from tinykd.quantize import quantize
 
     qat = quantize(student, teacher, data, cfg.distill, _schedule(cfg.quantize, cfg, options),
-                   preserve_sparsity=cfg.prune is not None)
+                   preserve_sparsity=cfg.prune is not None, feature_teacher=feature_teacher)
     return qat, {}
+
+
+def _accuracy(model, split) -> float:
+    from tinykd.distill import accuracy
+
+    return accuracy(model, split)
 
 
 def _model_metrics(model, data) -> dict:

@@ -6,8 +6,6 @@ really saved by measuring the converted model, not by counting zeros.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from tinykd.config import DistillConfig, PruneConfig
@@ -16,8 +14,12 @@ from tinykd.distill import Schedule, distill
 from tinykd.keras_shim import keras, tfmot
 
 
-def prune(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: DistillConfig, schedule: Schedule):
-    """Prune a clone of `student` to `cfg.target_sparsity` while distilling from `teacher`; returns the stripped clone."""
+def prune(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: DistillConfig, schedule: Schedule,
+          feature_teacher=None):
+    """Prune a clone of `student` to `cfg.target_sparsity` while distilling from `teacher`; returns the stripped clone.
+
+    Hints and attention carry on through the pruning wrappers (layers are found by their original names).
+    """
     steps_per_epoch = -(-len(data.train) // schedule.batch_size)
     total_steps = schedule.epochs * steps_per_epoch
     # Reach the target by 70% of the steps so the last epochs fine-tune at the final sparsity.
@@ -27,9 +29,8 @@ def prune(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: Distil
         end_step=end_step, frequency=min(cfg.frequency_steps, end_step))
     student = clone(student)  # TFMOT wraps the given layer objects, so training would change the caller's model
     pruned = tfmot.sparsity.keras.prune_low_magnitude(student, pruning_schedule=sparsity_schedule)
-    # Hints name layers by name, and the pruning wrappers rename them; logits distillation carries on.
-    distill(teacher, pruned, data, replace(distill_cfg, hint=None), schedule,
-            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    distill(teacher, pruned, data, distill_cfg, schedule, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+            feature_teacher=feature_teacher)
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 

@@ -5,8 +5,6 @@ A pruned student uses TFMOT's pruning-preserving scheme, so QAT does not refill 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from tinykd.config import DistillConfig
 from tinykd.data import Dataset
 from tinykd.distill import Schedule, distill
@@ -15,8 +13,9 @@ from tinykd.prune import clone
 
 
 def quantize(student, teacher, data: Dataset, distill_cfg: DistillConfig, schedule: Schedule,
-             preserve_sparsity: bool):
-    """A quantization-aware clone of `student`, fine-tuned with the distillation loss (hints off)."""
+             preserve_sparsity: bool, feature_teacher=None):
+    """A quantization-aware clone of `student`, fine-tuned with the distillation loss (hints and attention too,
+    through the QAT wrappers)."""
     annotated = tfmot.quantization.keras.quantize_annotate_model(clone(student))
     if preserve_sparsity:
         scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
@@ -24,7 +23,7 @@ def quantize(student, teacher, data: Dataset, distill_cfg: DistillConfig, schedu
         scheme = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
     with tfmot.quantization.keras.quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme)
-    distill(teacher, qat, data, replace(distill_cfg, hint=None), schedule)
+    distill(teacher, qat, data, distill_cfg, schedule, feature_teacher=feature_teacher)
     return qat
 
 

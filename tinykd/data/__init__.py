@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinykd.config import DataConfig
+from tinykd.config import UNLABELED_REST, DataConfig
 from tinykd.data.dataset import Dataset, Preprocessing, Split, split_stratified, split_train_val
 from tinykd.errors import ConfigError
 
@@ -70,6 +70,7 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
     val_count = None if cfg.max_train_samples is None else max(32, int(cfg.max_train_samples * cfg.val_fraction))
     raw = replace(raw, train=raw.train.head(cfg.max_train_samples), val=raw.val.head(val_count),
                   test=raw.test.head(cfg.max_test_samples))
+    raw = _with_unlabeled(raw, cfg, seed, search_dirs)
     if frontend is not None:
         raw = _through_frontend(raw, frontend)
     if cfg.augment is not None and cfg.augment.active and len(raw.input_shape) != 3:
@@ -80,6 +81,10 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
         preprocessing = replace(preprocessing, raw_scale=cfg.normalize.scale, raw_offset=cfg.normalize.offset)
     limits = {"seed": seed, "train": cfg.max_train_samples, "test": cfg.max_test_samples,
               "scale": preprocessing.raw_scale, "offset": preprocessing.raw_offset}
+    if cfg.labeled_samples is not None:  # added only when used, so other fingerprints (and cached teachers) stay
+        limits["labeled"] = cfg.labeled_samples
+    if raw.unlabeled is not None:
+        limits["unlabeled"] = hashlib.sha256(np.ascontiguousarray(raw.unlabeled).tobytes()).hexdigest()[:16]
     fingerprint = hashlib.sha256((raw.fingerprint + json.dumps(limits, sort_keys=True)).encode()).hexdigest()[:16]
 
     def normalised(split: Split) -> Split:
@@ -87,8 +92,59 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
             return split  # raw units are the model's units: no copy (46k clips of audio are 3 GB)
         return Split(x=split.x * preprocessing.raw_scale + preprocessing.raw_offset, y=split.y)
 
+    unlabeled = None
+    if raw.unlabeled is not None:
+        unlabeled = normalised(Split(x=raw.unlabeled, y=np.zeros(len(raw.unlabeled), dtype=np.int64))).x
     return replace(raw, train=normalised(raw.train), val=normalised(raw.val), test=normalised(raw.test),
-                   preprocessing=preprocessing, fingerprint=fingerprint)
+                   preprocessing=preprocessing, fingerprint=fingerprint, unlabeled=unlabeled)
+
+
+def _with_unlabeled(raw: Dataset, cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...]) -> Dataset:
+    """Keep `data.labeled_samples` labelled training samples (a seeded, stratified choice), and add unlabelled
+    inputs: every sample found at `data.unlabeled` (read like `data.path`, labels dropped), or with
+    `data.unlabeled: rest` the training samples beyond `data.labeled_samples`."""
+    pools = []
+    train = raw.train
+    if cfg.labeled_samples is not None:
+        if cfg.labeled_samples >= len(train):
+            raise ConfigError(f"data.labeled_samples: {cfg.labeled_samples} is not fewer than the "
+                              f"{len(train)} training samples, so nothing would be unlabelled; lower it")
+        kept, rest = split_train_val(train.x, train.y, 1.0 - cfg.labeled_samples / len(train), seed + 7)
+        # Per-class rounding can miss the count by a few; move those across so exactly labeled_samples stay.
+        x, y = np.concatenate([kept.x, rest.x]), np.concatenate([kept.y, rest.y])
+        train = Split(x=x[:cfg.labeled_samples], y=y[:cfg.labeled_samples])
+        if cfg.unlabeled == UNLABELED_REST:
+            pools.append(x[cfg.labeled_samples:])
+    if cfg.unlabeled is not None and cfg.unlabeled != UNLABELED_REST:
+        if not Path(cfg.unlabeled).exists():
+            raise ConfigError(f"data.unlabeled: {cfg.unlabeled} does not exist; point it at unlabelled data in the "
+                              f"same format as data.path ({cfg.format}), or remove the key")
+        found = _read_unlabeled(cfg, seed, search_dirs)
+        if tuple(found[0].shape[1:]) != tuple(raw.train.x.shape[1:]):
+            raise ConfigError(f"data.unlabeled: {cfg.unlabeled} gives inputs of shape {tuple(found[0].shape[1:])}, "
+                              f"but data.path gives {tuple(raw.train.x.shape[1:])}; make them match")
+        pools += found
+    if not pools:
+        return replace(raw, train=train)
+    return replace(raw, train=train, unlabeled=np.concatenate(pools).astype(raw.train.x.dtype, copy=False))
+
+
+def _read_unlabeled(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...]) -> list[np.ndarray]:
+    """Every input at `data.unlabeled`: for arrays, an .npz with any of x, x_train, x_val, x_test (labels not
+    needed); for the other formats, the same layout as `data.path` read by the same reader, labels dropped."""
+    path = Path(cfg.unlabeled)
+    if cfg.format == "arrays":
+        from tinykd.data import arrays
+
+        stored = arrays.open_archive(path)
+        found = [np.asarray(stored[key]) for key in ("x", "x_train", "x_val", "x_test") if key in stored]
+        if not found:
+            raise ConfigError(f"data.unlabeled: {path} has none of the arrays x, x_train, x_val, x_test; save the "
+                              "unlabelled inputs with np.savez(path, x=...)")
+        return found
+    other = READERS[cfg.format](replace(cfg, path=str(path), unlabeled=None, labeled_samples=None, synthesize=False,
+                                        max_train_samples=None, max_test_samples=None), seed, search_dirs)
+    return [split.x for split in (other.train, other.val, other.test) if len(split)]
 
 
 def _through_frontend(raw: Dataset, frontend) -> Dataset:
@@ -109,6 +165,9 @@ def _through_frontend(raw: Dataset, frontend) -> Dataset:
                      f"{frontend.sample_rate_hz} Hz int16 audio (settings in model_settings.h), "
                      "int8 = clamp((uint16 * 256 + 333) / 666 - 128, -128, 127)"))
     settings = hashlib.sha256(json.dumps(dataclasses.asdict(frontend), sort_keys=True).encode()).hexdigest()
+    unlabeled = None
+    if raw.unlabeled is not None:
+        unlabeled = split_features(Split(x=raw.unlabeled, y=np.zeros(len(raw.unlabeled), dtype=np.int64))).x
     return replace(raw, train=split_features(raw.train), val=split_features(raw.val),
                    test=split_features(raw.test), test_audio=raw.test.x, preprocessing=preprocessing,
-                   fingerprint=f"{raw.fingerprint}:{settings[:16]}")
+                   fingerprint=f"{raw.fingerprint}:{settings[:16]}", unlabeled=unlabeled)

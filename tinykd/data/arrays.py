@@ -23,7 +23,7 @@ RANK_NAMES = {2: "(features,) vector", 3: "(steps, channels) sequence", 4: "(hei
 def read(cfg: DataConfig, seed: int) -> Dataset:
     """Read and check the arrays; values stay in the file's units (the data layer normalises)."""
     path = Path(cfg.path).expanduser()
-    arrays = _open(path)
+    arrays = open_archive(path)
     splits = {}
     for x_key, y_key in PAIRS:
         if (x_key in arrays) != (y_key in arrays):
@@ -59,7 +59,7 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
     )
 
 
-def _open(path: Path) -> dict:
+def open_archive(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"data.path: {path} does not exist; save your arrays with np.savez('{path.name}', "
                         "x_train=..., y_train=...)")

@@ -38,6 +38,7 @@ class Dataset:
     `fingerprint` changes whenever the files, the split or the sample limits change; stage caching keys on it.
     `skipped` lists the files left out because they could not be read (`data.skip_unreadable: true`).
     `repairs` counts what a reader changed to make inputs fit, as (what, files) pairs, e.g. ("resampled", 3).
+    `unlabeled` holds inputs the teacher labels with soft targets for distillation; no split ever contains them.
     """
 
     train: Split
@@ -50,6 +51,7 @@ class Dataset:
     skipped: tuple[str, ...] = ()
     repairs: tuple[tuple[str, int], ...] = ()
     test_audio: np.ndarray | None = None  # the test clips before the front-end (golden vectors, parity checks)
+    unlabeled: np.ndarray | None = None  # model inputs without labels (data.unlabeled, data.labeled_samples)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
