@@ -159,9 +159,19 @@ def render_markdown(report: dict) -> str:
 def _pruning_note(records: dict) -> str:
     if "prune" not in records:
         return ""
-    sparsity = records["prune"]["metrics"]["sparsity"]
-    return (f"Pruning zeroed {sparsity:.0%} of the conv and dense weights. TFLite Micro stores tensors dense, so "
-            "the int8 `.tflite` is as large as an unpruned one; the zeros only pay off with compression.")
+    metrics = records["prune"]["metrics"]
+    if metrics.get("method") == "structured":
+        steps = metrics["steps"]
+        first, kept = steps[0], [s for s in steps if s["kept"]][-1]
+        return (f"Structured pruning removed whole filters in {kept['step']} step(s): {first['macs']:,} -> "
+                f"{kept['macs']:,} MACs, int8 .tflite {first['tflite_bytes']:,} -> {kept['tflite_bytes']:,} B, "
+                f"estimated {first['latency_ms']:.2f} -> {kept['latency_ms']:.2f} ms on {metrics['budget_board']}"
+                + ("" if metrics["budget_met"] is None else
+                   "; budget met" if metrics["budget_met"] else "; budget NOT met (accuracy limit or max_steps)")
+                + ". The model is dense and smaller: TFLite Micro runs every saved MAC and stores no removed byte.")
+    return (f"Pruning zeroed {metrics['sparsity']:.0%} of the conv and dense weights. TFLite Micro stores tensors "
+            "dense and has no sparse kernels, so the int8 `.tflite` is as large and as slow as an unpruned one "
+            "(no flash or latency change on TFLM); the zeros only pay off with compression.")
 
 
 def _plot_confusion(confusion, labels, path: Path, name: str) -> None:

@@ -290,22 +290,69 @@ class DistillConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PruneConfig:
-    """TFMOT magnitude pruning with a polynomial schedule, fine-tuned with the distillation loss."""
+class BudgetConfig:
+    """What structured pruning prunes toward: any of MACs, int8 .tflite bytes and latency on a board.
 
+    Latency is the estimate of `tinykd report` for `board` (the recipe's target.board when left out).
+    """
+
+    macs: int | None = None
+    tflite_bytes: int | None = None
+    latency_ms: float | None = None
+    board: str | None = None
+
+    def __post_init__(self):
+        _require(any(v is not None for v in (self.macs, self.tflite_bytes, self.latency_ms)), "macs",
+                 "a budget needs at least one of macs, tflite_bytes and latency_ms")
+        for key in ("macs", "tflite_bytes", "latency_ms"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, key, "must be positive")
+        if self.board is not None:
+            from tinykd.boards import load_boards
+
+            _require(self.board in load_boards(), "board", "unknown board (list them with `tinykd boards`)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    """Pruning, fine-tuned with the distillation loss.
+
+    method magnitude: TFMOT magnitude pruning to `target_sparsity` with a polynomial schedule. Zeros save no flash
+    or time on TFLite Micro (dense weights, no sparse kernels); the report says so.
+    method structured: tinykd's own filter removal (tinykd.structured). Each step removes `step_fraction` of every
+    prunable layer's remaining channels (ranked by `score`; `scope` layer or global), rebuilds a thinner dense model
+    and fine-tunes it `epochs`; steps stop when `budget` is met, after `max_steps`, or when a step would cost more
+    than `max_accuracy_drop` validation accuracy against the distilled student (that step is undone).
+    """
+
+    method: str = "magnitude"
     target_sparsity: float = 0.5
     initial_sparsity: float = 0.0
+    frequency_steps: int = 50
+    step_fraction: float = 0.2
+    max_steps: int = 5
+    score: str = "l1"
+    scope: str = "layer"
+    budget: BudgetConfig | None = None
+    max_accuracy_drop: float = 0.01
     epochs: int = 4
     batch_size: int = 128
     learning_rate: float = 5e-4
-    frequency_steps: int = 50
 
     def __post_init__(self):
         _check_training(self)
+        _require(self.method in ("magnitude", "structured"), "method", "must be magnitude or structured")
         _require(0.0 < self.target_sparsity < 1.0, "target_sparsity", "must be in (0, 1), e.g. 0.5")
         _require(0.0 <= self.initial_sparsity < self.target_sparsity, "initial_sparsity",
                  "must be in [0, target_sparsity)")
         _require(self.frequency_steps >= 1, "frequency_steps", "must be at least 1")
+        _require(0.0 < self.step_fraction < 1.0, "step_fraction", "must be in (0, 1), e.g. 0.2")
+        _require(1 <= self.max_steps <= 50, "max_steps", "must be 1 to 50")
+        _require(self.score in ("l1", "bn_scale"), "score", "must be l1 or bn_scale")
+        _require(self.scope in ("layer", "global"), "scope", "must be layer or global")
+        _require(0.0 <= self.max_accuracy_drop < 1.0, "max_accuracy_drop", "must be in [0, 1), e.g. 0.01")
+        _require(self.method == "structured" or self.budget is None, "budget",
+                 "applies to method: structured only (magnitude pruning saves no MACs or bytes on TFLM)")
 
 
 @dataclass(frozen=True, kw_only=True)

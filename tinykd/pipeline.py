@@ -405,18 +405,53 @@ def _distilled(teacher, feature_teacher, data, cfg: config.Config, options: Buil
 
 
 def _pruned(student, teacher, feature_teacher, data, cfg: config.Config, options: BuildOptions):
-    from tinykd.prune import prune, sparsity
+    from tinykd.prune import prune, prune_structured, sparsity, within_budget
 
-    pruned = prune(student, teacher, data, cfg.prune, cfg.distill, _schedule(cfg.prune, cfg, options),
-                   feature_teacher=feature_teacher)
-    return pruned, {"sparsity": round(sparsity(pruned), 4)}
+    schedule = _schedule(cfg.prune, cfg, options)
+    if cfg.prune.method == "structured":
+        board = (cfg.prune.budget.board if cfg.prune.budget else None) or cfg.target.board
+        pruned, steps = prune_structured(student, teacher, data, cfg.prune, cfg.distill, schedule,
+                                         measure=lambda model: _budget_figures(model, data, cfg, board),
+                                         feature_teacher=feature_teacher)
+        for step in steps[1:]:
+            options.log(f"[prune] step {step['step']}: {step['macs']:,} MACs, {step['tflite_bytes']:,} B, "
+                        f"{step['latency_ms']:.2f} ms on {board}, val {step['val_accuracy']:.4f}"
+                        + ("" if step["kept"] else " (over max_accuracy_drop: undone)"))
+        return pruned, {"method": "structured", "sparsity": round(sparsity(pruned), 4), "steps": steps,
+                        "budget_board": board,
+                        "budget_met": None if cfg.prune.budget is None
+                        else within_budget(cfg.prune.budget, [s for s in steps if s["kept"]][-1])}
+    pruned = prune(student, teacher, data, cfg.prune, cfg.distill, schedule, feature_teacher=feature_teacher)
+    return pruned, {"method": "magnitude", "sparsity": round(sparsity(pruned), 4)}
+
+
+def _budget_figures(model, data, cfg: config.Config, board: str) -> dict:
+    """MACs, and the int8 .tflite bytes and latency estimate of `tinykd report` (post-training quantized on 100
+    training samples: the figures QAT does not change)."""
+    from tinykd.convert import convert
+    from tinykd.report import report
+
+    representative = data.train.x[np.random.default_rng(cfg.seed).choice(len(data.train), 100, replace=False)] \
+        if len(data.train) > 100 else data.train.x
+    if cfg.frontend is not None:
+        from dataclasses import replace
+
+        # A float model: only calibration sees the front-end's int8 range (there is no QAT quantizer to pin).
+        representative = _pin_input_to_frontend(model, representative, replace(cfg, quantize=None))
+    tflite = convert(model, representative)
+    estimate = report(tflite, board)
+    return {"macs": models.count_macs(model), "tflite_bytes": len(tflite), "latency_ms": round(estimate.latency_ms, 3)}
+
+
+
 
 
 def _quantized(student, teacher, feature_teacher, data, cfg: config.Config, options: BuildOptions):
     from tinykd.quantize import quantize
 
     qat = quantize(student, teacher, data, cfg.distill, _schedule(cfg.quantize, cfg, options),
-                   preserve_sparsity=cfg.prune is not None, feature_teacher=feature_teacher)
+                   preserve_sparsity=cfg.prune is not None and cfg.prune.method == "magnitude",
+                   feature_teacher=feature_teacher)
     return qat, {}
 
 

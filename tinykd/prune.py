@@ -1,12 +1,15 @@
-"""Magnitude pruning with TFMOT, fine-tuned with the distillation loss, then stripped to a plain Keras model.
+"""Pruning, fine-tuned with the distillation loss: TFMOT magnitude pruning, or structured (filter) pruning.
 
-Pruning zeroes weights; it does not make a dense int8 .tflite smaller on its own. The report says what pruning
-really saved by measuring the converted model, not by counting zeros.
+Magnitude pruning zeroes weights; it does not make a dense int8 .tflite smaller or faster on TFLite Micro. The
+report says what pruning really saved by measuring the converted model, not by counting zeros. Structured pruning
+removes whole filters (tinykd.structured), so the board runs fewer MACs from fewer bytes.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from dataclasses import replace
 
 from tinykd.config import DistillConfig, PruneConfig
 from tinykd.data import Dataset
@@ -32,6 +35,45 @@ def prune(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: Distil
     distill(teacher, pruned, data, distill_cfg, schedule, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
             feature_teacher=feature_teacher)
     return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def prune_structured(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: DistillConfig,
+                     schedule: Schedule, measure, feature_teacher=None):
+    """Remove filters step by step until `cfg.budget` is met, recovering with distillation after each step.
+
+    Args:
+        measure: model -> {"macs": ..., "tflite_bytes": ..., "latency_ms": ...}, what the budget is checked on
+            (the pipeline converts to int8 and asks `tinykd report` for the latency).
+
+    Returns:
+        (model, steps): the last step kept, and one record per step tried (channels, MACs, bytes, latency,
+        validation accuracy, whether it was kept).
+    """
+    from tinykd.distill import accuracy
+    from tinykd.structured import plan, thin
+
+    reference = accuracy(student, data.val)
+    current = clone(student)
+    steps = [{"step": 0, "val_accuracy": reference, **measure(current), "kept": True}]
+    for number in range(1, cfg.max_steps + 1):
+        if cfg.budget is not None and within_budget(cfg.budget, steps[-1]):
+            break
+        thinned, _ = thin(current, plan(current, cfg.step_fraction, cfg.score, cfg.scope))
+        distill(teacher, thinned, data, distill_cfg, replace(schedule, seed=schedule.seed + number),
+                feature_teacher=feature_teacher)
+        step = {"step": number, "val_accuracy": accuracy(thinned, data.val), **measure(thinned)}
+        step["kept"] = reference - step["val_accuracy"] <= cfg.max_accuracy_drop
+        steps.append(step)
+        if not step["kept"]:
+            break  # this step cost too much: the previous model stays
+        current = thinned
+    return current, steps
+
+
+def within_budget(budget, measured: dict) -> bool:
+    """Whether every figure the budget sets is met."""
+    return all(getattr(budget, key) is None or measured[key] <= getattr(budget, key)
+               for key in ("macs", "tflite_bytes", "latency_ms"))
 
 
 def clone(model):

@@ -1,0 +1,190 @@
+"""Structured pruning: remove whole filters and channels, and rebuild a thinner dense Keras model.
+
+TFLite Micro stores weights dense and has no sparse kernels, so zeroed weights (magnitude pruning) save neither
+flash nor time on a board. Removing a filter does: the next layer loses the matching input channel, the
+batch norm after it loses that channel's statistics, and every MAC and byte that served it is gone.
+
+`plan` ranks each prunable layer's output channels (L1 norm of the filter, or |gamma| of the batch norm after it)
+and picks the ones to keep; `thin` then walks a Functional model's graph, slicing every weight the kept channels
+reach (convolutions, depthwise convolutions, batch norms, dense layers, the classifier's inputs) and passing the
+channel selection through layers that act per channel (activations, pooling, dropout, flatten). The model's outputs
+never lose a channel. TFMOT has no structured pruning; this is tinykd's own graph surgery.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinykd.errors import ModelError
+from tinykd.keras_shim import keras
+
+SCORES = ("l1", "bn_scale")
+# Layers that act on every channel alone: the kept channels pass straight through them.
+_PER_CHANNEL = ("ReLU", "Activation", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "Dropout",
+                "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D", "ZeroPadding2D")
+
+
+def prunable_layers(model) -> list[str]:
+    """Layers whose output channels can go: convolutions and dense layers that do not produce a model output."""
+    outputs = {id(t) for t in model.outputs}
+    names = []
+    for layer in model.layers:
+        if type(layer).__name__ in ("Conv2D", "Dense") and id(layer.output) not in outputs \
+                and not _feeds_output_directly(model, layer):
+            names.append(layer.name)
+    return names
+
+
+def plan(model, fraction: float, score: str = "l1", scope: str = "layer") -> dict[str, np.ndarray]:
+    """The output channels to keep in each prunable layer after removing `fraction` of them.
+
+    Args:
+        model: a plain (not TFMOT-wrapped) Functional Keras model.
+        fraction: the share of channels to remove, in [0, 1).
+        score: "l1" (L1 norm of each filter) or "bn_scale" (|gamma| of the batch norm right after the layer,
+            falling back to L1 where there is none).
+        scope: "layer" removes `fraction` of every layer; "global" ranks all channels together (each layer's
+            scores divided by their mean, so layers compare) and removes the lowest `fraction`, keeping at
+            least one channel per layer.
+
+    Returns:
+        Layer name -> sorted indices of the channels to keep.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    if score not in SCORES or scope not in ("layer", "global"):
+        raise ValueError(f"score must be one of {SCORES} and scope 'layer' or 'global'")
+    scores = {name: channel_scores(model, name, score) for name in prunable_layers(model)}
+    if scope == "layer":
+        return {name: _top(s, max(1, math.ceil(len(s) * (1.0 - fraction)))) for name, s in scores.items()}
+    pooled = np.concatenate([s / (s.mean() or 1.0) for s in scores.values()])
+    total = len(pooled)
+    threshold = np.sort(pooled)[int(total * fraction)] if fraction > 0 else -np.inf
+    return {name: _top(s, max(1, int(np.sum(s / (s.mean() or 1.0) >= threshold)))) for name, s in scores.items()}
+
+
+def channel_scores(model, name: str, score: str = "l1") -> np.ndarray:
+    """How much each output channel of layer `name` matters: its filter's L1 norm, or the |gamma| of its BN."""
+    layer = model.get_layer(name)
+    if score == "bn_scale":
+        after = _consumers(model, layer)
+        if len(after) == 1 and type(after[0]).__name__ == "BatchNormalization" and after[0].scale:
+            return np.abs(after[0].gamma.numpy())
+    kernel = layer.kernel.numpy()
+    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+def thin(model, keep: dict[str, np.ndarray]):
+    """A new, smaller model with only the `keep` channels, carrying over the weights of everything kept.
+
+    Returns:
+        (model, kept) where kept maps every layer name to the indices of its output channels that survive
+        (None where all do), so callers can tell which batch-norm channels went.
+
+    Raises:
+        ModelError: the graph has a layer the kept channels cannot pass through (the message names it).
+    """
+    kept_of = {}  # id(old tensor) -> kept indices of its last axis, or None for all
+    new_of = {}  # id(old tensor) -> new tensor
+    kept_by_layer = {}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "InputLayer":
+            tensor = layer.output
+            new_of[id(tensor)] = keras.Input(shape=tensor.shape[1:], name=layer.name, dtype=tensor.dtype)
+            kept_of[id(tensor)] = None
+            kept_by_layer[layer.name] = None
+            continue
+        inputs = layer.input if isinstance(layer.input, list) else [layer.input]
+        masks = [kept_of[id(t)] for t in inputs]
+        new_inputs = [new_of[id(t)] for t in inputs]
+        new_layer, weights, out_mask = _thinned_layer(layer, kind, masks, keep.get(layer.name), inputs)
+        output = new_layer(new_inputs if len(new_inputs) > 1 else new_inputs[0])
+        if weights is not None:
+            new_layer.set_weights(weights)
+        new_of[id(layer.output)] = output
+        kept_of[id(layer.output)] = out_mask
+        kept_by_layer[layer.name] = out_mask
+    for tensor in model.outputs:
+        if kept_of[id(tensor)] is not None:
+            raise ModelError(f"{model.name}: structured pruning would remove channels of the output "
+                             f"{tensor.name}; leave the classifier's own outputs out of the plan")
+    thinned = keras.Model([new_of[id(t)] for t in model.inputs], [new_of[id(t)] for t in model.outputs],
+                          name=model.name)
+    return thinned, kept_by_layer
+
+
+def _thinned_layer(layer, kind: str, masks: list, keep, inputs):
+    """The replacement of one layer, its sliced weights (None: fresh or none) and its output's kept channels."""
+    config = layer.get_config()
+    mask = masks[0]
+    weights = layer.get_weights()
+    if kind == "Conv2D" or kind == "Dense":
+        units_key = "filters" if kind == "Conv2D" else "units"
+        kernel = weights[0]
+        if mask is not None:
+            kernel = kernel[..., mask, :] if kind == "Conv2D" else kernel[mask, :]
+        if keep is not None:
+            keep = np.sort(np.asarray(keep))
+            kernel = kernel[..., keep]
+            config[units_key] = len(keep)
+        sliced = [kernel] + ([weights[1][keep] if keep is not None else weights[1]] if len(weights) > 1 else [])
+        return type(layer).from_config(config), sliced, keep
+    if kind == "DepthwiseConv2D":
+        if mask is None:
+            return type(layer).from_config(config), weights, None
+        if config.get("depth_multiplier", 1) != 1:
+            raise ModelError(f"{layer.name}: structured pruning handles depthwise convolutions with depth_multiplier "
+                             "1 only")
+        sliced = [weights[0][:, :, mask, :]] + ([weights[1][mask]] if len(weights) > 1 else [])
+        return type(layer).from_config(config), sliced, mask
+    if kind == "BatchNormalization":
+        return type(layer).from_config(config), [w if mask is None else w[mask] for w in weights], mask
+    if kind in _PER_CHANNEL:
+        return type(layer).from_config(config), weights or None, mask
+    if kind == "Flatten":
+        if mask is None:
+            return type(layer).from_config(config), None, None
+        shape = inputs[0].shape[1:]
+        positions = int(np.prod(shape[:-1]))
+        channels = shape[-1]
+        flat = (np.arange(positions)[:, None] * channels + np.asarray(mask)[None, :]).ravel()
+        return type(layer).from_config(config), None, flat
+    if kind == "Add":
+        if any(m is None for m in masks) and any(m is not None for m in masks) or \
+                any(m is not None and not np.array_equal(m, masks[0]) for m in masks):
+            raise ModelError(f"{layer.name}: the branches of this residual add keep different channels; prune the "
+                             "layers feeding it alike (or leave them out of the plan)")
+        return type(layer).from_config(config), None, mask
+    if mask is None:
+        return type(layer).from_config(config), weights or None, None
+    raise ModelError(f"{layer.name}: structured pruning cannot carry removed channels through a {kind} layer; "
+                     "leave the layers before it out of the plan")
+
+
+def _consumers(model, layer) -> list:
+    return [other for other in model.layers
+            if any(t is layer.output for t in (other.input if isinstance(other.input, list) else [other.input]))
+            and type(other).__name__ != "InputLayer"]
+
+
+def _feeds_output_directly(model, layer) -> bool:
+    """Whether only shape-only layers (Flatten, Reshape, Activation) lie between `layer` and a model output."""
+    outputs = {id(t) for t in model.outputs}
+    frontier = [layer]
+    while frontier:
+        current = frontier.pop()
+        for after in _consumers(model, current):
+            if id(after.output) in outputs and type(after).__name__ in ("Flatten", "Reshape", "Activation"):
+                return True
+            if type(after).__name__ in ("Flatten", "Reshape", "Activation"):
+                frontier.append(after)
+    return False
+
+
+def _top(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` highest scores, in channel order (ties keep the lower index)."""
+    order = np.argsort(-scores, kind="stable")[:count]
+    return np.sort(order)
