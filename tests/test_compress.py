@@ -10,6 +10,7 @@ from tinykd.convert import check_full_int8, convert, convert_float
 from tinykd.errors import ConversionError, VerificationError
 from tinykd.keras_shim import keras
 from tinykd.prune import prune, sparsity
+from tinykd.cluster import quantize_scheme
 from tinykd.quantize import load_model, quantize
 from tinykd.verify import measure_arena, verify
 
@@ -32,7 +33,8 @@ def pruned(student, tiny_teacher, smoke_data):
 @pytest.fixture(scope="module")
 def qat(pruned, tiny_teacher, smoke_data):
     return quantize(pruned, tiny_teacher, smoke_data, DISTILL,
-                    Schedule.of(QuantizeConfig(epochs=1, batch_size=64), seed=0), preserve_sparsity=True)
+                    Schedule.of(QuantizeConfig(epochs=1, batch_size=64), seed=0),
+                    scheme=quantize_scheme(clustered=False, preserve_sparsity=True))
 
 
 @pytest.fixture(scope="module")

@@ -207,3 +207,45 @@ def test_different_outputs_raise_and_name_the_tensor(clustered_tflite, check_inp
 def test_check_inputs_must_be_int8_model_inputs(clustered_tflite, smoke_data):
     with pytest.raises(ValueError, match=r"int8 array of shape \(samples, 28, 28, 1\)"):
         lut.compress(clustered_tflite, check_inputs=smoke_data.test.x[:4])
+
+
+def test_build_with_clustering_and_lut_compression_exports_a_decoding_firmware(tmp_path):
+    """The smoke recipe with `cluster:` and `compress:`: clustered, cluster-preserving QAT, LUT-compressed with
+    identical TFLM outputs, exported with AddDecode and the decompression memory, and the settings compile."""
+    import shutil
+    import subprocess
+
+    from conftest import SMOKE_RECIPE
+    from tinykd import config
+    from tinykd.export import OP_RESOLVER_METHODS
+    from tinykd.pipeline import BuildOptions, build
+
+    cfg = config.load(SMOKE_RECIPE, {"name": "lut", "prune": "none", "distill.student.filters": "[16, 32]",
+                                     "cluster": "{clusters: 16, epochs: 1, batch_size: 64}", "compress": "{}"})
+    report = build(cfg, tmp_path, BuildOptions())
+    compression = report["compression"]
+    assert compression["identical_outputs"] and compression["checked_samples"] == report["int8"]["test_samples"]
+    assert compression["compressed_tensors"] >= 1 and compression["tflite_bytes"] < compression["tflite_bytes_before"]
+    assert compression["decompression_memory_bytes"] > 0
+    assert report["stages"][-1]["stage"] == "compressed"
+    assert report["stages"][-1]["test_accuracy"] == report["int8"]["tflm_accuracy"]
+    export = tmp_path / "lut" / "export"
+    compressed = (tmp_path / "lut" / "compress" / "model.tflite").read_bytes()
+    ops = model_file.read(compressed).op_names
+    assert "TFLM_DECODE" in ops
+    resolver = (export / "lut_op_resolver.h").read_text()
+    assert "resolver.AddDecode()" in resolver and f"LUT_OP_COUNT = {len(ops)};" in resolver
+    assert sorted(OP_RESOLVER_METHODS[op] for op in ops) == sorted(
+        line.strip().split("(")[0].split(".")[-1] for line in resolver.splitlines() if "resolver.Add" in line)
+    settings = (export / "lut_model_settings.h").read_text()
+    assert f"LUT_DECOMPRESSION_MEMORY_BYTES = {compression['decompression_memory_bytes']};" in settings
+    assert "USE_TFLM_COMPRESSION=1" in settings
+    data = (export / "lut_model_data.cc").read_text()
+    assert f"{len(compressed)}" in data  # the firmware gets the compressed model
+    compiler = shutil.which("arm-none-eabi-g++")
+    assert compiler, "arm-none-eabi-g++ is required (make test installs gcc-arm-none-eabi)"
+    probe = tmp_path / "probe.cc"
+    probe.write_text('#include "lut_model_settings.h"\n'
+                     "unsigned int probe() { return LUT_ARENA_BYTES + LUT_DECOMPRESSION_MEMORY_BYTES; }\n")
+    subprocess.run([compiler, "-mcpu=cortex-m4", "-mthumb", "-std=c++17", "-Wall", "-Werror", "-c", f"-I{export}",
+                    str(probe), "-o", str(tmp_path / "probe.o")], check=True)

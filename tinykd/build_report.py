@@ -14,8 +14,9 @@ from tinykd import artifacts, config
 from tinykd.artifacts import Run
 
 _STAGE_TITLES = {"teacher": "teacher (float)", "distill": "student (float, distilled)",
-                 "prune": "student (float, pruned)", "quantize": "student (QAT, fake-quant)",
-                 "int8": "student int8 (TFLite Micro)"}
+                 "prune": "student (float, pruned)", "cluster": "student (float, clustered)",
+                 "quantize": "student (QAT, fake-quant)", "int8": "student int8 (TFLite Micro)",
+                 "compressed": "student int8, LUT-compressed (TFLite Micro)"}
 
 
 def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
@@ -24,7 +25,7 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
     converted = records["convert"]["metrics"]
     board = verify["board_report"]
     stages = []
-    for name in ("teacher", "distill", "prune", "quantize"):
+    for name in ("teacher", "distill", "prune", "cluster", "quantize"):
         if name in records:
             metrics = records[name]["metrics"]
             stages.append({"stage": name, "title": _STAGE_TITLES[name],
@@ -38,6 +39,12 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
                    "val_accuracy": None, "params": student_params, "macs": stages[-1]["macs"],
                    "size_bytes": converted["tflite_bytes"], "size_kind": "int8 .tflite", "sparsity": None,
                    "seconds": records["convert"]["seconds"] + records["verify"]["seconds"]})
+    compression = records["compress"]["metrics"] if "compress" in records else None
+    if compression is not None:
+        # The compress stage proved TFLM outputs identical on the test split, so the accuracy is the int8 one.
+        stages.append({**stages[-1], "stage": "compressed", "title": _STAGE_TITLES["compressed"],
+                       "size_bytes": compression["tflite_bytes"], "size_kind": "LUT-compressed int8 .tflite",
+                       "seconds": records["compress"]["seconds"]})
     report = {
         "name": cfg.name,
         "recipe": config.as_dict(cfg),
@@ -60,6 +67,10 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
         "data_repairs": dict(data.repairs),
         "frontend_parity": records["export"]["metrics"].get("frontend_parity"),
         "ensemble": records["ensemble"]["metrics"] if "ensemble" in records else None,
+        "compression": None if compression is None else {
+            **{k: v for k, v in compression.items() if k != "tensors"},
+            "arena_plus_decompression_bytes": board["arena_bytes"] + compression["decompression_memory_bytes"],
+            "tensors": compression["tensors"]},
         "distill_rounds": records["distill"]["metrics"].get("rounds"),
         "pruning_note": _pruning_note(records),
         "seconds": {name: records[name]["seconds"] for name in records},
@@ -133,6 +144,20 @@ def render_markdown(report: dict) -> str:
               f"- latency: {board['latency_ms']:.1f} ms (range {board['latency_range_ms'][0]:.1f}-"
               f"{board['latency_range_ms'][1]:.1f} ms, confidence {board['confidence']}); {board['latency_basis']}"]
     lines += [f"- warning: {warning}" for warning in board["warnings"]]
+    compression = report.get("compression")
+    if compression:
+        lines += ["", "## TFLite Micro LUT compression", "",
+                  f"- `.tflite`: {compression['tflite_bytes_before']:,} -> {compression['tflite_bytes']:,} bytes "
+                  f"({compression['saved_fraction']:.0%} smaller); {compression['compressed_tensors']} of "
+                  f"{len(compression['tensors'])} weight tensors compressed",
+                  f"- TFLM outputs identical to the uncompressed model on {compression['checked_samples']:,} test "
+                  "inputs, so the accuracy is the int8 accuracy above",
+                  f"- RAM: arena {board['arena_bytes']:,} + decompression memory "
+                  f"{compression['decompression_memory_bytes']:,} = {compression['arena_plus_decompression_bytes']:,} "
+                  "bytes; the firmware needs TFLM built with USE_TFLM_COMPRESSION=1"]
+        lines += [f"  - {t['name']} ({t['op']}): " + (f"{t['bits']}-bit, {t['bytes_before']:,} -> "
+                  f"{t['bytes_after']:,} B" if t["bits"] else f"dense ({t['reason']})")
+                  for t in compression["tensors"]]
     classes = report["classes"]
     lines += ["", "## Per class (int8 in TFLite Micro; confusion matrix in confusion.png)", "",
               "| class | test samples | accuracy |", "|---|---|---|"]

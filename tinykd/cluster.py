@@ -23,7 +23,8 @@ from tinykd.prune import clone, sparsity
 _KERNELS = {"kernel", "depthwise_kernel", "pointwise_kernel"}
 
 
-def cluster(student, teacher, data: Dataset, clusters: int, distill_cfg: DistillConfig, schedule: Schedule):
+def cluster(student, teacher, data: Dataset, clusters: int, distill_cfg: DistillConfig, schedule: Schedule,
+            feature_teacher=None):
     """Cluster a clone of `student` to `clusters` values per kernel while distilling from `teacher`.
 
     A pruned student (one with zero kernel weights) keeps its zeros: TFMOT then reserves one of the clusters
@@ -40,7 +41,7 @@ def cluster(student, teacher, data: Dataset, clusters: int, distill_cfg: Distill
         # k-means++ places centroids where the weights are dense; TFMOT seeds it, so the result is repeatable.
         cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS,
         preserve_sparsity=sparsity(student) > 0.0)
-    distill(teacher, clustered, data, distill_cfg, schedule)
+    distill(teacher, clustered, data, distill_cfg, schedule, feature_teacher=feature_teacher)
     return tfmot.clustering.keras.strip_clustering(clustered)
 
 

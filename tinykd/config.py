@@ -27,6 +27,7 @@ SMOKE_OVERRIDES = {
     "teacher.epochs": 1,
     "distill.epochs": 1,
     "prune.epochs": 1,
+    "cluster.epochs": 1,
     "quantize.epochs": 1,
     "convert.representative_samples": 32,
 }
@@ -356,6 +357,38 @@ class PruneConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """TFMOT weight clustering to `clusters` shared values per kernel, fine-tuned with the distillation loss.
+
+    On its own it saves nothing on TFLite Micro (int8 weights are still stored one byte each); with `compress:`
+    the int8 kernels become bit-packed indices into small tables, and QAT keeps the clusters (cluster-preserving).
+    """
+
+    clusters: int = 16
+    epochs: int = 2
+    batch_size: int = 128
+    learning_rate: float = 2e-4
+
+    def __post_init__(self):
+        _check_training(self)
+        _require(2 <= self.clusters <= 128, "clusters", "must be 2 to 128 (16 gives 4-bit indices)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressConfig:
+    """TFLite Micro's LUT compression of the int8 model (tinykd.lut), checked for identical TFLM outputs.
+
+    `bits` fixes the index width of every compressed tensor; null picks 2, 3 or 4 per tensor from its values.
+    A tensor stays dense where indices plus tables would not be smaller (each choice is reported with why).
+    """
+
+    bits: int | None = None
+
+    def __post_init__(self):
+        _require(self.bits is None or 1 <= self.bits <= 7, "bits", "must be 1 to 7, or null to choose per tensor")
+
+
+@dataclass(frozen=True, kw_only=True)
 class QuantizeConfig:
     """INT8 quantization-aware training, still distilling from the teacher."""
 
@@ -423,7 +456,9 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     prune: PruneConfig | None = field(default_factory=PruneConfig)
+    cluster: ClusterConfig | None = None
     quantize: QuantizeConfig | None = field(default_factory=QuantizeConfig)
+    compress: CompressConfig | None = None
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -483,7 +518,8 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
     if smoke:
         for key, value in SMOKE_OVERRIDES.items():
             section = key.split(".")[0]
-            if raw.get(section, {}) != "none":
+            # Sections that are off unless written (cluster) must not be switched on by the smoke shrink.
+            if raw.get(section, {}) != "none" and (section in raw or section != "cluster"):
                 _set_dotted(raw, key, value, f"{path}: smoke")
         members = raw["distill"].get("ensemble") if isinstance(raw.get("distill"), dict) else None
         for member in members if isinstance(members, list) else []:

@@ -70,6 +70,8 @@ OP_RESOLVER_METHODS = {
     "TANH": "AddTanh", "TRANSPOSE": "AddTranspose", "TRANSPOSE_CONV": "AddTransposeConv",
     "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM", "UNPACK": "AddUnpack",
     "VAR_HANDLE": "AddVarHandle", "WHILE": "AddWhile", "ZEROS_LIKE": "AddZerosLike",
+    # TFLM's own custom op: decodes LUT-compressed weights (tinykd.lut); needs TFLM built with compression.
+    "TFLM_DECODE": "AddDecode",
 }
 
 
@@ -85,6 +87,7 @@ class FirmwareSpec:
     name: str
     labels: tuple[str, ...]
     arena_bytes: int
+    decompression_memory_bytes: int = 0  # arena the DECODE ops of a LUT-compressed model use; in arena_bytes
     raw_scale: float = 1.0
     raw_offset: float = 0.0
     raw_description: str = ""
@@ -287,6 +290,8 @@ def _settings_fields(model: model_file.ModelInfo, spec: FirmwareSpec) -> dict[st
         "raw_scale": _c_float(spec.raw_scale),
         "raw_offset": _c_float(spec.raw_offset),
         "raw_description": c_string(spec.raw_description),
+        "decompression_memory_bytes": str(spec.decompression_memory_bytes),
+        "compression_note": _compression_note(model, spec),
     }
     for role, tensor in tensors.items():
         fields |= {
@@ -299,6 +304,18 @@ def _settings_fields(model: model_file.ModelInfo, spec: FirmwareSpec) -> dict[st
             f"{role}_zero_point": str(tensor.zero_point),
         }
     return fields
+
+
+def _compression_note(model: model_file.ModelInfo, spec: FirmwareSpec) -> str:
+    """The model_settings.h comment on weight compression, as C++ comment lines."""
+    if "TFLM_DECODE" not in model.op_names:
+        return "// None: every weight is stored dense, one byte per int8 value."
+    return "\n".join("// " + line for line in (
+        "TFLite Micro LUT compression: some weight tensors are stored as bit-packed indices into small value",
+        "tables, and the TFLM_DECODE operator (AddDecode() in " + spec.name + "_op_resolver.h) rebuilds them.",
+        "TFLite Micro must be built with compression enabled (make ... USE_TFLM_COMPRESSION=1, which defines",
+        "USE_TFLM_COMPRESSION); without it the model does not run. While an operator runs, its decoded weights",
+        "take DECOMPRESSION_MEMORY_BYTES of the arena, measured in the TFLM interpreter; ARENA_BYTES includes them."))
 
 
 def _c_float(value: float) -> str:

@@ -19,7 +19,8 @@ from tinykd import artifacts, config, data as data_layer, models
 from tinykd.artifacts import Run
 from tinykd.errors import ConfigError, ConversionError, ExportError, ModelError, VerificationError
 
-STAGES = ("teacher", "ensemble", "distill", "prune", "quantize", "convert", "verify", "export", "report")
+STAGES = ("teacher", "ensemble", "distill", "prune", "cluster", "quantize", "convert", "verify", "compress", "export",
+          "report")
 TEACHER_CACHE = ".teacher_cache"
 
 
@@ -62,17 +63,28 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
                             lambda: _pruned(student.model, teachers.model, teacher.model, data, cfg, options),
                             data, after=student)
 
-    # 5. quantize: INT8 quantization-aware training, still distilling (pruning-preserving when pruned)
+    # 4b. cluster: shared weight values per kernel, so LUT compression can store indices (with `compress:`)
+    if cfg.cluster is not None:
+        student = stage.run("cluster", cfg.cluster,
+                            lambda: _clustered(student.model, teachers.model, teacher.model, data, cfg, options),
+                            data, after=student)
+
+    # 5. quantize: INT8 quantization-aware training, still distilling (keeping zeros and clusters)
     if cfg.quantize is not None:
+        before = student.model
         student = stage.run("quantize", cfg.quantize,
                             lambda: _quantized(student.model, teachers.model, teacher.model, data, cfg, options),
-                            data, after=student)
+                            data, after=student, load=lambda path: _reload_qat(before, path, cfg))
 
     # 6. convert: full-int8 .tflite, calibrated on training samples; fails naming any float op
     tflite = stage.convert(student, data, cfg)
 
     # 7. verify: the whole test split in TFLite Micro and in TFLite's reference kernels; TFLM accuracy is reported
     verification = stage.verify(tflite, data, cfg)
+
+    # 7b. compress: TFLite Micro's LUT compression, with TFLM outputs identical to the verified model's
+    if cfg.compress is not None:
+        tflite = stage.compress(tflite, data, cfg)
 
     # 8. export: C/C++ files for TFLite Micro firmware
     stage.export(tflite, verification, data, cfg)
@@ -208,7 +220,8 @@ class _Stages:
         np.savez(buffer, train=teacher_logits(model, data.train.x), val=teacher_logits(model, data.val.x))
         artifacts.write_bytes(path, buffer.getvalue())
 
-    def run(self, name: str, stage_cfg, compute, data, after: _Result) -> _Result:
+    def run(self, name: str, stage_cfg, compute, data, after: _Result, load=None) -> _Result:
+        """Compute a model stage or reuse it; `load(path)` reads the saved model back (default: load_model)."""
         key = artifacts.key(name, config.as_dict(stage_cfg) if hasattr(stage_cfg, "__dataclass_fields__")
                             else config.plain(stage_cfg), after.record["run_id"])
         # Keras' .keras format loses a QAT model's quantizer variables (tf-keras 2.21 + TFMOT 0.8.1); HDF5 keeps them.
@@ -223,7 +236,7 @@ class _Stages:
             artifacts.save_model(model, path)
             record = self._finish(name, key, _model_metrics(model, data) | extra, started)
         self.records[name] = record
-        return _Result(_load(path), record)
+        return _Result((load or _load)(path), record)
 
     def convert(self, student: _Result, data, cfg: config.Config) -> _Result:
         from tinykd import model_file
@@ -282,11 +295,42 @@ class _Stages:
                 "head without them (head: flatten or pool_flatten, dense_units: 0), or measure on the board.")
         return _Result(metrics, record)
 
+    def compress(self, tflite: _Result, data, cfg: config.Config) -> _Result:
+        """LUT-compress the verified model; its TFLM outputs must equal the verified model's on the test split
+        (TFLite's interpreter cannot run TFLM's DECODE op, so TFLM against itself is the check)."""
+        from tinykd.lut import compress
+        from tinykd.verify import quantize_input
+
+        key = artifacts.key("compress", config.as_dict(cfg.compress), cfg.verify.max_samples,
+                            tflite.record["run_id"], data.fingerprint)
+        path = self.run_dir.dir("compress") / "model.tflite"
+        record = self._cached("compress", key, path)
+        if record is None:
+            started = time.time()
+            given = self.records["convert"]["metrics"]["input"]
+            test = data.test.head(cfg.verify.max_samples)
+            self.options.log(f"[compress] LUT compression, checked on {len(test)} test samples in TFLite Micro")
+            result = compress(tflite.model, bits=cfg.compress.bits, check_inputs=quantize_input(
+                test.x, {"scales": [given["scale"]], "zero_points": [given["zero_point"]]}))
+            artifacts.write_bytes(path, result.tflite)
+            metrics = {"tflite_bytes_before": len(tflite.model), "tflite_bytes": len(result.tflite),
+                       "saved_fraction": round(1.0 - len(result.tflite) / len(tflite.model), 4),
+                       "decompression_memory_bytes": result.decompression_memory_bytes,
+                       "identical_outputs": result.identical_outputs, "checked_samples": result.checked_samples,
+                       "compressed_tensors": sum(1 for t in result.tensors if t.bits is not None),
+                       "tensors": [config.plain(t.__dict__) for t in result.tensors]}
+            record = self._finish("compress", key, metrics, started)
+        self.records["compress"] = record
+        return _Result(path.read_bytes(), record)
+
     def export(self, tflite: _Result, verification: _Result, data, cfg: config.Config) -> None:
         from tinykd.export import FirmwareSpec, export
 
+        decompression = self.records["compress"]["metrics"]["decompression_memory_bytes"] \
+            if "compress" in self.records else 0
         spec = FirmwareSpec(name=cfg.export_name, labels=data.labels,
-                            arena_bytes=verification.model["board_report"]["arena_bytes"],
+                            arena_bytes=verification.model["board_report"]["arena_bytes"] + decompression,
+                            decompression_memory_bytes=decompression,
                             raw_scale=data.preprocessing.raw_scale, raw_offset=data.preprocessing.raw_offset,
                             raw_description=data.preprocessing.description)
         key = artifacts.key("export", config.plain(spec.__dict__), tflite.record["run_id"])
@@ -446,13 +490,41 @@ def _budget_figures(model, data, cfg: config.Config, board: str) -> dict:
 
 
 
+def _clustered(student, teacher, feature_teacher, data, cfg: config.Config, options: BuildOptions):
+    from tinykd.cluster import cluster, unique_kernel_values
+
+    clustered = cluster(student, teacher, data, cfg.cluster.clusters, cfg.distill,
+                        _schedule(cfg.cluster, cfg, options), feature_teacher=feature_teacher)
+    return clustered, {"most_values_per_kernel": max(unique_kernel_values(clustered).values())}
+
+
 def _quantized(student, teacher, feature_teacher, data, cfg: config.Config, options: BuildOptions):
     from tinykd.quantize import quantize
 
     qat = quantize(student, teacher, data, cfg.distill, _schedule(cfg.quantize, cfg, options),
-                   preserve_sparsity=cfg.prune is not None and cfg.prune.method == "magnitude",
-                   feature_teacher=feature_teacher)
+                   scheme=_qat_scheme(cfg), feature_teacher=feature_teacher)
     return qat, {}
+
+
+def _qat_scheme(cfg: config.Config):
+    """The QAT scheme that keeps what earlier stages made: magnitude pruning's zeros, clustering's shared values."""
+    from tinykd.cluster import quantize_scheme
+
+    return quantize_scheme(clustered=cfg.cluster is not None,
+                           preserve_sparsity=cfg.prune is not None and cfg.prune.method == "magnitude")
+
+
+def _reload_qat(student, path: Path, cfg: config.Config):
+    """The saved QAT model. Cluster-preserving quantizers do not survive Keras' config round trip (tf-keras 2.21 +
+    TFMOT 0.8.1 rebuild them with fewer variables), so a clustered one is rebuilt from its float student and
+    given the saved weights."""
+    if cfg.cluster is None:
+        return _load(path)
+    from tinykd.quantize import quantization_aware
+
+    model = quantization_aware(student, _qat_scheme(cfg))
+    model.load_weights(path)
+    return model
 
 
 def _accuracy(model, split) -> float:

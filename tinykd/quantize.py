@@ -12,19 +12,27 @@ from tinykd.keras_shim import keras, tfmot
 from tinykd.prune import clone
 
 
-def quantize(student, teacher, data: Dataset, distill_cfg: DistillConfig, schedule: Schedule,
-             preserve_sparsity: bool, feature_teacher=None):
+def quantize(student, teacher, data: Dataset, distill_cfg: DistillConfig, schedule: Schedule, scheme=None,
+             feature_teacher=None):
     """A quantization-aware clone of `student`, fine-tuned with the distillation loss (hints and attention too,
-    through the QAT wrappers)."""
-    annotated = tfmot.quantization.keras.quantize_annotate_model(clone(student))
-    if preserve_sparsity:
-        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    else:
-        scheme = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
-    with tfmot.quantization.keras.quantize_scope():
-        qat = tfmot.quantization.keras.quantize_apply(annotated, scheme)
+    through the QAT wrappers).
+
+    `scheme` is the TFMOT scheme that keeps what earlier stages made (tinykd.cluster.quantize_scheme: zeros,
+    clusters, both); None is the plain default 8-bit scheme.
+    """
+    qat = quantization_aware(student, scheme)
     distill(teacher, qat, data, distill_cfg, schedule, feature_teacher=feature_teacher)
     return qat
+
+
+def quantization_aware(student, scheme=None):
+    """An untrained quantization-aware clone of `student` under `scheme` (None: the default 8-bit scheme)."""
+    from tinykd.cluster import quantize_scheme
+
+    annotated = tfmot.quantization.keras.quantize_annotate_model(clone(student))
+    with tfmot.quantization.keras.quantize_scope():
+        return tfmot.quantization.keras.quantize_apply(
+            annotated, scheme or quantize_scheme(clustered=False, preserve_sparsity=False))
 
 
 def load_model(path):
