@@ -21,6 +21,7 @@ from tinykd.errors import ConfigError, ConversionError, ExportError, ModelError,
 
 STAGES = ("teacher", "ensemble", "distill", "prune", "cluster", "quantize", "convert", "verify", "compress", "export",
           "report")
+OPTIONAL_STAGES = ("ensemble", "cluster", "compress")  # run only when the recipe has the section
 TEACHER_CACHE = ".teacher_cache"
 
 
