@@ -22,13 +22,15 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from fashion_mnist import _build, _write_result  # noqa: E402
 
-from tinykd import config  # noqa: E402
+from tinykd import artifacts, config  # noqa: E402
 
 # The reduced budget every arm of a recipe gets (distill, prune and quantize epochs).
 REDUCED = {
@@ -56,9 +58,11 @@ METHODS = ("logits", "none", "hints", "attention", "ensemble", "born_again", "se
 def arms(recipe: str, cfg, labeled_samples: int) -> dict[str, list[str]]:
     """The `--set` overrides of every method on top of the recipe and the reduced budget."""
     budget = REDUCED[recipe]
-    teacher = cfg.teacher.model
-    extra_teacher = ("[{model: " + _flow(config.as_dict(teacher)) + f", epochs: {cfg.teacher.epochs}, "
-                     f"batch_size: {cfg.teacher.batch_size}, learning_rate: {cfg.teacher.learning_rate}, seed: 1}}]")
+    # A second teacher: the recipe's own, trained from another seed.
+    extra_teacher = yaml.safe_dump([{"model": config.as_dict(cfg.teacher.model), "epochs": cfg.teacher.epochs,
+                                     "batch_size": cfg.teacher.batch_size,
+                                     "learning_rate": cfg.teacher.learning_rate, "seed": 1}],
+                                   default_flow_style=True, width=10_000).strip()
     semi = [f"data.labeled_samples={labeled_samples}"]
     return {
         "logits": [],
@@ -71,15 +75,6 @@ def arms(recipe: str, cfg, labeled_samples: int) -> dict[str, list[str]]:
         "semi_logits": semi,
         "semi_unlabeled": semi + ["data.unlabeled=rest"],
     }
-
-
-def _flow(value) -> str:
-    """A YAML flow mapping or sequence of a plain value, for one `--set`."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items() if v is not None) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_flow(v) for v in value) + "]"
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def main() -> None:
@@ -176,10 +171,7 @@ def _plot(result: dict, path: Path) -> None:
         axis.set_ylabel("test accuracy (%)")
         axis.tick_params(axis="x", rotation=45)
     figure.tight_layout()
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    temporary.replace(path)
+    artifacts.save_figure(figure, path)
 
 
 if __name__ == "__main__":

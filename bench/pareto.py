@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from fashion_mnist import _build, _write_result  # noqa: E402
 
-from tinykd import config  # noqa: E402
+from tinykd import artifacts, config  # noqa: E402
 
 STRUCTURED = "{method: structured, step_fraction: 0.15, max_steps: 8, epochs: 2, max_accuracy_drop: 0.02, "
 POINTS = {  # name -> (run folder shared with, overrides)
@@ -140,10 +140,7 @@ def _plot(points: dict, path: Path, cfg) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle(f"{cfg.name}: what each technique buys (seed 0)")
     figure.tight_layout()
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    temporary.replace(path)
+    artifacts.save_figure(figure, path)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,18 @@ def write_json(path: Path, value) -> Path:
     return write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+def save_figure(figure, path: Path) -> Path:
+    """Save a matplotlib figure as PNG atomically (a temporary name, then a rename) and close it."""
+    from matplotlib import pyplot
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=120)
+    pyplot.close(figure)
+    temporary.replace(path)
+    return path
+
+
 def save_model(model, path: Path) -> Path:
     """Save a Keras model atomically (Keras writes to a temporary name first, then it is renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)

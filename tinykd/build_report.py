@@ -220,17 +220,7 @@ def _plot_confusion(confusion, labels, path: Path, name: str) -> None:
     axes.set_ylabel("true class")
     axes.set_title(f"{name}: confusion on the test split")
     figure.tight_layout()
-    _save(figure, path)
-
-
-def _save(figure, path: Path) -> None:
-    from matplotlib import pyplot
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=120)
-    pyplot.close(figure)
-    temporary.replace(path)
+    artifacts.save_figure(figure, path)
 
 
 def _plot(stages: list[dict], path: Path, name: str) -> None:
@@ -252,4 +242,4 @@ def _plot(stages: list[dict], path: Path, name: str) -> None:
     axes.set_title(f"{name}: accuracy against size across the build")
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    _save(figure, path)
+    artifacts.save_figure(figure, path)

@@ -176,7 +176,7 @@ class _Stages:
     def ensemble(self, cfg: config.Config, data, teacher: _Result) -> _Result:
         """The main teacher and `distill.ensemble`'s teachers as one model whose soft targets at the recipe's
         temperature are their weighted mean; each extra teacher is cached like the main one."""
-        from tinykd.distill import ensemble
+        from tinykd.distill import accuracy, ensemble
 
         members = cfg.distill.ensemble
         keys = [_teacher_key(member, data) for member in members]
@@ -194,7 +194,7 @@ class _Stages:
                 member_metrics.append(metrics)
             combined = ensemble([teacher.model] + models_, weights, cfg.distill.temperature)
             metrics = {"teachers": 1 + len(members), "weights": weights,
-                       "val_accuracy": _accuracy(combined, data.val), "test_accuracy": _accuracy(combined, data.test),
+                       "val_accuracy": accuracy(combined, data.val), "test_accuracy": accuracy(combined, data.test),
                        "members": member_metrics,
                        "extra_teachers_training_seconds": round(sum(m.get("training_seconds") or 0.0
                                                                     for m in member_metrics), 1)}
@@ -528,11 +528,6 @@ def _reload_qat(student, path: Path, cfg: config.Config):
     return model
 
 
-def _accuracy(model, split) -> float:
-    from tinykd.distill import accuracy
-
-    return accuracy(model, split)
-
 
 def _model_metrics(model, data) -> dict:
     from tinykd.distill import accuracy
@@ -578,5 +573,3 @@ def _source_stamp(path: Path) -> list:
 
 def _tensor(info) -> dict:
     return {"shape": list(info.shape), "dtype": info.dtype, "scale": info.scale, "zero_point": info.zero_point}
-
-
