@@ -6,7 +6,7 @@ import pytest
 from tinykd import model_file, models
 from tinykd.config import DistillConfig, ModelConfig, PruneConfig, QuantizeConfig
 from tinykd.distill import Schedule
-from tinykd.convert import check_full_int8, convert, convert_float
+from tinykd.convert import check_full_int8, convert, convert_float, short_tensor_names
 from tinykd.errors import ConversionError, VerificationError
 from tinykd.keras_shim import keras
 from tinykd.prune import prune, sparsity
@@ -68,6 +68,41 @@ def test_convert_gives_full_int8(tflite, smoke_data):
     assert info.inputs[0].dtype == "int8" and info.outputs[0].dtype == "int8"
     assert info.inputs[0].shape == (1, 28, 28, 1) and info.outputs[0].shape == (1, 10)
     assert set(info.op_names) == {"CONV_2D", "MAX_POOL_2D", "RESHAPE"}  # the classifier is a convolution
+
+
+def test_converted_tensors_are_named_by_their_layer(tflite):
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    names = [tensor.name for tensor in model_editor.read(tflite).subgraphs[0].tensors]
+    assert len(set(names)) == len(names)
+    assert {"input", "output", "block1_conv1/weights", "block1_conv1/bias", "classifier/weights"} <= set(names)
+    assert not any(";" in name or "quant_" in name or name.startswith("student/") for name in names)
+
+
+def test_short_names_change_nothing_but_names(shared_models):
+    """On a real MLPerf Tiny model: same operators and buffers, same TFLM outputs, fewer bytes."""
+    from tflite_micro.python.tflite_micro import runtime
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    original = (shared_models / "kws_ref_model.tflite").read_bytes()
+    renamed = short_tensor_names(original, "model")
+    before, after = model_editor.read(original), model_editor.read(renamed)
+    assert [b.data for b in after.buffers] == [b.data for b in before.buffers]
+    assert [op.opcode_name for op in after.subgraphs[0].operators] == \
+        [op.opcode_name for op in before.subgraphs[0].operators]
+    assert len(renamed) < len(original)
+    info = model_file.read(original).inputs[0]
+    inputs = np.random.default_rng(0).integers(-128, 128, size=(16, *info.shape[1:]), dtype=np.int8)
+    outputs = []
+    for model in (original, renamed):
+        interpreter = runtime.Interpreter.from_bytes(model, arena_size=measure_arena(model))
+        rows = []
+        for sample in inputs:
+            interpreter.set_input(sample[np.newaxis], 0)
+            interpreter.invoke()
+            rows.append(interpreter.get_output(0).copy())
+        outputs.append(np.array(rows))
+    np.testing.assert_array_equal(outputs[1], outputs[0])
 
 
 def test_float_op_is_named(student):

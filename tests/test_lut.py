@@ -129,6 +129,19 @@ def test_four_bit_makes_a_clustered_model_at_least_30_percent_smaller(clustered_
     assert ops.count("TFLM_DECODE") == 2 and ops.count("CONV_2D") == 3
 
 
+def test_encoded_tensors_carry_no_second_copy_of_the_quantization(compressed):
+    """The index tensors lose the scales and zero points the decoded tensors hold (12 B a channel otherwise)."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    subgraph = model_editor.read(compressed.tflite).subgraphs[0]
+    decodes = [operator for operator in subgraph.operators if operator.opcode_name == "TFLM_DECODE"]
+    assert len(decodes) == 2
+    for operator in decodes:
+        encoded, decoded = operator.inputs[0], operator.outputs[0]
+        assert encoded.quantization is None and encoded.name == decoded.name.removesuffix("_decoded")
+        assert len(decoded.quantization.scales) == 64
+
+
 def test_outputs_are_identical_in_tflm_on_many_inputs(clustered_tflite, compressed, smoke_data):
     inputs = _inputs(clustered_tflite, smoke_data.test.x)
     expected = _tflm_outputs(clustered_tflite, inputs)

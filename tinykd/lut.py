@@ -34,10 +34,9 @@ _MAX_BITS = 7  # the LUT header's bit-width field
 _HEADER_BYTES = 16  # DECODE common metadata in front of the value tables
 # Flatbuffer bookkeeping one compressed tensor adds besides its data, measured with tflite-micro
 # 0.dev20261023: a DECODE operator, an ancillary and a decoded tensor (tables, vectors, buffer entries, alignment)
-# take about 190 B plus both names (the tensor's name + "_ancillary" / "_decoded"); and the encoded tensor keeps
-# its per-channel scale (float32) and zero point (int64) while the decoded tensor gets a copy: 12 B per channel.
-_PLUMBING_BYTES = 192
-_PER_CHANNEL_BYTES = 12
+# take about 165 B plus both names (the tensor's name + "_ancillary" / "_decoded"). The per-channel scales and
+# zero points move from the encoded tensor to the decoded one (_without_encoded_quantization), costing nothing.
+_PLUMBING_BYTES = 164
 _DECODE_OP = "TFLM_DECODE"
 _ALIGNMENT = 16  # TFLM aligns every tensor it places to 16 bytes
 
@@ -202,7 +201,7 @@ def _choose(weight: _Weight, bits: int | None) -> TensorChoice:
         width = bits
     # TFLM's compressor pads every channel's table to the longest one, one int8 per entry.
     after = -(-before * width // 8) + _HEADER_BYTES + len(rows) * unique
-    overhead = _PLUMBING_BYTES + 2 * len(weight.name.encode()) + _PER_CHANNEL_BYTES * len(rows)
+    overhead = _PLUMBING_BYTES + 2 * len(weight.name.encode())
     if after + overhead >= before:
         return TensorChoice(**common, bits=None, bytes_after=before,
                             reason=f"{width}-bit indices and tables ({after} B, +{overhead} B of DECODE "
@@ -229,9 +228,32 @@ def _compress(tflite: bytes, weights: list[_Weight], bits_by_index: dict[int, in
     try:
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # buffers shared with a dense tensor are skipped; _confirm reports it
-            return bytes(compression.compress(bytes(tflite), specs))
+            compressed = bytes(compression.compress(bytes(tflite), specs))
     except compressor.CompressionError as error:
         raise ConversionError(f"TFLite Micro's compressor failed: {error}") from None
+    return _without_encoded_quantization(compressed)
+
+
+def _without_encoded_quantization(compressed: bytes) -> bytes:
+    """Drop the quantization parameters the compressor leaves on each encoded (index) tensor.
+
+    tflite-micro's compressor means to drop them (decode_insert sets the encoded tensor's quantization to None)
+    but its model_editor writes the original ones back when a tensor's quantization is None, so each compressed
+    tensor carries its per-channel scales and zero points twice (12 B a channel). TFLM's DECODE operator reads
+    the tables' layout from the decoded tensor; `compress` checks the outputs stay identical.
+    """
+    from flatbuffers import Builder
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
+
+    model = schema_fb.ModelT.InitFromObj(schema_fb.Model.GetRootAsModel(compressed, 0))
+    decode = {index for index, code in enumerate(model.operatorCodes) if code.customCode == _DECODE_OP.encode()}
+    for subgraph in model.subgraphs:
+        for operator in subgraph.operators:
+            if operator.opcodeIndex in decode:
+                subgraph.tensors[operator.inputs[0]].quantization = None
+    builder = Builder(len(compressed))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def _confirm(compressed: bytes, weights: list[_Weight], choices: list[TensorChoice]) -> list[TensorChoice]:
