@@ -242,6 +242,14 @@ def test_build_with_clustering_and_lut_compression_exports_a_decoding_firmware(t
     assert compression["decompression_memory_bytes"] > 0
     assert report["stages"][-1]["stage"] == "compressed"
     assert report["stages"][-1]["test_accuracy"] == report["int8"]["tflm_accuracy"]
+    # Per stage on the board: the clustered float model (as PTQ int8), the shipped int8 model, the compressed one.
+    rows = {stage["stage"]: stage["int8"] for stage in report["stages"]}
+    assert rows["cluster"]["kind"] == "post-training quantized" and rows["compressed"]["kind"] == "LUT-compressed"
+    assert rows["compressed"]["tflite_bytes"] == compression["tflite_bytes"]
+    runtime_code = {name: rows[name]["flash_bytes"] - rows[name]["tflite_bytes"] for name in ("int8", "compressed")}
+    assert runtime_code["compressed"] > runtime_code["int8"]  # flash counts the DECODE kernel's code too
+    assert rows["compressed"]["arena_bytes"] > rows["int8"]["arena_bytes"]  # decoded weights live in the arena
+    assert rows["compressed"]["tflm_accuracy"] == rows["int8"]["tflm_accuracy"]
     export = tmp_path / "lut" / "export"
     compressed = (tmp_path / "lut" / "compress" / "model.tflite").read_bytes()
     ops = model_file.read(compressed).op_names

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, SMOKE_RECIPE
@@ -68,6 +69,39 @@ def test_first_build_runs_every_stage_and_writes_the_report(first, runs):
     markdown = (run / "report.md").read_text()
     assert "student int8 (TFLite Micro)" in markdown and "nucleo-l4r5zi" in markdown
     assert sorted(report["files"]) == sorted(p.name for p in (run / "export").glob("smoke_*"))
+
+
+def test_every_stage_is_measured_as_int8_on_the_board(first, runs):
+    """The float stages' models, post-training quantized, in TFLM and on the recipe's board; magnitude pruning's
+    zeros change neither bytes, flash, RAM nor latency there, only the gzip size."""
+    from tinykd import convert, data as data_layer
+    from tinykd.report import report as board_report
+    from tinykd.verify import verify
+
+    report, _ = first
+    rows = {stage["stage"]: stage for stage in report["stages"]}
+    assert rows["teacher"]["int8"] is None and rows["quantize"]["int8"] is None
+    distilled, pruned, shipped = rows["distill"]["int8"], rows["prune"]["int8"], rows["int8"]["int8"]
+    assert distilled["kind"] == pruned["kind"] == "post-training quantized"
+    for key in ("tflite_bytes", "flash_bytes", "ram_bytes", "arena_bytes", "latency_ms"):
+        assert pruned[key] == distilled[key], key
+    assert pruned["gzip_bytes"] < distilled["gzip_bytes"] < distilled["tflite_bytes"]
+    assert shipped["tflite_bytes"] == report["int8"]["tflite_bytes"]
+    assert shipped["tflm_accuracy"] == report["int8"]["tflm_accuracy"]
+    assert shipped["flash_bytes"] == report["board"]["flash_bytes"] and shipped["latency_ms"] == report["board"]["latency_ms"]
+    # The pruned row is the pruned float model converted again and measured again, here, independently.
+    from tinykd.pipeline import _load
+
+    cfg = config.load(SMOKE_RECIPE)
+    data = data_layer.load(cfg.data, cfg.data.seed)
+    picks = np.sort(np.random.default_rng(cfg.seed).choice(len(data.train), cfg.convert.representative_samples,
+                                                           replace=False))
+    tflite = convert.convert(_load(runs / "smoke" / "prune" / "prune.keras"), data.train.x[picks])
+    assert len(tflite) == pruned["tflite_bytes"]
+    assert verify(tflite, data.test).tflm_accuracy == pruned["tflm_accuracy"]
+    assert board_report(tflite, cfg.target.board).flash_bytes == pruned["flash_bytes"]
+    markdown = (runs / "smoke" / "report.md").read_text()
+    assert f"| {pruned['tflm_accuracy']:.2%} | {pruned['tflite_bytes']:,} B ({pruned['gzip_bytes']:,}) |" in markdown
 
 
 def test_int8_accuracy_is_measured_in_tflm(first, runs):

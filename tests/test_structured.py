@@ -122,11 +122,14 @@ def test_structured_pruning_in_a_build_meets_a_mac_budget(tmp_path):
     dense_macs = dense["stages"][-1]["macs"]
     cfg = config.load(SMOKE_RECIPE, {"prune": "{method: structured, step_fraction: 0.3, max_steps: 4, "
                                                f"epochs: 1, batch_size: 64, budget: {{macs: {dense_macs // 2}}}, "
-                                               "max_accuracy_drop: 0.9}"})
+                                               "max_accuracy_drop: 0.9, rewind_epochs: 1}"})
     report = build(cfg, tmp_path, BuildOptions())
     steps = json.loads((tmp_path / cfg.name / "prune" / "stage.json").read_text())["metrics"]["steps"]
     assert steps[0]["macs"] == dense_macs and steps[-1]["macs"] <= dense_macs // 2
     assert [s["step"] for s in steps] == list(range(len(steps))) and all(s["kept"] for s in steps)
+    assert steps[-1]["rewind_epochs"] == 1 and 0.0 <= steps[-1]["rewound_val_accuracy"] <= 1.0
+    assert all("rewind_epochs" not in s for s in steps[:-1])
     assert report["stages"][-1]["macs"] == steps[-1]["macs"] < dense_macs
     assert report["int8"]["tflite_bytes"] < dense["int8"]["tflite_bytes"]
     assert "Structured pruning removed whole filters" in report["pruning_note"] and "budget met" in report["pruning_note"]
+    assert "then retrained 1 epochs at the distillation's learning rate" in report["pruning_note"]

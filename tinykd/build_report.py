@@ -24,6 +24,7 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
     verify = records["verify"]["metrics"]
     converted = records["convert"]["metrics"]
     board = verify["board_report"]
+    measured = records["measure"]["metrics"] if "measure" in records else {}
     stages = []
     for name in ("teacher", "distill", "prune", "cluster", "quantize"):
         if name in records:
@@ -33,18 +34,27 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
                            "params": metrics["params"], "macs": metrics["macs"],
                            "size_bytes": metrics.get("tflite_float_bytes"),
                            "size_kind": "float32 .tflite" if "tflite_float_bytes" in metrics else None,
-                           "sparsity": metrics.get("sparsity"), "seconds": records[name]["seconds"]})
+                           "sparsity": metrics.get("sparsity"), "seconds": records[name]["seconds"],
+                           "int8": ({**measured[name], "kind": "post-training quantized"} if name in measured
+                                    else None)})
     student_params = stages[-1]["params"]
     stages.append({"stage": "int8", "title": _STAGE_TITLES["int8"], "test_accuracy": verify["tflm_accuracy"],
                    "val_accuracy": None, "params": student_params, "macs": stages[-1]["macs"],
                    "size_bytes": converted["tflite_bytes"], "size_kind": "int8 .tflite", "sparsity": None,
-                   "seconds": records["convert"]["seconds"] + records["verify"]["seconds"]})
+                   "seconds": records["convert"]["seconds"] + records["verify"]["seconds"],
+                   "int8": {"tflite_bytes": converted["tflite_bytes"], "gzip_bytes": converted.get("gzip_bytes"),
+                            "flash_bytes": board["flash_bytes"], "arena_bytes": board["arena_bytes"],
+                            "ram_bytes": board["ram_bytes"], "latency_ms": board["latency_ms"],
+                            "tflm_accuracy": verify["tflm_accuracy"],
+                            "kind": "quantization-aware trained" if "quantize" in records else "post-training quantized"}})
     compression = records["compress"]["metrics"] if "compress" in records else None
     if compression is not None:
         # The compress stage proved TFLM outputs identical on the test split, so the accuracy is the int8 one.
         stages.append({**stages[-1], "stage": "compressed", "title": _STAGE_TITLES["compressed"],
                        "size_bytes": compression["tflite_bytes"], "size_kind": "LUT-compressed int8 .tflite",
-                       "seconds": records["compress"]["seconds"]})
+                       "seconds": records["compress"]["seconds"],
+                       "int8": ({**compression["board"], "tflm_accuracy": verify["tflm_accuracy"],
+                                 "kind": "LUT-compressed"} if "board" in compression else None)})
     report = {
         "name": cfg.name,
         "recipe": config.as_dict(cfg),
@@ -114,12 +124,17 @@ def render_markdown(report: dict) -> str:
              f"{report['data']['test']} test), input {tuple(report['data']['input_shape'])}"
              + (f"; {report['data']['skipped_unreadable']} unreadable files skipped" if report['data']['skipped_unreadable']
                 else "") + ".", "",
-             "| stage | test accuracy | params | MACs | size | time |", "|---|---|---|---|---|---|"]
+             "| stage | test accuracy | params | MACs | size | int8 in TFLM | int8 .tflite (gzip) | flash | RAM | "
+             "latency | time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for stage in report["stages"]:
         size = f"{stage['size_bytes']:,} B ({stage['size_kind']})" if stage["size_bytes"] else "-"
         extra = f", sparsity {stage['sparsity']:.0%}" if stage.get("sparsity") else ""
         lines.append(f"| {stage['title']}{extra} | {stage['test_accuracy']:.2%} | {stage['params']:,} | "
-                     f"{stage['macs']:,} | {size} | {stage['seconds']:.0f} s |")
+                     f"{stage['macs']:,} | {size} | {_int8_cells(stage.get('int8'))} | {stage['seconds']:.0f} s |")
+    lines += ["", f"int8 columns: each stage's model as an int8 model on {board['board']} (`tinykd report`): the "
+                  "float stages' models post-training quantized, the last rows the model the build ships. Flash = "
+                  "model + TFLM runtime code; RAM = arena (with any decompression memory) + runtime state; latency "
+                  "estimated. gzip is information only: TFLM cannot run a gzipped model."]
     lines += ["", "## int8 model in TFLite Micro", "",
               f"- `.tflite`: {int8['tflite_bytes']:,} bytes; ops: {', '.join(int8['ops'])}",
               f"- tensor arena measured in the TFLM interpreter (64-bit host, an upper bound for 32-bit): "
@@ -181,6 +196,15 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _int8_cells(figures: dict | None) -> str:
+    """The int8 columns of one stage row: TFLM accuracy, .tflite (gzip), flash, RAM, latency."""
+    if not figures:
+        return "- | - | - | - | -"
+    gzip = f" ({figures['gzip_bytes']:,})" if figures.get("gzip_bytes") else ""
+    return (f"{figures['tflm_accuracy']:.2%} | {figures['tflite_bytes']:,} B{gzip} | {figures['flash_bytes']:,} B | "
+            f"{figures['ram_bytes']:,} B | {figures['latency_ms']:.1f} ms")
+
+
 def _pruning_note(records: dict) -> str:
     if "prune" not in records:
         return ""
@@ -193,6 +217,9 @@ def _pruning_note(records: dict) -> str:
                 f"estimated {first['latency_ms']:.2f} -> {kept['latency_ms']:.2f} ms on {metrics['budget_board']}"
                 + ("" if metrics["budget_met"] is None else
                    "; budget met" if metrics["budget_met"] else "; budget NOT met (accuracy limit or max_steps)")
+                + (f"; then retrained {kept['rewind_epochs']} epochs at the distillation's learning rate (validation "
+                   f"{kept['val_accuracy']:.2%} -> {kept['rewound_val_accuracy']:.2%})" if "rewind_epochs" in kept
+                   else "")
                 + ". The model is dense and smaller: TFLite Micro runs every saved MAC and stores no removed byte.")
     return (f"Pruning zeroed {metrics['sparsity']:.0%} of the conv and dense weights. TFLite Micro stores tensors "
             "dense and has no sparse kernels, so the int8 `.tflite` is as large and as slow as an unpruned one "

@@ -323,7 +323,10 @@ class PruneConfig:
     method structured: tinykd's own filter removal (tinykd.structured). Each step removes `step_fraction` of every
     prunable layer's remaining channels (ranked by `score`; `scope` layer or global), rebuilds a thinner dense model
     and fine-tunes it `epochs`; steps stop when `budget` is met, after `max_steps`, or when a step would cost more
-    than `max_accuracy_drop` validation accuracy against the distilled student (that step is undone).
+    than `max_accuracy_drop` validation accuracy against the distilled student (that step is undone). Then, with
+    `rewind_epochs`, the kept model retrains that long at the distillation's learning rate (learning-rate
+    rewinding, Renda et al. 2020: short fine-tunes at a small rate leave accuracy behind that a fresh schedule
+    recovers).
     """
 
     method: str = "magnitude"
@@ -336,6 +339,7 @@ class PruneConfig:
     scope: str = "layer"
     budget: BudgetConfig | None = None
     max_accuracy_drop: float = 0.01
+    rewind_epochs: int = 0
     epochs: int = 4
     batch_size: int = 128
     learning_rate: float = 5e-4
@@ -352,6 +356,9 @@ class PruneConfig:
         _require(self.score in ("l1", "bn_scale"), "score", "must be l1 or bn_scale")
         _require(self.scope in ("layer", "global"), "scope", "must be layer or global")
         _require(0.0 <= self.max_accuracy_drop < 1.0, "max_accuracy_drop", "must be in [0, 1), e.g. 0.01")
+        _require(self.rewind_epochs >= 0, "rewind_epochs", "must be 0 (off) or more")
+        _require(self.method == "structured" or self.rewind_epochs == 0, "rewind_epochs",
+                 "applies to method: structured only")
         _require(self.method == "structured" or self.budget is None, "budget",
                  "applies to method: structured only (magnitude pruning saves no MACs or bytes on TFLM)")
 
@@ -412,9 +419,15 @@ class ConvertConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class VerifyConfig:
-    """Run the int8 model in TFLite Micro and in TFLite's reference kernels on the test split."""
+    """Run the int8 model in TFLite Micro and in TFLite's reference kernels on the test split.
+
+    With `per_stage`, every float stage's model (distilled, pruned, clustered) is also converted to int8 by
+    post-training quantization and measured like the final one (TFLM accuracy, bytes, flash, RAM, latency on the
+    board), so the report shows what each technique bought on the board (seconds for a small model).
+    """
 
     max_samples: int | None = None
+    per_stage: bool = True
 
     def __post_init__(self):
         _require(self.max_samples is None or self.max_samples >= 1, "max_samples", "must be positive or null")
@@ -521,6 +534,8 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
             # Sections that are off unless written (cluster) must not be switched on by the smoke shrink.
             if raw.get(section, {}) != "none" and (section in raw or section != "cluster"):
                 _set_dotted(raw, key, value, f"{path}: smoke")
+        if isinstance(raw.get("prune"), dict) and raw["prune"].get("rewind_epochs"):
+            _set_dotted(raw, "prune.rewind_epochs", 1, f"{path}: smoke")
         members = raw["distill"].get("ensemble") if isinstance(raw.get("distill"), dict) else None
         for member in members if isinstance(members, list) else []:
             if isinstance(member, dict):

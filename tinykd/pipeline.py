@@ -6,6 +6,7 @@ unchanged is not redone, `force` redoes named stages, and every stage after a re
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import time
@@ -19,8 +20,8 @@ from tinykd import artifacts, config, data as data_layer, models
 from tinykd.artifacts import Run
 from tinykd.errors import ConfigError, ConversionError, ExportError, ModelError, VerificationError
 
-STAGES = ("teacher", "ensemble", "distill", "prune", "cluster", "quantize", "convert", "verify", "compress", "export",
-          "report")
+STAGES = ("teacher", "ensemble", "distill", "prune", "cluster", "quantize", "convert", "verify", "measure", "compress",
+          "export", "report")
 OPTIONAL_STAGES = ("ensemble", "cluster", "compress")  # run only when the recipe has the section
 TEACHER_CACHE = ".teacher_cache"
 
@@ -57,18 +58,21 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
     # 3. distill: a fresh student learns from the frozen teacher's soft targets (and hints, attention, rounds)
     student = stage.run("distill", (cfg.distill, cfg.seed),
                         lambda: _distilled(teachers.model, teacher.model, data, cfg, options), data, after=teachers)
+    floats = {"distill": student}  # the float model after each stage, measured as int8 too (verify.per_stage)
 
     # 4. prune: magnitude pruning to the target sparsity, fine-tuned with the distillation loss
     if cfg.prune is not None:
         student = stage.run("prune", cfg.prune,
                             lambda: _pruned(student.model, teachers.model, teacher.model, data, cfg, options),
                             data, after=student)
+        floats["prune"] = student
 
     # 4b. cluster: shared weight values per kernel, so LUT compression can store indices (with `compress:`)
     if cfg.cluster is not None:
         student = stage.run("cluster", cfg.cluster,
                             lambda: _clustered(student.model, teachers.model, teacher.model, data, cfg, options),
                             data, after=student)
+        floats["cluster"] = student
 
     # 5. quantize: INT8 quantization-aware training, still distilling (keeping zeros and clusters)
     if cfg.quantize is not None:
@@ -82,6 +86,10 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
 
     # 7. verify: the whole test split in TFLite Micro and in TFLite's reference kernels; TFLM accuracy is reported
     verification = stage.verify(tflite, data, cfg)
+
+    # 7a. measure: each float stage's model, post-training quantized, in TFLM and on the board (what each bought)
+    if cfg.verify.per_stage:
+        stage.measure(floats, data, cfg)
 
     # 7b. compress: TFLite Micro's LUT compression, with TFLM outputs identical to the verified model's
     if cfg.compress is not None:
@@ -241,7 +249,6 @@ class _Stages:
 
     def convert(self, student: _Result, data, cfg: config.Config) -> _Result:
         from tinykd import model_file
-        from tinykd.convert import convert
 
         key = artifacts.key("convert", config.as_dict(cfg.convert), student.record["run_id"])
         path = self.run_dir.dir("convert") / "model.tflite"
@@ -250,19 +257,14 @@ class _Stages:
             started = time.time()
             self.options.log("[convert] full-int8 conversion" + ("" if cfg.quantize else
                                                                    " (post-training quantization: quantize is none)"))
-            rng = np.random.default_rng(cfg.seed)
-            picks = rng.choice(len(data.train), size=min(cfg.convert.representative_samples, len(data.train)),
-                               replace=False)
-            representative = data.train.x[np.sort(picks)]
-            if cfg.frontend is not None:
-                representative = _pin_input_to_frontend(student.model, representative, cfg)
-            tflite = convert(student.model, representative)
+            tflite = _convert(student.model, data, cfg, cfg.convert.representative_samples,
+                              qat=cfg.quantize is not None)
             info = model_file.read(tflite, str(path))
             if cfg.frontend is not None:
                 _check_frontend_input(info, path)
             artifacts.write_bytes(path, tflite)
             record = self._finish("convert", key, {
-                "tflite_bytes": len(tflite), "ops": list(info.op_names),
+                "tflite_bytes": len(tflite), "gzip_bytes": _gzip_bytes(tflite), "ops": list(info.op_names),
                 "input": _tensor(info.inputs[0]), "output": _tensor(info.outputs[0])}, started)
         self.records["convert"] = record
         return _Result(path.read_bytes(), record)
@@ -296,13 +298,33 @@ class _Stages:
                 "head without them (head: flatten or pool_flatten, dense_units: 0), or measure on the board.")
         return _Result(metrics, record)
 
+    def measure(self, floats: dict[str, _Result], data, cfg: config.Config) -> None:
+        """Each float stage's model as a post-training quantized int8 model: TFLM accuracy on the test split, and
+        what `tinykd report` says the recipe's board needs for it. Unstructured zeros show here as what they are:
+        the same bytes, flash and latency as the model before pruning."""
+        key = artifacts.key("measure", {name: result.record["run_id"] for name, result in floats.items()},
+                            config.as_dict(cfg.convert), config.as_dict(cfg.verify), cfg.target.board,
+                            data.fingerprint)
+        record = self._cached("measure", key)
+        if record is None:
+            started = time.time()
+            test = data.test.head(cfg.verify.max_samples)
+            self.options.log(f"[measure] {', '.join(floats)}: post-training int8, {len(test)} test samples in "
+                             f"TFLite Micro, on {cfg.target.board}")
+            metrics = {}
+            for name, result in floats.items():
+                tflite = _convert(result.model, data, cfg, cfg.convert.representative_samples)
+                metrics[name] = _board_figures(tflite, cfg, test)
+            record = self._finish("measure", key, metrics, started)
+        self.records["measure"] = record
+
     def compress(self, tflite: _Result, data, cfg: config.Config) -> _Result:
         """LUT-compress the verified model; its TFLM outputs must equal the verified model's on the test split
         (TFLite's interpreter cannot run TFLM's DECODE op, so TFLM against itself is the check)."""
         from tinykd.lut import compress
         from tinykd.verify import quantize_input
 
-        key = artifacts.key("compress", config.as_dict(cfg.compress), cfg.verify.max_samples,
+        key = artifacts.key("compress", config.as_dict(cfg.compress), cfg.verify.max_samples, cfg.target.board,
                             tflite.record["run_id"], data.fingerprint)
         path = self.run_dir.dir("compress") / "model.tflite"
         record = self._cached("compress", key, path)
@@ -319,7 +341,8 @@ class _Stages:
                        "decompression_memory_bytes": result.decompression_memory_bytes,
                        "identical_outputs": result.identical_outputs, "checked_samples": result.checked_samples,
                        "compressed_tensors": sum(1 for t in result.tensors if t.bits is not None),
-                       "tensors": [config.plain(t.__dict__) for t in result.tensors]}
+                       "tensors": [config.plain(t.__dict__) for t in result.tensors],
+                       "board": _board_figures(result.tflite, cfg)}
             record = self._finish("compress", key, metrics, started)
         self.records["compress"] = record
         return _Result(path.read_bytes(), record)
@@ -461,7 +484,9 @@ def _pruned(student, teacher, feature_teacher, data, cfg: config.Config, options
         for step in steps[1:]:
             options.log(f"[prune] step {step['step']}: {step['macs']:,} MACs, {step['tflite_bytes']:,} B, "
                         f"{step['latency_ms']:.2f} ms on {board}, val {step['val_accuracy']:.4f}"
-                        + ("" if step["kept"] else " (over max_accuracy_drop: undone)"))
+                        + ("" if step["kept"] else " (over max_accuracy_drop: undone)")
+                        + (f"; after {step['rewind_epochs']} rewind epochs val {step['rewound_val_accuracy']:.4f}"
+                           if "rewind_epochs" in step else ""))
         return pruned, {"method": "structured", "sparsity": round(sparsity(pruned), 4), "steps": steps,
                         "budget_board": board,
                         "budget_met": None if cfg.prune.budget is None
@@ -473,22 +498,47 @@ def _pruned(student, teacher, feature_teacher, data, cfg: config.Config, options
 def _budget_figures(model, data, cfg: config.Config, board: str) -> dict:
     """MACs, and the int8 .tflite bytes and latency estimate of `tinykd report` (post-training quantized on 100
     training samples: the figures QAT does not change)."""
-    from tinykd.convert import convert
     from tinykd.report import report
 
-    representative = data.train.x[np.random.default_rng(cfg.seed).choice(len(data.train), 100, replace=False)] \
-        if len(data.train) > 100 else data.train.x
-    if cfg.frontend is not None:
-        from dataclasses import replace
-
-        # A float model: only calibration sees the front-end's int8 range (there is no QAT quantizer to pin).
-        representative = _pin_input_to_frontend(model, representative, replace(cfg, quantize=None))
-    tflite = convert(model, representative)
+    tflite = _convert(model, data, cfg, 100)
     estimate = report(tflite, board)
     return {"macs": models.count_macs(model), "tflite_bytes": len(tflite), "latency_ms": round(estimate.latency_ms, 3)}
 
 
+def _convert(model, data, cfg: config.Config, samples: int, qat: bool = False) -> bytes:
+    """Full-int8 .tflite of `model`, calibrated on `samples` seeded training samples: post-training quantization
+    for a float model, learned ranges for a QAT one (`qat`)."""
+    from dataclasses import replace
 
+    from tinykd.convert import convert
+
+    rng = np.random.default_rng(cfg.seed)
+    picks = rng.choice(len(data.train), size=min(samples, len(data.train)), replace=False)
+    representative = data.train.x[np.sort(picks)]
+    if cfg.frontend is not None:
+        # A float model has no QAT quantizer to pin: only calibration sees the front-end's int8 range.
+        representative = _pin_input_to_frontend(model, representative, cfg if qat else replace(cfg, quantize=None))
+    return convert(model, representative)
+
+
+def _board_figures(tflite: bytes, cfg: config.Config, test=None) -> dict:
+    """What the recipe's board needs for an int8 model, from `tinykd report` (flash = model + TFLM runtime code;
+    RAM = arena + runtime state; the arena includes any decompression memory), its gzip size (information only:
+    TFLM cannot run a gzipped model) and, given a test split, its top-1 accuracy measured in TFLM."""
+    from tinykd.report import report
+    from tinykd.verify import verify
+
+    estimate = report(tflite, cfg.target.board)
+    figures = {"tflite_bytes": len(tflite), "gzip_bytes": _gzip_bytes(tflite), "flash_bytes": estimate.flash_bytes,
+               "arena_bytes": estimate.arena_bytes, "ram_bytes": estimate.ram_bytes,
+               "latency_ms": round(estimate.latency_ms, 3)}
+    if test is not None:
+        figures["tflm_accuracy"] = verify(tflite, test, arena_bytes=estimate.arena_host_bytes).tflm_accuracy
+    return figures
+
+
+def _gzip_bytes(tflite: bytes) -> int:
+    return len(gzip.compress(tflite, compresslevel=9, mtime=0))
 
 
 def _clustered(student, teacher, feature_teacher, data, cfg: config.Config, options: BuildOptions):

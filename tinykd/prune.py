@@ -47,7 +47,8 @@ def prune_structured(student, teacher, data: Dataset, cfg: PruneConfig, distill_
 
     Returns:
         (model, steps): the last step kept, and one record per step tried (channels, MACs, bytes, latency,
-        validation accuracy, whether it was kept).
+        validation accuracy, whether it was kept); with `cfg.rewind_epochs` the last kept step also has
+        `rewind_epochs` and `rewound_val_accuracy`.
     """
     from tinykd.distill import accuracy
     from tinykd.structured import plan, thin
@@ -67,6 +68,14 @@ def prune_structured(student, teacher, data: Dataset, cfg: PruneConfig, distill_
         if not step["kept"]:
             break  # this step cost too much: the previous model stays
         current = thinned
+    if cfg.rewind_epochs and len(steps) > 1 and steps[1]["kept"]:
+        # Learning-rate rewinding: the thinned model retrains on the distillation's own learning rate.
+        distill(teacher, current, data, distill_cfg,
+                replace(schedule, epochs=cfg.rewind_epochs, learning_rate=distill_cfg.learning_rate,
+                        seed=schedule.seed + len(steps)), feature_teacher=feature_teacher)
+        kept = [step for step in steps if step["kept"]][-1]
+        kept["rewind_epochs"] = cfg.rewind_epochs
+        kept["rewound_val_accuracy"] = accuracy(current, data.val)
     return current, steps
 
 
