@@ -47,7 +47,7 @@ def short_tensor_names(tflite: bytes, scope: str) -> bytes:
 
     The converter names a tensor by every graph node fused into it ("student/quant_block1_conv1_relu/Relu;
     student/quant_block1_conv1_bn/FusedBatchNormV3;student/quant_block1_conv1/Conv2D"): about 85 bytes a tensor,
-    1.5 KB of flash on a 30 KB model, which TFLite Micro never reads. Each tensor keeps the Keras layer it comes
+    1.2 KB of flash on a 30 KB model, which TFLite Micro never reads. Each tensor keeps the Keras layer it comes
     from: "block1_conv1/weights", "block1_conv1/bias", "block1_conv1_relu/Relu", "input", "output". The bytes
     are the converter's with only the names changed (buffers keep their offsets' alignment: both writers align
     data to 4 bytes).
