@@ -49,35 +49,35 @@ def short_tensor_names(tflite: bytes, scope: str) -> bytes:
     student/quant_block1_conv1_bn/FusedBatchNormV3;student/quant_block1_conv1/Conv2D"): about 85 bytes a tensor,
     1.2 KB of flash on a 30 KB model, which TFLite Micro never reads. Each tensor keeps the Keras layer it comes
     from: "block1_conv1/weights", "block1_conv1/bias", "block1_conv1_relu/Relu", "input", "output". The bytes
-    are the converter's with only the names changed (buffers keep their offsets' alignment: both writers align
-    data to 4 bytes).
+    are the converter's with only the names changed (tinykd.model_file.rewrite).
     """
-    from flatbuffers import Builder
-    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
 
-    model = schema_fb.ModelT.InitFromObj(schema_fb.Model.GetRootAsModel(tflite, 0))
+    from tinykd import model_file
+
     weighted = {schema_fb.BuiltinOperator.CONV_2D, schema_fb.BuiltinOperator.DEPTHWISE_CONV_2D,
                 schema_fb.BuiltinOperator.FULLY_CONNECTED}
-    for subgraph in model.subgraphs:
-        names = {index: _layer_path(tensor.name, scope) for index, tensor in enumerate(subgraph.tensors)}
-        for operator in subgraph.operators:
-            code = model.operatorCodes[operator.opcodeIndex]
-            if max(code.builtinCode, code.deprecatedBuiltinCode) in weighted:
-                layer = names[operator.inputs[1]].rsplit("/", 1)[0]
-                names[operator.inputs[1]] = f"{layer}/weights"
-                if len(operator.inputs) > 2 and operator.inputs[2] >= 0:
-                    names[operator.inputs[2]] = f"{layer}/bias"
-        for role, indices in (("input", subgraph.inputs), ("output", subgraph.outputs)):
-            for position, index in enumerate(indices):
-                names[index] = role if len(indices) == 1 else f"{role}_{position}"
-        seen: dict[str, int] = {}
-        for index, tensor in enumerate(subgraph.tensors):
-            name = names[index]
-            seen[name] = seen.get(name, 0) + 1
-            tensor.name = (name if seen[name] == 1 else f"{name}_{seen[name] - 1}").encode()
-    builder = Builder(len(tflite))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+
+    def rename(model) -> None:
+        for subgraph in model.subgraphs:
+            names = {index: _layer_path(tensor.name, scope) for index, tensor in enumerate(subgraph.tensors)}
+            for operator in subgraph.operators:
+                code = model.operatorCodes[operator.opcodeIndex]
+                if max(code.builtinCode, code.deprecatedBuiltinCode) in weighted:
+                    layer = names[operator.inputs[1]].rsplit("/", 1)[0]
+                    names[operator.inputs[1]] = f"{layer}/weights"
+                    if len(operator.inputs) > 2 and operator.inputs[2] >= 0:
+                        names[operator.inputs[2]] = f"{layer}/bias"
+            for role, indices in (("input", subgraph.inputs), ("output", subgraph.outputs)):
+                for position, index in enumerate(indices):
+                    names[index] = role if len(indices) == 1 else f"{role}_{position}"
+            seen: dict[str, int] = {}
+            for index, tensor in enumerate(subgraph.tensors):
+                name = names[index]
+                seen[name] = seen.get(name, 0) + 1
+                tensor.name = (name if seen[name] == 1 else f"{name}_{seen[name] - 1}").encode()
+
+    return model_file.rewrite(tflite, rename)
 
 
 def _layer_path(name: bytes | None, scope: str) -> str:

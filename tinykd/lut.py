@@ -242,18 +242,16 @@ def _without_encoded_quantization(compressed: bytes) -> bytes:
     tensor carries its per-channel scales and zero points twice (12 B a channel). TFLM's DECODE operator reads
     the tables' layout from the decoded tensor; `compress` checks the outputs stay identical.
     """
-    from flatbuffers import Builder
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
+    from tinykd import model_file
 
-    model = schema_fb.ModelT.InitFromObj(schema_fb.Model.GetRootAsModel(compressed, 0))
-    decode = {index for index, code in enumerate(model.operatorCodes) if code.customCode == _DECODE_OP.encode()}
-    for subgraph in model.subgraphs:
-        for operator in subgraph.operators:
-            if operator.opcodeIndex in decode:
-                subgraph.tensors[operator.inputs[0]].quantization = None
-    builder = Builder(len(compressed))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    def drop(model) -> None:
+        decode = {index for index, code in enumerate(model.operatorCodes) if code.customCode == _DECODE_OP.encode()}
+        for subgraph in model.subgraphs:
+            for operator in subgraph.operators:
+                if operator.opcodeIndex in decode:
+                    subgraph.tensors[operator.inputs[0]].quantization = None
+
+    return model_file.rewrite(compressed, drop)
 
 
 def _confirm(compressed: bytes, weights: list[_Weight], choices: list[TensorChoice]) -> list[TensorChoice]:

@@ -5,6 +5,7 @@ interpreter we verify against does, and `tinykd report` / `tinykd export` never 
 """
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema_fb
@@ -85,6 +86,21 @@ def read(tflite: bytes, source: str = "model") -> ModelInfo:
     except _PARSE_ERRORS as error:
         raise ModelError(f"{source}: corrupt or truncated TFLite flatbuffer ({type(error).__name__}: {error}); "
                          "re-export the .tflite file") from error
+
+
+def rewrite(tflite: bytes, edit: Callable[["schema_fb.ModelT"], None]) -> bytes:
+    """The model with `edit` applied to its unpacked object tree, packed again.
+
+    Everything `edit` leaves alone is written back as it was (buffer data aligned to 4 bytes, as the TFLite
+    converter and tflite-micro's compressor also write it).
+    """
+    import flatbuffers
+
+    model = schema_fb.ModelT.InitFromObj(schema_fb.Model.GetRootAsModel(bytearray(tflite), 0))
+    edit(model)
+    builder = flatbuffers.Builder(len(tflite))
+    builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
+    return bytes(builder.Output())
 
 
 def _model_info(model: "schema_fb.ModelT", source: str) -> ModelInfo:

@@ -578,7 +578,6 @@ def _reload_qat(student, path: Path, cfg: config.Config):
     return model
 
 
-
 def _model_metrics(model, data) -> dict:
     from tinykd.distill import accuracy
 
