@@ -34,8 +34,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# tinykd lives in .venv, not on PATH: say how to call it, since the README's examples start with `tinykd`.
 run: setup
 	$(BIN)/tinykd build $(RECIPE)
+	@echo
+	@echo "tinykd is installed in $(VENV), not on your PATH. Call it by its path, or activate $(VENV) once per shell:"
+	@echo "  $(BIN)/tinykd --help"
+	@echo "  . $(BIN)/activate    # then: tinykd --help"
 
 # The suite CI runs (under 15 minutes). pytest's own exit code is kept: 5 (no tests ran) fails the target.
 test: setup
