@@ -134,7 +134,7 @@ class _Stages:
         record = self.run_dir.finish(name, key, metrics, started)
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in metrics.items() if not isinstance(v, (dict, list, tuple)))
-        self.options.log(f"[{name}] done in {record['seconds']:.1f} s: {shown}")
+        self.options.log(f"[{name}] done in {record['seconds']:.1f} s" + (f": {shown}" if shown else ""))
         return record
 
     def teacher(self, cfg: config.Config, data) -> _Result:
