@@ -19,7 +19,7 @@ def test_every_file_a_real_build_writes_is_readable_by_others(smoke_cli_build):
     files = [p for p in smoke_cli_build.runs.rglob("*") if p.is_file()]
     names = {p.relative_to(smoke_cli_build.runs).as_posix() for p in files}
     assert {"smoke/report.md", "smoke/report.json", "smoke/convert/model.tflite", "smoke/convert/stage.json",
-            "smoke/accuracy_vs_size.png", "smoke/export/smoke_model_data.cc"} <= names
+            "smoke/manifest.json", "smoke/accuracy_vs_size.png", "smoke/export/smoke_model_data.cc"} <= names
     assert any(name.startswith(".teacher_cache/") and name.endswith(".keras") for name in names)
     modes = {p.relative_to(smoke_cli_build.runs).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert {name: mode for name, mode in modes.items() if mode != "0o644"} == {}

@@ -46,10 +46,13 @@ def cli() -> None:
 @click.option("--runs", "runs_dir", default="runs", show_default=True, type=click.Path(path_type=Path),
               help="Folder for runs/<name>/<stage>/ artifacts and the shared teacher cache.")
 @click.option("--quiet", is_flag=True, help="Only the stage lines, no epoch progress.")
+@click.option("--check", is_flag=True,
+              help="Rebuild from scratch in a temporary folder and fail, naming the files, if any .tflite or "
+                   "exported file differs from runs/<name>/manifest.json (written by every build).")
 @click.option("--verbose", is_flag=True,
               help="Also TensorFlow's own log lines (start-up, converter), hidden by default.")
 def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[str, ...], runs_dir: Path,
-          quiet: bool, verbose: bool) -> None:
+          quiet: bool, check: bool, verbose: bool) -> None:
     """Build RECIPE: teacher, distil, prune, QAT, int8 .tflite, TFLM check, C files and report."""
     if verbose:
         os.environ["TINYKD_VERBOSE"] = "1"  # read by tinykd.keras_shim, which is imported after this
@@ -66,6 +69,13 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
 
     progress = 0 if quiet else (1 if sys.stdout.isatty() else 2)
     options = BuildOptions(force=force, data_dirs=data_dirs, verbose=progress, log=log)
+    if check:
+        from tinykd import manifest
+
+        log(f"checking {runs_dir / cfg.name / manifest.NAME}: rebuilding {cfg.name} from {recipe} from scratch")
+        path = manifest.check(cfg, runs_dir, options)
+        log(f"check passed: every .tflite and exported file is byte-identical to {path}")
+        return
     log(f"building {cfg.name} from {recipe} into {runs_dir / cfg.name}")
     report = run_build(cfg, runs_dir, options)
     int8 = report["int8"]

@@ -85,6 +85,12 @@ def find(cfg: DataConfig, search_dirs: tuple[Path, ...] = ()) -> Path:
                     f"{'failed' if cfg.download else 'off'}). {HOW_TO_GET}")
 
 
+def files(cfg: DataConfig, search_dirs: tuple[Path, ...] = ()) -> list[Path]:
+    """The four IDX files `read` reads (for a build's manifest)."""
+    folder = find(cfg, search_dirs)
+    return [_existing(folder, stem) for stem in FILES.values()]
+
+
 def read_idx(raw: bytes, path: Path) -> np.ndarray:
     """Decode one IDX file (gzipped or not): magic, dimensions, then the values."""
     if raw[:2] == b"\x1f\x8b":
