@@ -71,8 +71,9 @@ with native_logs():
 # Same recipe, seed, machine and versions => the same bytes. Op determinism makes TensorFlow pick kernels that add
 # in a fixed order; it refuses random ops without a seed, so a process-wide default seed is set here, and each
 # build stage seeds itself again (a resumed build skips stages, so it cannot inherit earlier stages' random
-# state). Cost, measured on the smoke recipe on a shared 2-core machine: 26.0 s with it against 24.2-31.9 s
-# without, within the noise.
+# state). Seeding alone made two smoke builds identical on 2 cores; determinism guards the kernels that reduce
+# across threads on bigger machines. Cost on the smoke build, 2 shared cores, with/without: 26.0 s / 24.2-31.9 s
+# on a quiet machine, 72-76 s / 67-78 s on a loaded one: none measurable.
 tf.config.experimental.enable_op_determinism()
 keras.utils.set_random_seed(0)
 
