@@ -46,7 +46,8 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Also the slow tests (full recipes end to end).
+# The same suite plus tests marked slow, of which there are none today: the tests build every recipe in smoke mode
+# (tests/test_pipeline.py); the full recipes are built by `make run` and `make bench`.
 test-all: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

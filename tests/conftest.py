@@ -54,3 +54,36 @@ def tiny_keywords(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("keywords") / "speech_commands"
     synthesize(root, seed=0, speakers=10, clips_per_speaker_word=2, jobs=2)
     return root
+
+
+def tinykd_process(*args, **kwargs) -> "subprocess.Popen":
+    """The real `tinykd` command of this checkout in a child process (umask 022, unbuffered output)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    env.pop("TINYKD_VERBOSE", None)
+    return subprocess.Popen([sys.executable, "-m", "tinykd", *args], cwd=REPO, env=env, umask=0o022,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+class CliBuild:
+    """One finished `tinykd build` of the smoke recipe from an empty runs folder, then a no-op rebuild."""
+
+    def __init__(self, runs: Path):
+        self.runs = runs
+        self.run = runs / "smoke"
+        self.outputs = []  # (stdout, stderr) of the build and of the rebuild
+        for _ in range(2):
+            process = tinykd_process("build", str(SMOKE_RECIPE), "--runs", str(runs))
+            stdout, stderr = process.communicate(timeout=900)
+            assert process.returncode == 0, stdout + stderr
+            self.outputs.append((stdout, stderr))
+
+
+@pytest.fixture(scope="session")
+def smoke_cli_build(tmp_path_factory) -> CliBuild:
+    """The smoke recipe built once by the real CLI, shared by the tests of what a build writes and prints."""
+    return CliBuild(tmp_path_factory.mktemp("cli-build") / "runs")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tinykd.build_report import class_metrics
+from tinykd.build_report import MIN_ACCURACY_SPAN, accuracy_axis, class_metrics
 
 
 def test_keyword_false_reject_and_false_accept_by_hand():
@@ -25,3 +25,10 @@ def test_no_keyword_rates_without_filler_classes_and_empty_classes_have_no_accur
     assert "false_reject_rate" not in metrics and "false_accept_rate" not in metrics
     assert metrics["per_class"]["shirt"]["accuracy"] == 0.75
     assert metrics["per_class"]["shoe"] == {"samples": 0, "accuracy": None}
+
+
+@pytest.mark.parametrize("percents", [[91.2, 90.8, 91.0], [99.9, 99.5], [0.5, 3.0], [48.5, 63.0, 12.0]])
+def test_accuracy_axis_never_makes_a_small_drop_look_dramatic(percents):
+    low, high = accuracy_axis(percents)
+    assert 0.0 <= low <= min(percents) and max(percents) <= high <= 100.0
+    assert high - low >= MIN_ACCURACY_SPAN  # e.g. 90.8-91.2 % is drawn on 86-96 %, not on 90.8-91.2 %

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tinykd import model_file, models
+from tinykd import artifacts, model_file, models
 from tinykd.config import DistillConfig, ModelConfig, PruneConfig, QuantizeConfig
 from tinykd.distill import Schedule
 from tinykd.convert import check_full_int8, convert, convert_float, short_tensor_names
@@ -56,8 +56,7 @@ def test_qat_keeps_the_zeros(pruned, qat):
 
 
 def test_qat_model_survives_save_and_load(qat, tmp_path, smoke_data):
-    path = tmp_path / "qat.h5"
-    qat.save(path)
+    path = artifacts.save_model(qat, tmp_path / "qat.h5")  # as the build saves it
     loaded = load_model(path)
     np.testing.assert_allclose(loaded.predict(smoke_data.test.x[:8], verbose=0),
                                qat.predict(smoke_data.test.x[:8], verbose=0), atol=1e-5)

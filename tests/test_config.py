@@ -119,3 +119,54 @@ def test_frontend_only_with_audio_and_matching_rate(tmp_path):
 def test_negative_data_seed_is_refused_at_load(tmp_path):
     with pytest.raises(ConfigError, match="data.seed: must be 0 or more"):
         config.load(write(tmp_path, "name: k\ndata: {seed: -1}\n"))
+
+
+def tinykd_cli(*args, cwd):
+    """The real `tinykd` command in a child process, with this checkout first on the path."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "tinykd", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("override, line", [
+    ("distill.temperature=hot", "error: --set distill.temperature=hot: distill.temperature: expected float, "
+                                "got 'hot'"),
+    ("prune=nope", "error: --set prune=nope: prune: expected a mapping of keys, or none to leave prune out; "
+                   "got 'nope' (did you mean 'none'?)"),
+    ("distill.temperatre=6", "error: --set distill.temperatre=6: distill.temperatre: unknown key "
+                             "(did you mean 'temperature'?)"),
+])
+def test_a_bad_override_is_blamed_on_the_set_option_not_the_recipe(tmp_path, override, line):
+    result = tinykd_cli("build", str(config_path()), "--set", override, "--runs", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [line] and result.stdout == ""
+
+
+def test_a_missing_data_path_names_the_recipe_and_key_and_no_package(tmp_path):
+    recipe = write(tmp_path, "name: mine\ndata: {path: my_images}\n")
+    result = tinykd_cli("build", str(recipe), "--runs", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {recipe}: data.path: {tmp_path / 'my_images'} does not exist; point it at the folder holding the "
+        "four Fashion-MNIST IDX files, or remove data.path to use the installed dataset"]
+    assert "apt-get" not in result.stderr
+    moved = tinykd_cli("build", str(recipe), "--set", "data.path=elsewhere", "--runs", str(tmp_path / "runs"),
+                       cwd=tmp_path)
+    assert moved.returncode == 2
+    assert moved.stderr.startswith(f"error: --set data.path=elsewhere: data.path: {tmp_path / 'elsewhere'} does "
+                                   "not exist")
+
+
+def test_missing_paths_of_other_formats_are_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        config.load(write(tmp_path, "name: a\ndata: {format: arrays, path: sensor.npz}\n"))
+    assert str(error.value).startswith(f"{tmp_path / 'recipe.yaml'}: data.path: {tmp_path / 'sensor.npz'} does "
+                                       "not exist; point it at your data")
+    with pytest.raises(ConfigError, match=r"recipe.yaml: teacher.path: .*big.keras does not exist; give a .keras"):
+        config.load(write(tmp_path, "name: a\nteacher: {path: big.keras}\n"))

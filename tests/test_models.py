@@ -58,7 +58,7 @@ def test_hello_edge_ds_cnn_shape_width_and_macs_by_hand():
 def test_avgpool_head_converts_to_average_pool_not_mean():
     from tflite_micro.python.tflite_micro import runtime
 
-    from tinykd.keras_shim import tf
+    from tinykd.keras_shim import lite_interpreter
 
     model = models.build(ModelConfig(arch="ds_cnn", filters=(8, 8), pool_between_blocks=False, head="avgpool"),
                          (12, 10, 1), 4, "m")
@@ -68,8 +68,7 @@ def test_avgpool_head_converts_to_average_pool_not_mean():
     ops = model_file.read(tflite).op_names
     assert "AVERAGE_POOL_2D" in ops and "MEAN" not in ops
     micro = runtime.Interpreter.from_bytes(tflite, arena_size=64 * 1024)
-    reference = tf.lite.Interpreter(model_content=tflite,
-                                    experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    reference = lite_interpreter(tflite, reference_kernels=True)
     reference.allocate_tensors()
     scale, zero_point = micro.get_input_details(0)["quantization_parameters"]["scales"][0], \
         micro.get_input_details(0)["quantization_parameters"]["zero_points"][0]

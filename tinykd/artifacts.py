@@ -13,9 +13,22 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 RECORD = "stage.json"
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any thread writes files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its file 0600; results are for others too (a CI artifact collector, a web server, a colleague),
+# so every file gets the mode a plain open() would give it: 0644 under the usual umask 022.
+FILE_MODE = 0o666 & ~_umask()
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
@@ -24,6 +37,7 @@ def write_bytes(path: Path, data: bytes) -> Path:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), FILE_MODE)
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -59,7 +73,10 @@ def save_model(model, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
-        model.save(temporary)
+        with warnings.catch_warnings():
+            # HDF5 is chosen on purpose for QAT models (see pipeline): Keras' .keras format loses their quantizers.
+            warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
+            model.save(temporary)
         os.replace(temporary, path)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True) if temporary.is_dir() else temporary.unlink(missing_ok=True)

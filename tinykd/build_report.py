@@ -263,6 +263,7 @@ def _plot(stages: list[dict], path: Path, name: str) -> None:
     for stage in sized:
         axes.annotate(stage["title"], (stage["size_bytes"] / 1024, stage["test_accuracy"] * 100),
                       textcoords="offset points", xytext=(6, 6), fontsize=8)
+    axes.set_ylim(*accuracy_axis([s["test_accuracy"] * 100 for s in sized]))
     axes.set_xscale("log")
     axes.set_xlabel("model size, KiB (.tflite, log scale)")
     axes.set_ylabel("test accuracy, %")
@@ -270,3 +271,17 @@ def _plot(stages: list[dict], path: Path, name: str) -> None:
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
     artifacts.save_figure(figure, path)
+
+
+MIN_ACCURACY_SPAN = 10.0  # points: a 0.4-point drop must look like one, not fill the whole plot
+
+
+def accuracy_axis(percents: list[float]) -> tuple[float, float]:
+    """The y-axis limits for accuracies in percent: every point with a margin, at least MIN_ACCURACY_SPAN points
+    tall, within 0..100."""
+    low, high = min(percents, default=0.0), max(percents, default=100.0)
+    margin = max(1.0, (MIN_ACCURACY_SPAN - (high - low)) / 2)
+    low, high = max(0.0, low - margin), min(100.0, high + margin)
+    if high - low < MIN_ACCURACY_SPAN:  # pressed against 0 or 100: grow the other way
+        low, high = (0.0, max(high, MIN_ACCURACY_SPAN)) if low == 0.0 else (min(low, 100.0 - MIN_ACCURACY_SPAN), 100.0)
+    return low, high

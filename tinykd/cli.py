@@ -46,9 +46,16 @@ def cli() -> None:
 @click.option("--runs", "runs_dir", default="runs", show_default=True, type=click.Path(path_type=Path),
               help="Folder for runs/<name>/<stage>/ artifacts and the shared teacher cache.")
 @click.option("--quiet", is_flag=True, help="Only the stage lines, no epoch progress.")
+@click.option("--check", is_flag=True,
+              help="Rebuild from scratch in a temporary folder and fail, naming the files, if any .tflite or "
+                   "exported file differs from runs/<name>/manifest.json (written by every build).")
+@click.option("--verbose", is_flag=True,
+              help="Also TensorFlow's own log lines (start-up, converter), hidden by default.")
 def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[str, ...], runs_dir: Path,
-          quiet: bool) -> None:
+          quiet: bool, check: bool, verbose: bool) -> None:
     """Build RECIPE: teacher, distil, prune, QAT, int8 .tflite, TFLM check, C files and report."""
+    if verbose:
+        os.environ["TINYKD_VERBOSE"] = "1"  # read by tinykd.keras_shim, which is imported after this
     from tinykd import config
 
     cfg = config.load(recipe, config.parse_overrides(overrides), smoke=smoke)
@@ -58,11 +65,19 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
     def log(message: str) -> None:
         click.echo(f"{time.time() - started:7.1f}s {message}")
 
-    log(f"building {cfg.name} from {recipe} into {runs_dir / cfg.name}")
     from tinykd.pipeline import BuildOptions, build as run_build
 
-    verbose = 0 if quiet else (1 if sys.stdout.isatty() else 2)
-    report = run_build(cfg, runs_dir, BuildOptions(force=force, data_dirs=data_dirs, verbose=verbose, log=log))
+    progress = 0 if quiet else (1 if sys.stdout.isatty() else 2)
+    options = BuildOptions(force=force, data_dirs=data_dirs, verbose=progress, log=log)
+    if check:
+        from tinykd import manifest
+
+        log(f"checking {runs_dir / cfg.name / manifest.NAME}: rebuilding {cfg.name} from {recipe} from scratch")
+        path = manifest.check(cfg, runs_dir, options)
+        log(f"check passed: every .tflite and exported file is byte-identical to {path}")
+        return
+    log(f"building {cfg.name} from {recipe} into {runs_dir / cfg.name}")
+    report = run_build(cfg, runs_dir, options)
     int8 = report["int8"]
     teacher = report["stages"][0]
     log(f"done: teacher {teacher['test_accuracy']:.2%} -> int8 student {int8['tflm_accuracy']:.2%} in TFLite Micro, "
@@ -95,7 +110,8 @@ def boards(output_format: str, boards_file: Path | None) -> None:
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "md"]), default="table",
               show_default=True)
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write latency_per_layer.png and memory_per_board.png into this folder.")
+              help="Write latency_per_layer.png (for the first board only: the first --board, or the first of "
+                   "`tinykd boards`) and memory_per_board.png (every board) into this folder.")
 @click.option("--calibrate", "calibration_csv", type=click.Path(dir_okay=False, path_type=Path),
               help="Your measured latencies (CSV: model,board,latency_ms) to refit the latency of those boards.")
 @click.option("--boards", "boards_file", type=click.Path(dir_okay=False, path_type=Path),

@@ -527,7 +527,7 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
         value = _parse_value(text)
         if key in PATH_KEYS and isinstance(value, str) and value != UNLABELED_REST:
             value = str(Path(value).expanduser().resolve())  # paths on the command line: relative to the shell
-        _set_dotted(raw, key, value, f"{path}: --set {key}")
+        _set_dotted(raw, key, value, f"--set {key}={text}")
     if smoke:
         for key, value in SMOKE_OVERRIDES.items():
             section = key.split(".")[0]
@@ -541,7 +541,41 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
             if isinstance(member, dict):
                 member["epochs"] = 1
         raw["name"] = f"{raw['name']}-smoke"
-    return _build(Config, raw, str(path), "")
+    try:
+        cfg = _build(Config, raw, str(path), "")
+        _check_paths(cfg, str(path))
+    except ConfigError as error:
+        raise _blamed_on_override(error, str(path), overrides or {}) from None
+    return cfg
+
+
+def _blamed_on_override(error: ConfigError, file: str, overrides: dict[str, str]) -> ConfigError:
+    """The error with the `--set KEY=VALUE` that gave the bad value in place of the recipe file, which is fine."""
+    message = str(error)
+    if not message.startswith(f"{file}: "):
+        return error
+    rest = message[len(file) + 2:]
+    for key, text in overrides.items():
+        if rest.startswith((f"{key}:", f"{key}.", f"{key}[")):
+            return ConfigError(f"--set {key}={text}: {rest}")
+    return error
+
+
+def _check_paths(cfg: Config, file: str) -> None:
+    """A path the recipe names must exist: the data layer never falls back elsewhere for a named path, so the
+    way out is to fix the path (a speech_commands folder may be made by the build: data.synthesize)."""
+    named = [("teacher.path", cfg.teacher.path, "give a .keras file or a SavedModel folder, or remove "
+                                                "teacher.path to train a teacher")]
+    if cfg.data.format != "speech_commands":
+        hint = ("point it at the folder holding the four Fashion-MNIST IDX files, or remove data.path to use the "
+                "installed dataset" if cfg.data.format == "fashion_mnist" else
+                "point it at your data (a relative path is relative to the recipe's folder)")
+        named.append(("data.path", cfg.data.path, hint))
+    if cfg.data.unlabeled != UNLABELED_REST:
+        named.append(("data.unlabeled", cfg.data.unlabeled, "point it at unlabelled data in the format of data.path"))
+    for key, value, hint in named:
+        if value is not None and not Path(value).expanduser().exists():
+            raise ConfigError(f"{file}: {key}: {value} does not exist; {hint}")
 
 
 PATH_KEYS = ("data.path", "data.unlabeled", "teacher.path")
@@ -632,6 +666,11 @@ def _convert(hint, value, file: str, key: str):
         if value is None or value == "none":
             if type(None) in typing.get_args(hint):
                 return None
+        if type(None) in typing.get_args(hint) and dataclasses.is_dataclass(options[0]) \
+                and not isinstance(value, dict):
+            close = isinstance(value, str) and difflib.get_close_matches(value.lower(), ["none"], n=1)
+            raise ConfigError(f"{file}: {key}: expected a mapping of keys, or none to leave {key} out; got {value!r}"
+                              + (" (did you mean 'none'?)" if close else ""))
         return _convert(options[0], value, file, key)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value if value is not None else {}, file, f"{key}.")

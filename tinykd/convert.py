@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from tinykd.errors import ConversionError
-from tinykd.keras_shim import tf
+from tinykd.keras_shim import lite_interpreter, native_logs, tf
 
 # Ops that legitimately touch float tensors in a full-int8 model: none. QUANTIZE/DEQUANTIZE between int8 types
 # are fine, a float one means the input or output was left in float.
@@ -33,7 +35,10 @@ def convert(model, representative: np.ndarray) -> bytes:
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     try:
-        tflite = converter.convert()
+        with native_logs(), warnings.catch_warnings():
+            # A QAT model's int8 input range is learned, so the converter needs no input statistics.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            tflite = converter.convert()
     except Exception as error:  # noqa: BLE001 - the converter raises many types; all mean "cannot be int8"
         raise ConversionError(f"{model.name}: the TFLite converter could not make a full-int8 model: "
                               f"{str(error).strip().splitlines()[-1] if str(error).strip() else error!r}. "
@@ -92,12 +97,13 @@ def _layer_path(name: bytes | None, scope: str) -> str:
 
 def convert_float(model) -> bytes:
     """A float32 .tflite, to measure what the unquantized model would cost in flash."""
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with native_logs():
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
 def check_full_int8(tflite: bytes, source: str) -> None:
     """Raise ConversionError naming the first op whose inputs or outputs are float."""
-    interpreter = tf.lite.Interpreter(model_content=tflite)
+    interpreter = lite_interpreter(tflite)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     for op in interpreter._get_ops_details():  # noqa: SLF001 - the only API that lists ops with their tensors
         for index in list(op["inputs"]) + list(op["outputs"]):

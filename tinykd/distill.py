@@ -18,7 +18,7 @@ import numpy as np
 from tinykd.config import AugmentConfig, DistillConfig
 from tinykd.data import Dataset, Split
 from tinykd.errors import ConfigError
-from tinykd.keras_shim import keras, tf
+from tinykd.keras_shim import keras, native_logs, tf
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,8 +177,9 @@ def distill(teacher, student, data: Dataset, cfg: DistillConfig, schedule: Sched
     use_teacher_logits = cfg.alpha > 0.0 and not schedule.augmenting
     train = _dataset(train_split, teacher if use_teacher_logits else None, schedule, training=True)
     val = _dataset(data.val, teacher if use_teacher_logits else None, schedule, training=False)
-    distiller.fit(train, validation_data=val, epochs=schedule.epochs, verbose=schedule.verbose,
-                  callbacks=list(callbacks))
+    with native_logs():
+        distiller.fit(train, validation_data=val, epochs=schedule.epochs, verbose=schedule.verbose,
+                      callbacks=list(callbacks))
     return student
 
 
@@ -205,15 +206,17 @@ def train_on_labels(model, data: Dataset, schedule: Schedule):
     model.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(data.train))),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    model.fit(_dataset(data.train, None, schedule, training=True),
-              validation_data=_dataset(data.val, None, schedule, training=False),
-              epochs=schedule.epochs, verbose=schedule.verbose)
+    with native_logs():
+        model.fit(_dataset(data.train, None, schedule, training=True),
+                  validation_data=_dataset(data.val, None, schedule, training=False),
+                  epochs=schedule.epochs, verbose=schedule.verbose)
     return model
 
 
 def accuracy(model, split: Split, batch_size: int = 256) -> float:
     """Top-1 accuracy of a Keras model that outputs logits."""
-    logits = model.predict(split.x, batch_size=batch_size, verbose=0)
+    with native_logs():
+        logits = model.predict(split.x, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == split.y))
 
 
@@ -246,7 +249,9 @@ def teacher_logits(teacher, x: np.ndarray) -> np.ndarray:
     for cached_teacher, cached_x, logits in _LOGITS_CACHE:
         if cached_teacher is teacher and cached_x is x:
             return logits
-    return remember_logits(teacher, x, teacher.predict(x, batch_size=512, verbose=0))
+    with native_logs():
+        logits = teacher.predict(x, batch_size=512, verbose=0)
+    return remember_logits(teacher, x, logits)
 
 
 def remember_logits(teacher, x: np.ndarray, logits: np.ndarray) -> np.ndarray:

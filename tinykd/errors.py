@@ -27,3 +27,7 @@ class VerificationError(TinykdError):
 
 class ExportError(TinykdError):
     """Firmware files cannot be written: names the op, label or path."""
+
+
+class ReproducibilityError(TinykdError):
+    """A rebuild gave bytes other than its manifest's, or there is no manifest to check: names the files."""

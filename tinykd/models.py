@@ -23,13 +23,18 @@ HEADS = ("gap", "avgpool", "flatten", "pool_flatten")
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name: str):
+def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name: str, seed: int | None = None):
     """A fresh, untrained Keras model that maps `input_shape` inputs to `num_classes` logits.
 
     The input's rank picks the layers: `(features,)` gets dense layers (`filters` are their widths),
     `(steps, channels)` 1-D convolutions (as (3, 1) kernels), `(height, width, channels)` 2-D convolutions.
+    With `seed`, the initial weights are that seed's: the same on every run, whatever ran before in the process
+    (a resumed build skips stages, so the random state left by earlier stages cannot be relied on).
     """
     from tinykd.keras_shim import keras
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
 
     layers = keras.layers
     inputs = keras.Input(shape=input_shape, name="input")

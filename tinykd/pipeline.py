@@ -99,9 +99,13 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
     stage.export(tflite, verification, data, cfg)
 
     # 9. report: accuracy at every stage, size, arena, time; JSON, Markdown and a plot
-    from tinykd import build_report
+    from tinykd import build_report, manifest
 
-    return build_report.write(run, cfg, data, stage.records)
+    report = build_report.write(run, cfg, data, stage.records)
+
+    # 10. manifest: the recipe, sha256 of the data read and of every file written, versions (build --check)
+    manifest.write(run.root, cfg, options.data_dirs)
+    return report
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class _Stages:
         record = self.run_dir.finish(name, key, metrics, started)
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in metrics.items() if not isinstance(v, (dict, list, tuple)))
-        self.options.log(f"[{name}] done in {record['seconds']:.1f} s: {shown}")
+        self.options.log(f"[{name}] done in {record['seconds']:.1f} s" + (f": {shown}" if shown else ""))
         return record
 
     def teacher(self, cfg: config.Config, data) -> _Result:
@@ -444,7 +448,7 @@ def _teacher_key(teacher_cfg, data) -> str:
 def _trained_teacher(data, teacher_cfg, cfg: config.Config, options: BuildOptions):
     from tinykd.distill import train_on_labels
 
-    teacher = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher")
+    teacher = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher", seed=teacher_cfg.seed)
     return train_on_labels(teacher, data, _schedule(teacher_cfg, cfg, options, seed=teacher_cfg.seed))
 
 
@@ -457,14 +461,15 @@ def _distilled(teacher, feature_teacher, data, cfg: config.Config, options: Buil
     from tinykd.prune import clone
 
     schedule = _schedule(cfg.distill, cfg, options)
-    student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student")
+    student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student", seed=schedule.seed)
     distill(teacher, student, data, cfg.distill, schedule, feature_teacher=feature_teacher)
     rounds = [{"round": 1, "val_accuracy": accuracy(student, data.val), "test_accuracy": accuracy(student, data.test)}]
     for number in range(2, cfg.distill.rounds + 1):
         previous = clone(student)
         options.log(f"[distill] born-again round {number} of {cfg.distill.rounds}: the round {number - 1} student "
                     "teaches a fresh one")
-        student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student")
+        student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student",
+                               seed=schedule.seed + number - 1)
         distill(previous, student, data, replace(cfg.distill, hints=(), attention=()),
                 replace(schedule, seed=schedule.seed + number - 1))
         rounds.append({"round": number, "val_accuracy": accuracy(student, data.val),

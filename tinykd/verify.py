@@ -42,12 +42,11 @@ def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verif
     Raises:
         VerificationError: TFLM cannot load or run the model.
     """
-    from tinykd.keras_shim import tf
+    from tinykd.keras_shim import lite_interpreter
 
     with _quiet_stderr():
         arena = measure_arena(tflite) if arena_bytes is None else arena_bytes
-    reference = tf.lite.Interpreter(model_content=tflite,
-                                    experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    reference = lite_interpreter(tflite, reference_kernels=True)
     inputs = quantize_input(split.x, reference.get_input_details()[0]["quantization_parameters"])
     # TFLM's Python invoke holds the GIL, so it runs in a child process on the other core while TFLite's
     # reference kernels run here; only tflite_micro and numpy are imported there.

@@ -68,7 +68,9 @@ def find(cfg: DataConfig, search_dirs: tuple[Path, ...] = ()) -> Path:
         folder = Path(cfg.path).expanduser()
         if not all(_existing(folder, stem, required=False) for stem in FILES.values()):
             raise DataError(f"data.path: {cfg.path} does not hold the Fashion-MNIST files "
-                            f"({', '.join(FILES.values())}, optionally .gz). {HOW_TO_GET}")
+                            f"({', '.join(FILES.values())}, optionally .gz); put them there, or remove data.path "
+                            f"to use the installed dataset (`sudo apt-get install dataset-fashion-mnist` puts it in "
+                            f"{DEBIAN_DIR})")
         return folder
     candidates = [Path(d) for d in search_dirs] + [DEBIAN_DIR, KERAS_CACHE_DIR]
     for folder in candidates:
@@ -81,6 +83,12 @@ def find(cfg: DataConfig, search_dirs: tuple[Path, ...] = ()) -> Path:
     looked = ", ".join(str(c) for c in candidates)
     raise DataError(f"Fashion-MNIST not found (looked in {looked}; download "
                     f"{'failed' if cfg.download else 'off'}). {HOW_TO_GET}")
+
+
+def files(cfg: DataConfig, search_dirs: tuple[Path, ...] = ()) -> list[Path]:
+    """The four IDX files `read` reads (for a build's manifest)."""
+    folder = find(cfg, search_dirs)
+    return [_existing(folder, stem) for stem in FILES.values()]
 
 
 def read_idx(raw: bytes, path: Path) -> np.ndarray:
