@@ -62,12 +62,10 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
     from tinykd.pipeline import BuildOptions, build as run_build
 
     verbose = 0 if quiet else (1 if sys.stdout.isatty() else 2)
-    report = run_build(cfg, runs_dir, BuildOptions(force=force, data_dirs=data_dirs, verbose=verbose, log=log))
-    int8 = report["int8"]
-    teacher = report["stages"][0]
-    log(f"done: teacher {teacher['test_accuracy']:.2%} -> int8 student {int8['tflm_accuracy']:.2%} in TFLite Micro, "
-        f"{int8['tflite_bytes']:,} B .tflite, {int8['arena_bytes_host']:,} B arena; "
-        f"report: {runs_dir / cfg.name / 'report.md'}")
+    result = run_build(cfg, runs_dir, BuildOptions(force=force, data_dirs=data_dirs, verbose=verbose, log=log))
+    log(f"done: teacher {result.teacher_accuracy:.2%} -> int8 student {result.tflm_accuracy:.2%} in TFLite Micro, "
+        f"{result.tflite_bytes:,} B .tflite, {result.arena_bytes:,} B arena; "
+        f"report: {result.run_dir / 'report.md'}")
 
 
 @cli.command()

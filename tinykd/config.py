@@ -495,7 +495,8 @@ class FrontendConfig:
     scale_shift: int = 6
 
     def __post_init__(self):
-        _require(self.kind in FRONTEND_KINDS, "kind", f"must be one of {', '.join(FRONTEND_KINDS)} (MFCC is not implemented yet)")
+        _require(self.kind in FRONTEND_KINDS, "kind",
+                 f"must be one of {', '.join(FRONTEND_KINDS)} (MFCC is not implemented yet)")
         _require(8000 <= self.sample_rate_hz <= 48000 and self.sample_rate_hz % 1000 == 0, "sample_rate_hz",
                  "must be a whole number of kHz from 8000 to 48000, e.g. 16000")
         _require(self.window_size_ms >= 1, "window_size_ms", "must be at least 1, e.g. 30")

@@ -119,3 +119,20 @@ def _leaf_layers(model):
             yield inner
         else:
             yield layer
+
+
+def clone(model):
+    """An independent copy of a Keras model, weights included."""
+    from tinykd.keras_shim import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def load_model(path):
+    """Load any model tinykd saved, including quantization-aware ones."""
+    from tinykd.keras_shim import keras, tfmot
+
+    with tfmot.quantization.keras.quantize_scope():
+        return keras.models.load_model(path, compile=False)

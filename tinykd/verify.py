@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tinykd.data import Split
+from tinykd import artifacts, config
+from tinykd.artifacts import Run
+from tinykd.data import Dataset, Split
 from tinykd.errors import VerificationError
 
 
@@ -31,6 +33,46 @@ class Verification:
     identical_fraction: float
     max_lsb_diff: int
     confusion: tuple[tuple[int, ...], ...]  # TFLM predictions: row = true class, column = predicted class
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What the verify stage hands on: the arena `tinykd report` gives for the recipe's board, and its run id."""
+
+    arena_bytes: int
+    run_id: str
+
+
+def stage(run: Run, cfg: config.Config, data: Dataset, model) -> Verified:
+    """The verify stage: the test split in TFLite Micro and in TFLite's reference kernels (`model`:
+    tinykd.convert.Converted); TFLM accuracy is the one reported.
+
+    Raises:
+        VerificationError: the two runtimes disagree on a top-1 class, so the accuracy depends on the runtime.
+    """
+    from tinykd.report import report
+
+    def compute():
+        test = data.test.head(cfg.verify.max_samples)
+        run.log(f"[verify] {len(test)} test samples in TFLite Micro and TFLite reference kernels")
+        # The report measures the arena in a child process (a crash there cannot take the build down);
+        # verify reuses that measurement instead of searching for the arena a second time.
+        board = report(model.tflite, cfg.target.board, source=str(run.root / "convert" / "model.tflite"))
+        result = verify(model.tflite, test, arena_bytes=board.arena_host_bytes)
+        return None, result.__dict__ | {"arena_bytes": board.arena_host_bytes, "board_report": board.as_dict()}
+
+    done = run.step("verify", artifacts.key("verify", config.as_dict(cfg.verify), cfg.target.board, model.run_id,
+                                            data.fingerprint), compute)
+    metrics = done.record["metrics"]
+    if metrics["top1_agreement"] < 1.0:
+        disagree = round((1.0 - metrics["top1_agreement"]) * metrics["samples"])
+        raise VerificationError(
+            f"TFLite Micro and the TFLite reference kernels disagree on the top-1 class of {disagree} of "
+            f"{metrics['samples']} test inputs (largest output difference {metrics['max_lsb_diff']} LSB), so "
+            f"the accuracy of {run.root / 'convert' / 'model.tflite'} depends on the runtime. TFLite's "
+            "reference FULLY_CONNECTED and MEAN kernels round differently from TFLite Micro's: use a student "
+            "head without them (head: flatten or pool_flatten, dense_units: 0), or measure on the board.")
+    return Verified(metrics["board_report"]["arena_bytes"], done.run_id)
 
 
 def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verification:
