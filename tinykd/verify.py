@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from tinykd import artifacts, config
+from tinykd import artifacts, config, tflm
 from tinykd.artifacts import Run
 from tinykd.data import Dataset, Split
-from tinykd.errors import VerificationError
+from tinykd.errors import ModelError, VerificationError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,21 +87,17 @@ def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verif
     reference = tf.lite.Interpreter(model_content=tflite,
                                     experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
     inputs = quantize_input(split.x, reference.get_input_details()[0]["quantization_parameters"])
-    # TFLM's Python invoke holds the GIL, so it runs in a child process on the other core while TFLite's
-    # reference kernels run here; only tflite_micro and numpy are imported there.
-    with tempfile.TemporaryDirectory(prefix="tinykd-verify-") as folder:
-        Path(folder, "model.tflite").write_bytes(tflite)
-        np.save(Path(folder, "inputs.npy"), inputs)
-        child = subprocess.Popen([sys.executable, "-m", "tinykd.verify", folder, str(arena + 1024)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            ref_out = _run_reference(reference, inputs)
-        finally:
-            log = child.communicate()[1].decode(errors="replace").strip()
-        if child.returncode != 0:
-            reason = log.splitlines()[-1] if log else f"exit code {child.returncode}"
-            raise VerificationError(f"TFLite Micro cannot run the model: {reason}")
-        micro_out = np.load(Path(folder, "outputs.npy"))
+    # TFLM runs in a child process (tinykd.tflm), on the other core while TFLite's reference kernels run here.
+    running = tflm.start(tflite, inputs, arena + 1024)
+    try:
+        ref_out = _run_reference(reference, inputs)
+    except BaseException:
+        running.cancel()
+        raise
+    try:
+        micro_out = running.outputs()[0]
+    except ModelError as error:
+        raise VerificationError(str(error)) from None
     micro_top1, ref_top1 = micro_out.argmax(-1), ref_out.argmax(-1)
     return Verification(
         samples=len(inputs),
@@ -148,7 +140,6 @@ def measure_arena(tflite: bytes) -> int:
     Raises:
         VerificationError: TFLM cannot allocate or run the model.
     """
-    from tinykd.errors import ModelError
     from tinykd.report import arena
 
     try:
@@ -175,23 +166,3 @@ def _quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def _tflm_outputs(folder: str, arena_bytes: int) -> None:
-    """The child's side of `verify`: TFLM's int8 output for every input in folder/inputs.npy."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    try:
-        micro = runtime.Interpreter.from_bytes(Path(folder, "model.tflite").read_bytes(), arena_size=arena_bytes)
-    except RuntimeError as error:
-        sys.exit(str(error).strip().replace("\n", " "))
-    outputs = []
-    for sample in np.load(Path(folder, "inputs.npy")):
-        micro.set_input(sample[np.newaxis], 0)
-        micro.invoke()
-        outputs.append(micro.get_output(0)[0].copy())
-    np.save(Path(folder, "outputs.npy"), np.array(outputs))
-
-
-if __name__ == "__main__":
-    _tflm_outputs(sys.argv[1], int(sys.argv[2]))
