@@ -41,7 +41,8 @@ def stage(run: Run, cfg: config.Config, data: Dataset) -> Teachers:
     """The main teacher, and with `distill.ensemble` the extra teachers, as a `Teaching` for every training stage."""
     key = teacher_key(cfg.teacher, data)
     cache = run.root.parent / CACHE
-    main = run.step("teacher", key, lambda: _one_teacher(run, cfg.teacher, key, data, cfg, "teacher"),
+    main = run.step("teacher", key, lambda: _one_teacher(run, cfg.teacher, data, cfg, "teacher",
+                                                          run.dir("teacher") / "teacher.keras"),
                     load=lambda folder: load_model(folder / "teacher.keras"), artifact="teacher.keras")
     if cfg.distill.ensemble:
         return _ensemble(run, cfg, data, main)
@@ -68,8 +69,8 @@ def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done)
     names = [f"teacher{i + 1}.keras" for i in range(len(members))]
 
     def compute():
-        trained = [_one_teacher(run, member, member_key, data, cfg, f"ensemble {i + 1}", names[i])
-                   for i, (member, member_key) in enumerate(zip(members, keys))]
+        trained = [_one_teacher(run, member, data, cfg, f"ensemble {i + 1}", run.dir("ensemble") / names[i])
+                   for i, member in enumerate(members)]
         combined = ensemble([main.value] + [model for model, _ in trained], weights, cfg.distill.temperature)
         member_metrics = [metrics for _, metrics in trained]
         return None, {"teachers": 1 + len(members), "weights": weights,
@@ -87,10 +88,9 @@ def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done)
                              extra_teachers=tuple(done.value), soft_targets=soft_targets), done.run_id)
 
 
-def _one_teacher(run: Run, teacher_cfg, key: str, data: Dataset, cfg: config.Config, label: str,
-                 name: str = "teacher.keras"):
-    """Load, reuse from the cache or train one teacher into the stage's folder; returns it and its metrics."""
-    path = run.dir("teacher" if label == "teacher" else "ensemble") / name
+def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label: str, path: Path):
+    """Load, reuse from the cache or train one teacher into `path`; returns it and its metrics."""
+    key = teacher_key(teacher_cfg, data)
     cache = run.root.parent / CACHE
     source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
     cached = cache / f"teacher-{key}.keras"
