@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from tinykd import models
-from tinykd.cluster import cluster, quantize_scheme, unique_kernel_values
+from tinykd.cluster import cluster, unique_kernel_values
 from tinykd.config import DistillConfig, ModelConfig, PruneConfig
 from tinykd.convert import convert
-from tinykd.distill import Schedule
+from tinykd.distill import Schedule, Teaching
 from tinykd.keras_shim import keras, tfmot
 from tinykd.lut import unique_values_per_channel
 from tinykd.prune import prune, sparsity
+from tinykd.quantize import quantize_scheme
 
 CLUSTERS = 8
 # The first conv (3x3x1x16 = 144 weights) is clustered too; the classifier is a conv over the pooled map.
@@ -37,7 +38,7 @@ def before(student, tiny_teacher):
 
 @pytest.fixture(scope="module")
 def clustered(before, student, tiny_teacher, smoke_data):
-    return cluster(student, tiny_teacher, smoke_data, CLUSTERS, DISTILL, SCHEDULE)
+    return cluster(student, Teaching(teacher=tiny_teacher, config=DISTILL), smoke_data, CLUSTERS, SCHEDULE)
 
 
 def test_every_kernel_has_at_most_n_values(student, clustered):
@@ -68,8 +69,9 @@ def test_int8_channels_keep_at_most_n_values(clustered, smoke_data):
 
 def test_a_pruned_student_keeps_its_zeros(student, tiny_teacher, smoke_data):
     cfg = PruneConfig(target_sparsity=0.5, epochs=1, batch_size=64, frequency_steps=2)
-    pruned = prune(student, tiny_teacher, smoke_data, cfg, DISTILL, Schedule.of(cfg, seed=0))
-    clustered = cluster(pruned, tiny_teacher, smoke_data, CLUSTERS, DISTILL, SCHEDULE)
+    teaching = Teaching(teacher=tiny_teacher, config=DISTILL)
+    pruned = prune(student, teaching, smoke_data, cfg, Schedule.of(cfg, seed=0))
+    clustered = cluster(pruned, teaching, smoke_data, CLUSTERS, SCHEDULE)
     assert sparsity(clustered) == pytest.approx(sparsity(pruned), abs=0.02)
     assert all(count <= CLUSTERS for count in unique_kernel_values(clustered).values())
 
@@ -82,7 +84,7 @@ def test_cluster_preserving_qat_keeps_the_clusters(clustered, tiny_teacher, smok
     with tfmot.quantization.keras.quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(
             annotated, quantize_scheme(clustered=True, preserve_sparsity=False))
-    distill(tiny_teacher, qat, smoke_data, DISTILL, SCHEDULE)
+    distill(Teaching(teacher=tiny_teacher, config=DISTILL), qat, smoke_data, SCHEDULE)
     counts = unique_values_per_channel(convert(qat, smoke_data.train.x[:32]))
     assert all(count <= CLUSTERS for count in counts.values()), counts
 
@@ -100,4 +102,4 @@ def test_quantize_scheme_matches_what_came_before():
 
 def test_too_few_clusters_is_refused(student, tiny_teacher, smoke_data):
     with pytest.raises(ValueError, match="at least 2"):
-        cluster(student, tiny_teacher, smoke_data, 1, DISTILL, SCHEDULE)
+        cluster(student, Teaching(teacher=tiny_teacher, config=DISTILL), smoke_data, 1, SCHEDULE)

@@ -5,13 +5,12 @@ import pytest
 
 from tinykd import artifacts, model_file, models
 from tinykd.config import DistillConfig, ModelConfig, PruneConfig, QuantizeConfig
-from tinykd.distill import Schedule
+from tinykd.distill import Schedule, Teaching
 from tinykd.convert import check_full_int8, convert, convert_float, short_tensor_names
 from tinykd.errors import ConversionError, VerificationError
 from tinykd.keras_shim import keras
 from tinykd.prune import prune, sparsity
-from tinykd.cluster import quantize_scheme
-from tinykd.quantize import load_model, quantize
+from tinykd.quantize import load_model, quantize, quantize_scheme
 from tinykd.verify import measure_arena, verify
 
 STUDENT = ModelConfig(filters=(8, 16), head="pool_flatten")
@@ -27,12 +26,12 @@ def student(smoke_data):
 @pytest.fixture(scope="module")
 def pruned(student, tiny_teacher, smoke_data):
     cfg = PruneConfig(target_sparsity=0.6, epochs=2, batch_size=64, frequency_steps=2)
-    return prune(student, tiny_teacher, smoke_data, cfg, DISTILL, Schedule.of(cfg, seed=0))
+    return prune(student, Teaching(teacher=tiny_teacher, config=DISTILL), smoke_data, cfg, Schedule.of(cfg, seed=0))
 
 
 @pytest.fixture(scope="module")
 def qat(pruned, tiny_teacher, smoke_data):
-    return quantize(pruned, tiny_teacher, smoke_data, DISTILL,
+    return quantize(pruned, Teaching(teacher=tiny_teacher, config=DISTILL), smoke_data,
                     Schedule.of(QuantizeConfig(epochs=1, batch_size=64), seed=0),
                     scheme=quantize_scheme(clustered=False, preserve_sparsity=True))
 

@@ -5,7 +5,7 @@ import pytest
 
 from tinykd import models
 from tinykd.config import DistillConfig, HintConfig, ModelConfig
-from tinykd.distill import Distiller, Schedule, distill
+from tinykd.distill import Distiller, Schedule, Teaching, distill
 from tinykd.errors import ConfigError
 from tinykd.keras_shim import keras, tf
 
@@ -23,7 +23,8 @@ def test_teacher_frozen_student_learns(tiny_teacher, smoke_data):
     student_before = [w.copy() for w in student.get_weights()]
     cfg = DistillConfig(student=STUDENT, alpha=0.9, temperature=4.0)
     loss_before = training_loss(student, tiny_teacher, smoke_data, cfg)
-    distill(tiny_teacher, student, smoke_data, cfg, Schedule(epochs=3, batch_size=64, learning_rate=5e-3, seed=0))
+    distill(Teaching(teacher=tiny_teacher, config=cfg), student, smoke_data,
+            Schedule(epochs=3, batch_size=64, learning_rate=5e-3, seed=0))
     for before, after in zip(teacher_before, tiny_teacher.get_weights()):
         np.testing.assert_array_equal(before, after)  # batch-norm statistics included
     changed = [not np.array_equal(b, a) for b, a in zip(student_before, student.get_weights())]
@@ -73,7 +74,8 @@ def test_hint_distillation_trains_through_a_projection(tiny_teacher, smoke_data)
     student = fresh_student(smoke_data)
     hint = HintConfig(teacher_layer="block2_conv1_relu", student_layer="block2_conv1_relu", weight=0.5)
     cfg = DistillConfig(student=STUDENT, hints=(hint,))
-    distill(tiny_teacher, student, smoke_data, cfg, Schedule(epochs=1, batch_size=64, learning_rate=5e-3, seed=0))
+    distill(Teaching(teacher=tiny_teacher, config=cfg), student, smoke_data,
+            Schedule(epochs=1, batch_size=64, learning_rate=5e-3, seed=0))
     distiller = Distiller(student, tiny_teacher, temperature=4.0, alpha=0.9, hints=(hint,))
     # Student block2 has 16 channels, the teacher's 16 as well but a different space: a 1x1 conv maps them.
     projected = distiller.projections[0](distiller.student_features(smoke_data.train.x[:2])[1])

@@ -6,7 +6,7 @@ import pytest
 from conftest import SMOKE_RECIPE
 from tinykd import config, models
 from tinykd.config import AttentionConfig, DistillConfig, HintConfig, ModelConfig
-from tinykd.distill import Distiller, Schedule, attention_map, distill, ensemble, find_layer
+from tinykd.distill import Distiller, Schedule, Teaching, attention_map, distill, ensemble, find_layer
 from tinykd.errors import ConfigError
 from tinykd.keras_shim import keras, tf, tfmot
 from tinykd.pipeline import BuildOptions, build
@@ -87,7 +87,7 @@ def test_only_student_and_projection_weights_change(tiny_teacher, smoke_data):
                           feature_teacher=tiny_teacher)
     trainable = {id(v) for v in distiller.trainable_variables}
     assert trainable == {id(v) for v in student.trainable_variables + distiller.projections[0].trainable_variables}
-    distill(teachers, student, smoke_data, cfg, SCHEDULE, feature_teacher=tiny_teacher)
+    distill(Teaching(teacher=teachers, config=cfg, feature_teacher=tiny_teacher), student, smoke_data, SCHEDULE)
     for a, b in zip(frozen, tiny_teacher.get_weights() + other.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert all(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
@@ -132,7 +132,7 @@ def test_every_method_runs_through_pruning_and_qat_and_never_reaches_the_tflite(
     }
     cfg = config.load(SMOKE_RECIPE, overrides)
     log = []
-    report = build(cfg, tmp_path, BuildOptions(log=log.append))
+    report = build(cfg, tmp_path, BuildOptions(log=log.append)).report
     for stage in ("ensemble", "distill", "prune", "quantize"):
         assert any(line.startswith(f"[{stage}] done") for line in log), stage
     assert report["ensemble"]["teachers"] == 2 and report["ensemble"]["weights"] == [1.0, 0.5]

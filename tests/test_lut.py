@@ -235,7 +235,7 @@ def test_build_with_clustering_and_lut_compression_exports_a_decoding_firmware(t
 
     cfg = config.load(SMOKE_RECIPE, {"name": "lut", "prune": "none", "distill.student.filters": "[16, 32]",
                                      "cluster": "{clusters: 16, epochs: 1, batch_size: 64}", "compress": "{}"})
-    report = build(cfg, tmp_path, BuildOptions())
+    report = build(cfg, tmp_path, BuildOptions()).report
     compression = report["compression"]
     assert compression["identical_outputs"] and compression["checked_samples"] == report["int8"]["test_samples"]
     assert compression["compressed_tensors"] >= 1 and compression["tflite_bytes"] < compression["tflite_bytes_before"]

@@ -14,7 +14,7 @@ from tinykd.pipeline import BuildOptions, build
 
 def smoke_build(runs, overrides):
     cfg = config.load(SMOKE_RECIPE, config.parse_overrides(overrides))
-    return build(cfg, runs, BuildOptions())
+    return build(cfg, runs, BuildOptions()).report
 
 
 def test_image_folder_build_exports_its_preprocessing(tmp_path):

@@ -33,7 +33,7 @@ class Log(list):
 def run_build(runs, overrides=(), force=()):
     log = Log()
     cfg = config.load(SMOKE_RECIPE, config.parse_overrides(overrides))
-    report = build(cfg, runs, BuildOptions(force=tuple(force), log=log))
+    report = build(cfg, runs, BuildOptions(force=tuple(force), log=log)).report
     return report, log
 
 
@@ -90,7 +90,7 @@ def test_every_stage_is_measured_as_int8_on_the_board(first, runs):
     assert shipped["tflm_accuracy"] == report["int8"]["tflm_accuracy"]
     assert shipped["flash_bytes"] == report["board"]["flash_bytes"] and shipped["latency_ms"] == report["board"]["latency_ms"]
     # The pruned row is the pruned float model converted again and measured again, here, independently.
-    from tinykd.pipeline import _load
+    from tinykd.models import load_model as _load
 
     cfg = config.load(SMOKE_RECIPE)
     data = data_layer.load(cfg.data, cfg.data.seed)

@@ -118,12 +118,12 @@ def test_structured_pruning_in_a_build_meets_a_mac_budget(tmp_path):
     from tinykd.pipeline import BuildOptions, build
 
     unpruned = config.load(SMOKE_RECIPE, {"prune": "none", "name": "dense"})
-    dense = build(unpruned, tmp_path, BuildOptions())
+    dense = build(unpruned, tmp_path, BuildOptions()).report
     dense_macs = dense["stages"][-1]["macs"]
     cfg = config.load(SMOKE_RECIPE, {"prune": "{method: structured, step_fraction: 0.3, max_steps: 4, "
                                                f"epochs: 1, batch_size: 64, budget: {{macs: {dense_macs // 2}}}, "
                                                "max_accuracy_drop: 0.9, rewind_epochs: 1}"})
-    report = build(cfg, tmp_path, BuildOptions())
+    report = build(cfg, tmp_path, BuildOptions()).report
     steps = json.loads((tmp_path / cfg.name / "prune" / "stage.json").read_text())["metrics"]["steps"]
     assert steps[0]["macs"] == dense_macs and steps[-1]["macs"] <= dense_macs // 2
     assert [s["step"] for s in steps] == list(range(len(steps))) and all(s["kept"] for s in steps)

@@ -14,7 +14,11 @@ import tempfile
 import time
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
 
 RECORD = "stage.json"
 
@@ -74,7 +78,7 @@ def save_model(model, path: Path) -> Path:
     temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         with warnings.catch_warnings():
-            # HDF5 is chosen on purpose for QAT models (see pipeline): Keras' .keras format loses their quantizers.
+            # HDF5 is chosen on purpose for QAT models (see quantize): Keras' .keras format loses their quantizers.
             warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
             model.save(temporary)
         os.replace(temporary, path)
@@ -98,12 +102,66 @@ def key(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class Run:
-    """The folder `runs/<name>/`: one sub-folder per stage, each with its artifacts and its record."""
+@dataclass(frozen=True)
+class Done(Generic[T]):
+    """What a finished (or reused) stage hands on: its value and its record."""
 
-    def __init__(self, root: Path, force: tuple[str, ...] = ()):
+    value: T
+    record: dict
+
+    @property
+    def run_id(self) -> str:
+        """Changes on every redo of the stage; stages after it put it in their keys."""
+        return self.record["run_id"]
+
+
+class Run:
+    """The folder `runs/<name>/`: one sub-folder per stage, each with its artifacts and its record.
+
+    `log` receives one line per stage (reused or done), `verbose` is Keras' progress level for training stages;
+    `records` collects every stage's record for the report.
+    """
+
+    def __init__(self, root: Path, force: tuple[str, ...] = (), log: Callable[[str], None] = lambda message: None,
+                 verbose: int = 0):
         self.root = root
         self.force = set(force)
+        self.log = log
+        self.verbose = verbose
+        self.records: dict[str, dict] = {}
+
+    def step(self, name: str, stage_key: str, compute: Callable[[], tuple[T, dict]],
+             save: Callable[[Path, T], None] | None = None, load: Callable[[Path], T] | None = None,
+             artifact: str | None = None) -> Done[T]:
+        """Run one stage, or reuse it when its record holds `stage_key` (and its `artifact` file exists).
+
+        Args:
+            compute: () -> (value, metrics); runs only when the stage is not reused.
+            save: (folder, value) -> None, writes the artifacts atomically before the record is written.
+            load: folder -> value, read back from the artifacts, whether just computed or reused, so a rebuild
+                hands on exactly what a first build does; without it a reused stage's value is None.
+        """
+        folder = self.root / name
+        record = self.cached(name, stage_key)
+        if record is not None and artifact is not None and not (folder / artifact).exists():
+            record = None
+        if record is not None:
+            self.log(f"[{name}] unchanged, reusing {folder} (--force {name} to redo)")
+            value = load(folder) if load is not None else None
+        else:
+            self.start(name)
+            started = time.time()
+            value, metrics = compute()
+            if save is not None:
+                save(folder, value)
+            record = self.finish(name, stage_key, metrics, started)
+            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in metrics.items() if not isinstance(v, (dict, list, tuple)))
+            self.log(f"[{name}] done in {record['seconds']:.1f} s" + (f": {shown}" if shown else ""))
+            if load is not None:
+                value = load(folder)
+        self.records[name] = record
+        return Done(value, record)
 
     def dir(self, stage: str) -> Path:
         path = self.root / stage

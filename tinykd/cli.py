@@ -65,24 +65,22 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
     def log(message: str) -> None:
         click.echo(f"{time.time() - started:7.1f}s {message}")
 
-    from tinykd.pipeline import BuildOptions, build as run_build
+    from tinykd.pipeline import BuildOptions, build as run_build, check as check_build
 
     progress = 0 if quiet else (1 if sys.stdout.isatty() else 2)
     options = BuildOptions(force=force, data_dirs=data_dirs, verbose=progress, log=log)
     if check:
-        from tinykd import manifest
+        from tinykd.manifest import NAME
 
-        log(f"checking {runs_dir / cfg.name / manifest.NAME}: rebuilding {cfg.name} from {recipe} from scratch")
-        path = manifest.check(cfg, runs_dir, options)
+        log(f"checking {runs_dir / cfg.name / NAME}: rebuilding {cfg.name} from {recipe} from scratch")
+        path = check_build(cfg, runs_dir, options)
         log(f"check passed: every .tflite and exported file is byte-identical to {path}")
         return
     log(f"building {cfg.name} from {recipe} into {runs_dir / cfg.name}")
-    report = run_build(cfg, runs_dir, options)
-    int8 = report["int8"]
-    teacher = report["stages"][0]
-    log(f"done: teacher {teacher['test_accuracy']:.2%} -> int8 student {int8['tflm_accuracy']:.2%} in TFLite Micro, "
-        f"{int8['tflite_bytes']:,} B .tflite, {int8['arena_bytes_host']:,} B arena; "
-        f"report: {runs_dir / cfg.name / 'report.md'}")
+    result = run_build(cfg, runs_dir, options)
+    log(f"done: teacher {result.teacher_accuracy:.2%} -> int8 student {result.tflm_accuracy:.2%} in TFLite Micro, "
+        f"{result.tflite_bytes:,} B .tflite, {result.arena_bytes:,} B arena; "
+        f"report: {result.run_dir / 'report.md'}")
 
 
 @cli.command()

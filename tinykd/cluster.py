@@ -14,21 +14,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinykd.config import DistillConfig
+from tinykd import artifacts, config
+from tinykd.artifacts import Run
 from tinykd.data import Dataset
-from tinykd.distill import Schedule, distill
+from tinykd.distill import Schedule, Student, Teaching, distill, float_stage
 from tinykd.keras_shim import tfmot
-from tinykd.prune import clone, sparsity
+from tinykd.models import clone
+from tinykd.prune import sparsity
 
 _KERNELS = {"kernel", "depthwise_kernel", "pointwise_kernel"}
 
 
-def cluster(student, teacher, data: Dataset, clusters: int, distill_cfg: DistillConfig, schedule: Schedule,
-            feature_teacher=None):
-    """Cluster a clone of `student` to `clusters` values per kernel while distilling from `teacher`.
+def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, student: Student) -> Student:
+    """The cluster stage: shared weight values per kernel, so LUT compression can store indices."""
+
+    def train():
+        clustered = cluster(student.model, teaching, data, cfg.cluster.clusters,
+                            Schedule.of_recipe(cfg.cluster, cfg, run))
+        return clustered, {"most_values_per_kernel": max(unique_kernel_values(clustered).values())}
+
+    return float_stage(run, "cluster", artifacts.key("cluster", config.as_dict(cfg.cluster), student.run_id), data,
+                       train)
+
+
+def cluster(student, teaching: Teaching, data: Dataset, clusters: int, schedule: Schedule):
+    """Cluster a clone of `student` to `clusters` values per kernel while distilling from `teaching`.
 
     A pruned student (one with zero kernel weights) keeps its zeros: TFMOT then reserves one of the clusters
-    for zero, and quantization-aware training must use `quantize_scheme(clustered=True, preserve_sparsity=True)`.
+    for zero, and quantization-aware training must use
+    `tinykd.quantize.quantize_scheme(clustered=True, preserve_sparsity=True)`.
 
     Returns:
         The stripped clone; neither `student` nor `teacher` changes.
@@ -41,19 +55,8 @@ def cluster(student, teacher, data: Dataset, clusters: int, distill_cfg: Distill
         # k-means++ places centroids where the weights are dense; TFMOT seeds it, so the result is repeatable.
         cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS,
         preserve_sparsity=sparsity(student) > 0.0)
-    distill(teacher, clustered, data, distill_cfg, schedule, feature_teacher=feature_teacher)
+    distill(teaching, clustered, data, schedule)
     return tfmot.clustering.keras.strip_clustering(clustered)
-
-
-def quantize_scheme(*, clustered: bool, preserve_sparsity: bool):
-    """The TFMOT QAT scheme that keeps what earlier stages made: clusters, zeros, both (PCQAT) or neither."""
-    if clustered:
-        # preserve_sparsity=True is TFMOT's prune- and cluster-preserving QAT (PCQAT).
-        return tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
-            preserve_sparsity=preserve_sparsity)
-    if preserve_sparsity:
-        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
 
 
 def unique_kernel_values(model) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import yaml
 
-from tinykd.audio.frontend import FrontendConfig
 from tinykd.errors import ConfigError
 
 # What `--smoke` changes in any recipe: a few hundred samples and one epoch per stage, so a build takes seconds
@@ -31,6 +31,19 @@ SMOKE_OVERRIDES = {
     "quantize.epochs": 1,
     "convert.representative_samples": 32,
 }
+
+# Data formats tinykd.data has a reader for (tinykd.data.READERS, one per name).
+DATA_FORMATS = ("fashion_mnist", "image_folder", "arrays", "speech_commands")
+
+# The architecture zoo (tinykd.models) and its classifier heads.
+ARCHITECTURES = ("cnn", "ds_cnn", "mlp")
+# gap: global average pooling (converts to MEAN, whose int8 kernels in TFLite Micro and in TFLite's reference
+#      kernels round differently: outputs can differ by 1 LSB, so a near-tie can flip the top-1 class).
+# flatten / pool_flatten: classify the whole last feature map (max-pooled by 2 first for pool_flatten) with one
+#      convolution; bit-exact in both runtimes unless a hidden dense layer (dense_units) brings FULLY_CONNECTED.
+# avgpool: average the whole last feature map with AVERAGE_POOL_2D (the same numbers as gap; bit-identical in
+#      both runtimes on every KWS test clip so far, where MEAN was not), then classify with a 1x1 convolution.
+HEADS = ("gap", "avgpool", "flatten", "pool_flatten")
 
 
 class _Invalid(ValueError):
@@ -109,11 +122,9 @@ class DataConfig:
     labeled_samples: int | None = None
 
     def __post_init__(self):
-        from tinykd.data import READERS
-
         _require(self.seed >= 0, "seed", "must be 0 or more (it seeds the split)")
 
-        _require(self.format in READERS, "format", f"must be one of {', '.join(sorted(READERS))}")
+        _require(self.format in DATA_FORMATS, "format", f"must be one of {', '.join(sorted(DATA_FORMATS))}")
         _require(self.format == "fashion_mnist" or bool(self.path), "path",
                  f"is required for format {self.format}: the folder or file holding your data")
         _require(0.0 < self.val_fraction < 0.5, "val_fraction", "must be between 0 and 0.5 (e.g. 0.1)")
@@ -166,8 +177,6 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        from tinykd.models import ARCHITECTURES, HEADS
-
         _require(self.arch in ARCHITECTURES, "arch", f"must be one of {sorted(ARCHITECTURES)}")
         _require(self.head in HEADS, "head", f"must be one of {sorted(HEADS)}")
         _require(len(self.filters) > 0 and all(f > 0 for f in self.filters), "filters",
@@ -452,6 +461,89 @@ class TargetConfig:
         known = load_boards()
         _require(self.board in known, "board", f"unknown board; known: {', '.join(sorted(known))} "
                                                "(list them with `tinykd boards`)")
+
+
+FRONTEND_KINDS = ("microfrontend",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrontendConfig:
+    """TFLite Micro's audio microfrontend settings; the defaults are micro_speech's (49 frames x 40 channels).
+
+    Each field feeds one field of the C library's `struct FrontendConfig` (frontend_util.h), named in
+    `tinykd.audio.settings`, except `kind` and `clip_ms`, which are tinykd's: which front-end, and how much audio
+    one inference sees. Sample counts are `ms * sample_rate_hz / 1000`, truncated, as the library computes them.
+    """
+
+    kind: str = "microfrontend"
+    sample_rate_hz: int = 16000
+    clip_ms: int = 1000
+    window_size_ms: int = 30
+    window_stride_ms: int = 20
+    num_channels: int = 40
+    lower_band_limit_hz: float = 125.0
+    upper_band_limit_hz: float = 7500.0
+    smoothing_bits: int = 10
+    even_smoothing: float = 0.025
+    odd_smoothing: float = 0.06
+    min_signal_remaining: float = 0.05
+    enable_pcan: bool = True
+    pcan_strength: float = 0.95
+    pcan_offset: float = 80.0
+    gain_bits: int = 21
+    enable_log: bool = True
+    scale_shift: int = 6
+
+    def __post_init__(self):
+        _require(self.kind in FRONTEND_KINDS, "kind",
+                 f"must be one of {', '.join(FRONTEND_KINDS)} (MFCC is not implemented yet)")
+        _require(8000 <= self.sample_rate_hz <= 48000 and self.sample_rate_hz % 1000 == 0, "sample_rate_hz",
+                 "must be a whole number of kHz from 8000 to 48000, e.g. 16000")
+        _require(self.window_size_ms >= 1, "window_size_ms", "must be at least 1, e.g. 30")
+        _require(1 <= self.window_stride_ms <= self.window_size_ms, "window_stride_ms",
+                 f"must be from 1 to window_size_ms ({self.window_size_ms}), so no audio is skipped, e.g. 20")
+        _require(self.clip_ms >= self.window_size_ms, "clip_ms",
+                 f"must be at least window_size_ms ({self.window_size_ms}) to give one frame, e.g. 1000")
+        _require(1 <= self.num_channels <= self.window_samples // 2, "num_channels",
+                 f"must be from 1 to {self.window_samples // 2} (half the window's samples), e.g. 40")
+        nyquist_hz = self.sample_rate_hz / 2
+        _require(math.isfinite(self.lower_band_limit_hz) and 0.0 <= self.lower_band_limit_hz < nyquist_hz,
+                 "lower_band_limit_hz", f"must be in [0, {nyquist_hz:g}) Hz, e.g. 125.0")
+        # The filterbank needs an FFT bin above its upper limit, and the last bin is at Nyquist.
+        _require(math.isfinite(self.upper_band_limit_hz)
+                 and self.lower_band_limit_hz < self.upper_band_limit_hz < nyquist_hz,
+                 "upper_band_limit_hz", f"must be above lower_band_limit_hz and below {nyquist_hz:g} Hz (Nyquist), "
+                 "e.g. 7500.0")
+        _require(0 <= self.smoothing_bits <= 16, "smoothing_bits", "must be from 0 to 16, e.g. 10")
+        for key in ("even_smoothing", "odd_smoothing", "min_signal_remaining"):
+            _require(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
+        _require(math.isfinite(self.pcan_strength) and self.pcan_strength >= 0.0, "pcan_strength",
+                 "must be 0 or more, e.g. 0.95")
+        _require(math.isfinite(self.pcan_offset) and self.pcan_offset > 0.0, "pcan_offset",
+                 "must be positive, e.g. 80.0")
+        _require(1 <= self.gain_bits <= 30, "gain_bits", "must be from 1 to 30, e.g. 21")
+        _require(0 <= self.scale_shift <= 16, "scale_shift", "must be from 0 to 16, e.g. 6")
+
+    @property
+    def clip_samples(self) -> int:
+        return self.clip_ms * self.sample_rate_hz // 1000
+
+    @property
+    def window_samples(self) -> int:
+        return self.window_size_ms * self.sample_rate_hz // 1000
+
+    @property
+    def stride_samples(self) -> int:
+        return self.window_stride_ms * self.sample_rate_hz // 1000
+
+    @property
+    def frames(self) -> int:
+        """Feature frames per clip, as the op counts them: every whole window, none padded."""
+        return (self.clip_samples - self.window_samples) // self.stride_samples + 1
+
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        return (self.frames, self.num_channels)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,16 +2,92 @@
 
 from __future__ import annotations
 
+import gzip
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
+from tinykd import artifacts, config
+from tinykd.artifacts import Run
+from tinykd.data import Dataset
 from tinykd.errors import ConversionError
 from tinykd.keras_shim import lite_interpreter, native_logs, tf
 
 # Ops that legitimately touch float tensors in a full-int8 model: none. QUANTIZE/DEQUANTIZE between int8 types
 # are fine, a float one means the input or output was left in float.
 _FLOAT_TYPES = {np.float32, np.float16, np.float64}
+
+
+@dataclass(frozen=True)
+class Converted:
+    """An int8 .tflite the build ships, the id of the run that made it, and the memory TFLM needs beyond the
+    arena to decode it (LUT compression; 0 for a plain model)."""
+
+    tflite: bytes
+    run_id: str
+    decompression_memory_bytes: int = 0
+
+
+def stage(run: Run, cfg: config.Config, data: Dataset, student) -> Converted:
+    """The convert stage: full-int8 .tflite of the last training stage's model (`student`: tinykd.distill.Student),
+    calibrated on training samples; fails naming any float op."""
+    from tinykd import model_file
+
+    def compute():
+        run.log("[convert] full-int8 conversion" + ("" if cfg.quantize else
+                                                    " (post-training quantization: quantize is none)"))
+        tflite = int8_model(student.model, data, cfg, cfg.convert.representative_samples)
+        info = model_file.read(tflite, str(run.root / "convert" / "model.tflite"))
+        if cfg.frontend is not None:
+            _check_frontend_input(info, run.root / "convert" / "model.tflite")
+        return tflite, {"tflite_bytes": len(tflite), "gzip_bytes": gzip_bytes(tflite), "ops": list(info.op_names),
+                        "input": _tensor(info.inputs[0]), "output": _tensor(info.outputs[0])}
+
+    done = run.step("convert", artifacts.key("convert", config.as_dict(cfg.convert), student.run_id), compute,
+                    save=lambda folder, tflite: artifacts.write_bytes(folder / "model.tflite", tflite),
+                    load=lambda folder: (folder / "model.tflite").read_bytes(), artifact="model.tflite")
+    return Converted(done.value, done.run_id)
+
+
+def int8_model(model, data: Dataset, cfg: config.Config, samples: int) -> bytes:
+    """Full-int8 .tflite of `model`, calibrated on `samples` seeded training samples: post-training quantization
+    for a float model, learned ranges for a QAT one.
+
+    For an audio recipe calibration also sees both ends of the front-end's int8 grid, so the converted input scale
+    and zero point are the front-end's (1/256, -128) and the firmware copies its int8 features straight into the
+    input tensor (a QAT model's input quantizer is pinned to the same range by tinykd.quantize).
+    """
+    rng = np.random.default_rng(cfg.seed)
+    picks = rng.choice(len(data.train), size=min(samples, len(data.train)), replace=False)
+    representative = data.train.x[np.sort(picks)]
+    if cfg.frontend is not None:
+        from tinykd.audio import to_model_input
+
+        low, high = (float(to_model_input(np.array([edge], dtype=np.int8))[0]) for edge in (-128, 127))
+        edges = np.stack([np.full(representative.shape[1:], low), np.full(representative.shape[1:], high)])
+        representative = np.concatenate([edges.astype(representative.dtype), representative])
+    return convert(model, representative)
+
+
+def gzip_bytes(tflite: bytes) -> int:
+    """The gzip size of a model (information only: TFLM cannot run a gzipped model)."""
+    return len(gzip.compress(tflite, compresslevel=9, mtime=0))
+
+
+def _check_frontend_input(info, path) -> None:
+    from tinykd.audio import INPUT_SCALE, INPUT_ZERO_POINT
+
+    given = info.inputs[0]
+    if given.scale != INPUT_SCALE or given.zero_point != INPUT_ZERO_POINT:
+        raise ConversionError(
+            f"{path}: the converted input has scale {given.scale} and zero point {given.zero_point}, not the "
+            f"front-end's {INPUT_SCALE} and {INPUT_ZERO_POINT}, so the firmware's int8 features would not be the "
+            "model's input. This is a tinykd bug; please report it with the recipe.")
+
+
+def _tensor(info) -> dict:
+    return {"shape": list(info.shape), "dtype": info.dtype, "scale": info.scale, "zero_point": info.zero_point}
 
 
 def convert(model, representative: np.ndarray) -> bytes:

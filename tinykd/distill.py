@@ -6,15 +6,18 @@ loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alp
 
 The same Distiller fine-tunes the pruned and the quantization-aware student, so every stage keeps learning from
 the teacher; layers are found by name through TFMOT's wrappers. Without augmentation, teacher logits are
-computed once per split and fed in with the labels; hints and attention run the teacher per batch.
+computed once per split (or handed in with the `Teaching`) and fed in with the labels; hints and attention run the
+teacher per batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from tinykd import artifacts, config, models
+from tinykd.artifacts import Run
 from tinykd.config import AugmentConfig, DistillConfig
 from tinykd.data import Dataset, Split
 from tinykd.errors import ConfigError
@@ -38,9 +41,91 @@ class Schedule:
         return cls(epochs=section.epochs, batch_size=section.batch_size, learning_rate=section.learning_rate,
                    seed=seed, verbose=verbose, augment=augment)
 
+    @classmethod
+    def of_recipe(cls, section, cfg: config.Config, run: Run) -> "Schedule":
+        """The schedule of a recipe section in a build: the recipe's seed and augmentation, the run's verbosity."""
+        return cls.of(section, seed=cfg.seed, verbose=run.verbose, augment=cfg.data.augment)
+
     @property
     def augmenting(self) -> bool:
         return self.augment is not None and self.augment.active
+
+
+@dataclass(frozen=True, kw_only=True)
+class Teaching:
+    """Who teaches and how, handed to every training stage (distill, prune, cluster, quantize).
+
+    `soft_targets` holds the teacher's logits per split name ("train", "val", "train+unlabeled": the training split
+    with the unlabelled inputs appended), computed once by the build; a split without them is run through the
+    teacher when a training run needs it.
+    """
+
+    teacher: object  # gives the soft targets: the main teacher, or the ensemble of it and `extra_teachers`
+    config: DistillConfig
+    feature_teacher: object | None = None  # whose layers hints and attention read; default `teacher`
+    extra_teachers: tuple = ()  # an ensemble's members besides the main teacher (for the record; `teacher` has them)
+    soft_targets: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def logits(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The teacher's logits on split `name` with inputs `x`."""
+        given = self.soft_targets.get(name)
+        if given is not None and given.shape == (len(x), self.teacher.output_shape[-1]):
+            return given
+        return teacher_logits(self.teacher, x)
+
+
+@dataclass(frozen=True)
+class Student:
+    """A training stage's model and the id of the run that made it (later stages key on it)."""
+
+    model: object
+    run_id: str
+
+
+def stage(run: Run, cfg: config.Config, data: Dataset, teachers) -> Student:
+    """The distill stage: a fresh student learns from the frozen teacher(s) (`teachers`: tinykd.teacher.Teachers).
+
+    Round 1 learns from the teacher(s); each further round ("born-again") from the previous round's student,
+    frozen, on the logits term only (hint and attention layers name the teacher's layers).
+    """
+
+    def train():
+        schedule = Schedule.of_recipe(cfg.distill, cfg, run)
+        student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student",
+                               seed=schedule.seed)
+        distill(teachers.teaching, student, data, schedule)
+        rounds = [{"round": 1, "val_accuracy": accuracy(student, data.val),
+                   "test_accuracy": accuracy(student, data.test)}]
+        for number in range(2, cfg.distill.rounds + 1):
+            previous = models.clone(student)
+            run.log(f"[distill] born-again round {number} of {cfg.distill.rounds}: the round {number - 1} student "
+                    "teaches a fresh one")
+            student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student",
+                                   seed=schedule.seed + number - 1)
+            distill(Teaching(teacher=previous, config=replace(cfg.distill, hints=(), attention=())), student, data,
+                    replace(schedule, seed=schedule.seed + number - 1))
+            rounds.append({"round": number, "val_accuracy": accuracy(student, data.val),
+                           "test_accuracy": accuracy(student, data.test)})
+        return student, ({"rounds": rounds} if cfg.distill.rounds > 1 else {})
+
+    return float_stage(run, "distill", artifacts.key("distill", config.plain((cfg.distill, cfg.seed)),
+                                                     teachers.run_id), data, train)
+
+
+def float_stage(run: Run, name: str, key: str, data: Dataset, train) -> Student:
+    """A training stage whose result is a float Keras model: `train() -> (model, extra metrics)`, then its
+    accuracy, size and float .tflite bytes are recorded and it is saved as `<name>.keras`."""
+    from tinykd.convert import convert_float
+
+    def compute():
+        run.log(f"[{name}] running")
+        model, extra = train()
+        return model, model_metrics(model, data) | extra | {"tflite_float_bytes": len(convert_float(model))}
+
+    file = f"{name}.keras"
+    done = run.step(name, key, compute, save=lambda folder, model: artifacts.save_model(model, folder / file),
+                    load=lambda folder: models.load_model(folder / file), artifact=file)
+    return Student(done.value, done.run_id)
 
 
 class Distiller(keras.Model):
@@ -159,45 +244,39 @@ def ensemble(teachers, weights, temperature: float):
     return keras.Model(inputs, logits, name="ensemble")
 
 
-def distill(teacher, student, data: Dataset, cfg: DistillConfig, schedule: Schedule, callbacks=(),
-            feature_teacher=None):
-    """Train `student` (a fresh or a TFMOT-wrapped model) against `teacher`; returns the trained student.
+def distill(teaching: Teaching, student, data: Dataset, schedule: Schedule, callbacks=()):
+    """Train `student` (a fresh or a TFMOT-wrapped model) against `teaching`'s teacher; returns the trained student.
 
-    `teacher` gives the soft targets; `feature_teacher` (default: `teacher`) the layers hints and attention read.
     The teacher is not modified. `student` is trained in place, as Keras does; callers pass a clone
     (TFMOT's prune and quantize wrappers already are clones). Unlabelled inputs (`data.unlabeled`) join the
     training split whenever the teacher teaches.
     """
+    cfg = teaching.config
     keras.utils.set_random_seed(schedule.seed)
-    distiller = Distiller(student, teacher, temperature=cfg.temperature, alpha=cfg.alpha, hints=cfg.hints,
-                          attention=cfg.attention, feature_teacher=feature_teacher)
-    train_split = _with_unlabeled(data) if cfg.teaches else data.train
+    distiller = Distiller(student, teaching.teacher, temperature=cfg.temperature, alpha=cfg.alpha, hints=cfg.hints,
+                          attention=cfg.attention, feature_teacher=teaching.feature_teacher)
+    train_name, train_split = training_split(data) if cfg.teaches else ("train", data.train)
     distiller.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(train_split))))
     # Precomputed logits would describe the un-augmented images; with augmentation the teacher runs per batch.
     use_teacher_logits = cfg.alpha > 0.0 and not schedule.augmenting
-    train = _dataset(train_split, teacher if use_teacher_logits else None, schedule, training=True)
-    val = _dataset(data.val, teacher if use_teacher_logits else None, schedule, training=False)
+    train = _dataset(train_split, teaching.logits(train_name, train_split.x) if use_teacher_logits else None,
+                     schedule, training=True)
+    val = _dataset(data.val, teaching.logits("val", data.val.x) if use_teacher_logits else None, schedule,
+                   training=False)
     with native_logs():
         distiller.fit(train, validation_data=val, epochs=schedule.epochs, verbose=schedule.verbose,
                       callbacks=list(callbacks))
     return student
 
 
-_UNLABELED_CACHE: list[tuple[np.ndarray, np.ndarray, Split]] = []
-
-
-def _with_unlabeled(data: Dataset) -> Split:
-    """The training split plus the unlabelled inputs (label -1), built once per dataset so the teacher's
-    logits on it are computed once and reused by distill, prune and quantize."""
+def training_split(data: Dataset) -> tuple[str, Split]:
+    """The split a teacher teaches on, and its name in `Teaching.soft_targets`: the training split plus the
+    unlabelled inputs (label -1) when there are any."""
     if data.unlabeled is None or len(data.unlabeled) == 0:
-        return data.train
-    for train_x, unlabeled, combined in _UNLABELED_CACHE:
-        if train_x is data.train.x and unlabeled is data.unlabeled:
-            return combined
-    combined = Split(x=np.concatenate([data.train.x, data.unlabeled]),
-                     y=np.concatenate([data.train.y, np.full(len(data.unlabeled), -1, dtype=data.train.y.dtype)]))
-    _UNLABELED_CACHE[:] = [(data.train.x, data.unlabeled, combined)]
-    return combined
+        return "train", data.train
+    return "train+unlabeled", Split(
+        x=np.concatenate([data.train.x, data.unlabeled]),
+        y=np.concatenate([data.train.y, np.full(len(data.unlabeled), -1, dtype=data.train.y.dtype)]))
 
 
 def train_on_labels(model, data: Dataset, schedule: Schedule):
@@ -213,6 +292,12 @@ def train_on_labels(model, data: Dataset, schedule: Schedule):
     return model
 
 
+def model_metrics(model, data: Dataset) -> dict:
+    """Validation and test accuracy, parameters and MACs of a Keras model: what every model stage records."""
+    return {"val_accuracy": accuracy(model, data.val), "test_accuracy": accuracy(model, data.test),
+            "params": int(model.count_params()), "macs": models.count_macs(model)}
+
+
 def accuracy(model, split: Split, batch_size: int = 256) -> float:
     """Top-1 accuracy of a Keras model that outputs logits."""
     with native_logs():
@@ -220,15 +305,12 @@ def accuracy(model, split: Split, batch_size: int = 256) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == split.y))
 
 
-def _dataset(split: Split, teacher, schedule: Schedule, training: bool):
-    """Batches of (x, labels) or, with a teacher, (x, (labels, teacher logits)) computed once up front.
+def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, training: bool):
+    """Batches of (x, labels) or, given the teacher's logits, (x, (labels, teacher logits)).
 
     Training batches are shuffled and, when the recipe asks, augmented; evaluation batches never are.
     """
-    if teacher is not None:
-        targets = (split.y, teacher_logits(teacher, split.x))
-    else:
-        targets = split.y
+    targets = split.y if logits is None else (split.y, logits)
     dataset = tf.data.Dataset.from_tensor_slices((split.x, targets))
     if training:
         dataset = dataset.shuffle(len(split), seed=schedule.seed, reshuffle_each_iteration=True)
@@ -238,29 +320,10 @@ def _dataset(split: Split, teacher, schedule: Schedule, training: bool):
     return dataset.batch(schedule.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-_LOGITS_CACHE: list[tuple[object, np.ndarray, np.ndarray]] = []
-
-
 def teacher_logits(teacher, x: np.ndarray) -> np.ndarray:
-    """The teacher's logits on `x`, computed once per (teacher, array) and reused by distill, prune and quantize.
-
-    Entries hold the teacher and the array themselves, so an identity match can never be a recycled id.
-    """
-    for cached_teacher, cached_x, logits in _LOGITS_CACHE:
-        if cached_teacher is teacher and cached_x is x:
-            return logits
+    """The teacher's logits on `x`."""
     with native_logs():
-        logits = teacher.predict(x, batch_size=512, verbose=0)
-    return remember_logits(teacher, x, logits)
-
-
-def remember_logits(teacher, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """Use `logits` as the teacher's output on `x` (logits the build saved with its cached teacher)."""
-    if logits.shape != (len(x), teacher.output_shape[-1]):
-        raise ValueError(f"teacher logits of shape {logits.shape} cannot belong to {len(x)} samples")
-    _LOGITS_CACHE.append((teacher, x, logits))
-    del _LOGITS_CACHE[:-4]  # train and validation of the current build, plus one earlier teacher
-    return logits
+        return teacher.predict(x, batch_size=512, verbose=0)
 
 
 def _augmenter(augment: AugmentConfig, shape: tuple[int, int, int], seed: int):

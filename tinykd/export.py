@@ -17,8 +17,10 @@ from string import Template
 
 import numpy as np
 
-from tinykd import audio, model_file
+from tinykd import artifacts, audio, config, model_file
+from tinykd.artifacts import Run
 from tinykd.audio import FrontendConfig
+from tinykd.data import Dataset
 from tinykd.errors import ExportError, ModelError
 from tinykd.report import arena
 
@@ -91,6 +93,53 @@ class FirmwareSpec:
     raw_scale: float = 1.0
     raw_offset: float = 0.0
     raw_description: str = ""
+
+
+def stage(run: Run, cfg: config.Config, data: Dataset, model, verified) -> tuple[str, ...]:
+    """The export stage: C/C++ files for TFLite Micro firmware of `model` (tinykd.convert.Converted), with the
+    arena the verify stage found (`verified`: tinykd.verify.Verified) plus any decompression memory; returns the
+    file names. For an audio recipe the exported front-end settings must reproduce every test clip's features."""
+    decompression = model.decompression_memory_bytes
+    spec = FirmwareSpec(name=cfg.export_name, labels=data.labels, arena_bytes=verified.arena_bytes + decompression,
+                        decompression_memory_bytes=decompression,
+                        raw_scale=data.preprocessing.raw_scale, raw_offset=data.preprocessing.raw_offset,
+                        raw_description=data.preprocessing.description)
+
+    def compute():
+        out_dir = run.dir("export")
+        files = export(model.tflite, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data))
+        metrics = {"file_count": len(files), "files": [f.name for f in files]}
+        if cfg.frontend is not None:
+            metrics["frontend_parity"] = _frontend_parity(out_dir / f"{spec.name}_model_settings.h", data)
+        return None, metrics
+
+    done = run.step("export", artifacts.key("export", config.plain(spec.__dict__), model.run_id), compute)
+    return tuple(done.record["metrics"]["files"])
+
+
+def _golden_clip(data: Dataset) -> np.ndarray | None:
+    """The first test clip of a keyword (not silence or unknown), for the firmware's golden vectors."""
+    if data.test_audio is None:
+        return None
+    keyword = [i for i, label in enumerate(data.labels) if not label.startswith("_")]
+    index = next((i for i, y in enumerate(data.test.y) if y in keyword), 0)
+    return data.test_audio[index].astype(np.int16)
+
+
+def _frontend_parity(settings_header: Path, data: Dataset) -> dict:
+    """Recompute every test clip's features from the exported settings alone and compare with the training
+    features; a setting lost or changed on the way to model_settings.h fails the build."""
+    from tinykd.verify import quantize_input
+
+    exported = audio.parse_settings(settings_header.read_text())
+    recomputed = audio.to_int8(audio.features(data.test_audio, exported))
+    trained = quantize_input(data.test.x, {"scales": [audio.INPUT_SCALE],
+                                           "zero_points": [audio.INPUT_ZERO_POINT]})[..., 0]
+    identical = int(np.sum(np.all(recomputed == trained, axis=(1, 2))))
+    if identical != len(trained):
+        raise ExportError(f"{settings_header}: the exported front-end settings give different features from the "
+                          f"training features on {len(trained) - identical} of {len(trained)} test clips")
+    return {"test_clips": len(trained), "identical_clips": identical}
 
 
 def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plain", *,

@@ -275,8 +275,8 @@ def _confirm(compressed: bytes, weights: list[_Weight], choices: list[TensorChoi
 def _check(original: bytes, compressed: bytes, inputs: np.ndarray) -> tuple[int, int]:
     """Extra arena the compressed model needs, and on how many inputs its TFLM outputs differ from the original's.
 
-    Arenas are the smallest that allocate and invoke (tinykd.report.arena, in a child process, so a TFLM crash
-    cannot take this process down); the outputs then come from this process at those sizes.
+    Arenas are the smallest that allocate and invoke (tinykd.report.arena); the outputs then come from TFLM at
+    those sizes (tinykd.tflm). Both run in child processes, so a TFLM crash cannot take this process down.
     """
     from tinykd.report import arena
 
@@ -299,18 +299,9 @@ def _culprit(tflite: bytes, weights: list[_Weight], bits_by_index: dict[int, int
 
 def _outputs(tflite: bytes, inputs: np.ndarray, arena_bytes: int) -> np.ndarray:
     """Every output of the model, flattened and concatenated, per input, from the TFLM interpreter."""
-    from tflite_micro.python.tflite_micro import runtime
+    from tinykd import tflm
 
-    from tinykd import model_file
-
-    count = len(model_file.read(tflite).outputs)
-    interpreter = runtime.Interpreter.from_bytes(tflite, arena_size=arena_bytes)
-    rows = []
-    for sample in inputs:
-        interpreter.set_input(sample[np.newaxis], 0)
-        interpreter.invoke()
-        rows.append(np.concatenate([interpreter.get_output(index).ravel() for index in range(count)]))
-    return np.array(rows)
+    return np.concatenate(tflm.outputs(tflite, inputs, arena_bytes), axis=1)
 
 
 def _aligned(size: int) -> int:

@@ -13,11 +13,9 @@ import hashlib
 import importlib.metadata
 import json
 import platform
-import tempfile
 from pathlib import Path
 
 from tinykd import artifacts, config
-from tinykd.errors import ReproducibilityError
 
 NAME = "manifest.json"
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tflite-micro", "numpy", "tinykd")
@@ -48,26 +46,6 @@ def read(path: Path) -> dict:
     except ValueError as error:
         raise ReproducibilityError(f"{path}: not a readable manifest ({error}); build again without "
                                    "--check to rewrite it") from None
-
-
-def check(cfg: config.Config, runs_dir: Path, options) -> Path:
-    """Rebuild `cfg` from scratch in a temporary folder (no reused stage, no cached teacher) and compare it with
-    `runs_dir/<name>/manifest.json`; returns the manifest's path.
-
-    Raises:
-        ReproducibilityError: naming every artifact or input that differs.
-    """
-    from tinykd.pipeline import build
-
-    path = Path(runs_dir) / cfg.name / NAME
-    expected = read(path)
-    with tempfile.TemporaryDirectory(prefix="tinykd-check-") as folder:
-        build(cfg, Path(folder), options)
-        rebuilt = read(Path(folder) / cfg.name / NAME)
-    found = differences(expected, rebuilt)
-    if found:
-        raise ReproducibilityError(f"a rebuild from scratch differs from {path}: {'; '.join(found)}")
-    return path
 
 
 def differences(expected: dict, rebuilt: dict) -> list[str]:

@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinykd.config import ModelConfig
+# The names a recipe may give live with the recipe's schema, which checks them at load.
+from tinykd.config import ARCHITECTURES, HEADS, ModelConfig  # noqa: F401 - part of tinykd.models' API
 
-ARCHITECTURES = ("cnn", "ds_cnn", "mlp")
-# gap: global average pooling (converts to MEAN, whose int8 kernels in TFLite Micro and in TFLite's reference
-#      kernels round differently: outputs can differ by 1 LSB, so a near-tie can flip the top-1 class).
-# flatten / pool_flatten: classify the whole last feature map (max-pooled by 2 first for pool_flatten) with one
-#      convolution; bit-exact in both runtimes unless a hidden dense layer (dense_units) brings FULLY_CONNECTED.
-# avgpool: average the whole last feature map with AVERAGE_POOL_2D (the same numbers as gap; bit-identical in
-#      both runtimes on every KWS test clip so far, where MEAN was not), then classify with a 1x1 convolution.
-HEADS = ("gap", "avgpool", "flatten", "pool_flatten")
 # Batch-norm statistics settle within ~30 steps at 0.9 (Keras' 0.99 needs ~300), so small datasets and short
 # fine-tuning runs evaluate with the statistics they trained with.
 BATCH_NORM_MOMENTUM = 0.9
@@ -131,3 +124,20 @@ def _leaf_layers(model):
             yield inner
         else:
             yield layer
+
+
+def clone(model):
+    """An independent copy of a Keras model, weights included."""
+    from tinykd.keras_shim import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def load_model(path):
+    """Load any model tinykd saved, including quantization-aware ones."""
+    from tinykd.keras_shim import keras, tfmot
+
+    with tfmot.quantization.keras.quantize_scope():
+        return keras.models.load_model(path, compile=False)

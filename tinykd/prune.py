@@ -7,19 +7,59 @@ removes whole filters (tinykd.structured), so the board runs fewer MACs from few
 
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import replace
 
-from tinykd.config import DistillConfig, PruneConfig
+import numpy as np
+
+from tinykd import artifacts, config, models
+from tinykd.artifacts import Run
+from tinykd.config import PruneConfig
 from tinykd.data import Dataset
-from tinykd.distill import Schedule, distill
-from tinykd.keras_shim import keras, tfmot
+from tinykd.distill import Schedule, Student, Teaching, accuracy, distill, float_stage
+from tinykd.keras_shim import tfmot
+from tinykd.models import clone  # noqa: F401 - part of tinykd.prune's API
 
 
-def prune(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: DistillConfig, schedule: Schedule,
-          feature_teacher=None):
-    """Prune a clone of `student` to `cfg.target_sparsity` while distilling from `teacher`; returns the stripped clone.
+def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, student: Student) -> Student:
+    """The prune stage: magnitude pruning to the target sparsity, or structured pruning to a budget, fine-tuned
+    with the distillation loss."""
+
+    def train():
+        schedule = Schedule.of_recipe(cfg.prune, cfg, run)
+        if cfg.prune.method == "magnitude":
+            pruned = prune(student.model, teaching, data, cfg.prune, schedule)
+            return pruned, {"method": "magnitude", "sparsity": round(sparsity(pruned), 4)}
+        board = (cfg.prune.budget.board if cfg.prune.budget else None) or cfg.target.board
+        pruned, steps = prune_structured(student.model, teaching, data, cfg.prune, schedule,
+                                         measure=lambda model: _budget_figures(model, data, cfg, board))
+        for step in steps[1:]:
+            run.log(f"[prune] step {step['step']}: {step['macs']:,} MACs, {step['tflite_bytes']:,} B, "
+                    f"{step['latency_ms']:.2f} ms on {board}, val {step['val_accuracy']:.4f}"
+                    + ("" if step["kept"] else " (over max_accuracy_drop: undone)")
+                    + (f"; after {step['rewind_epochs']} rewind epochs val {step['rewound_val_accuracy']:.4f}"
+                       if "rewind_epochs" in step else ""))
+        return pruned, {"method": "structured", "sparsity": round(sparsity(pruned), 4), "steps": steps,
+                        "budget_board": board,
+                        "budget_met": None if cfg.prune.budget is None
+                        else within_budget(cfg.prune.budget, [s for s in steps if s["kept"]][-1])}
+
+    return float_stage(run, "prune", artifacts.key("prune", config.as_dict(cfg.prune), student.run_id), data, train)
+
+
+def _budget_figures(model, data: Dataset, cfg: config.Config, board: str) -> dict:
+    """MACs, and the int8 .tflite bytes and latency estimate of `tinykd report` (post-training quantized on 100
+    training samples: the figures QAT does not change)."""
+    from tinykd.convert import int8_model
+    from tinykd.report import report
+
+    tflite = int8_model(model, data, cfg, 100)
+    estimate = report(tflite, board)
+    return {"macs": models.count_macs(model), "tflite_bytes": len(tflite), "latency_ms": round(estimate.latency_ms, 3)}
+
+
+def prune(student, teaching: Teaching, data: Dataset, cfg: PruneConfig, schedule: Schedule):
+    """Prune a clone of `student` to `cfg.target_sparsity` while distilling from `teaching`; returns the stripped
+    clone.
 
     Hints and attention carry on through the pruning wrappers (layers are found by their original names).
     """
@@ -32,13 +72,11 @@ def prune(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: Distil
         end_step=end_step, frequency=min(cfg.frequency_steps, end_step))
     student = clone(student)  # TFMOT wraps the given layer objects, so training would change the caller's model
     pruned = tfmot.sparsity.keras.prune_low_magnitude(student, pruning_schedule=sparsity_schedule)
-    distill(teacher, pruned, data, distill_cfg, schedule, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
-            feature_teacher=feature_teacher)
+    distill(teaching, pruned, data, schedule, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
-def prune_structured(student, teacher, data: Dataset, cfg: PruneConfig, distill_cfg: DistillConfig,
-                     schedule: Schedule, measure, feature_teacher=None):
+def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfig, schedule: Schedule, measure):
     """Remove filters step by step until `cfg.budget` is met, recovering with distillation after each step.
 
     Args:
@@ -50,7 +88,6 @@ def prune_structured(student, teacher, data: Dataset, cfg: PruneConfig, distill_
         validation accuracy, whether it was kept); with `cfg.rewind_epochs` the last kept step also has
         `rewind_epochs` and `rewound_val_accuracy`.
     """
-    from tinykd.distill import accuracy
     from tinykd.structured import plan, thin
 
     reference = accuracy(student, data.val)
@@ -60,8 +97,7 @@ def prune_structured(student, teacher, data: Dataset, cfg: PruneConfig, distill_
         if cfg.budget is not None and within_budget(cfg.budget, steps[-1]):
             break
         thinned, _ = thin(current, plan(current, cfg.step_fraction, cfg.score, cfg.scope))
-        distill(teacher, thinned, data, distill_cfg, replace(schedule, seed=schedule.seed + number),
-                feature_teacher=feature_teacher)
+        distill(teaching, thinned, data, replace(schedule, seed=schedule.seed + number))
         step = {"step": number, "val_accuracy": accuracy(thinned, data.val), **measure(thinned)}
         step["kept"] = reference - step["val_accuracy"] <= cfg.max_accuracy_drop
         steps.append(step)
@@ -70,9 +106,9 @@ def prune_structured(student, teacher, data: Dataset, cfg: PruneConfig, distill_
         current = thinned
     if cfg.rewind_epochs and len(steps) > 1 and steps[1]["kept"]:
         # Learning-rate rewinding: the thinned model retrains on the distillation's own learning rate.
-        distill(teacher, current, data, distill_cfg,
-                replace(schedule, epochs=cfg.rewind_epochs, learning_rate=distill_cfg.learning_rate,
-                        seed=schedule.seed + len(steps)), feature_teacher=feature_teacher)
+        distill(teaching, current, data,
+                replace(schedule, epochs=cfg.rewind_epochs, learning_rate=teaching.config.learning_rate,
+                        seed=schedule.seed + len(steps)))
         kept = [step for step in steps if step["kept"]][-1]
         kept["rewind_epochs"] = cfg.rewind_epochs
         kept["rewound_val_accuracy"] = accuracy(current, data.val)
@@ -83,13 +119,6 @@ def within_budget(budget, measured: dict) -> bool:
     """Whether every figure the budget sets is met."""
     return all(getattr(budget, key) is None or measured[key] <= getattr(budget, key)
                for key in ("macs", "tflite_bytes", "latency_ms"))
-
-
-def clone(model):
-    """An independent copy of a Keras model, weights included."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def sparsity(model) -> float:

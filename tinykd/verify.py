@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from tinykd.data import Split
-from tinykd.errors import VerificationError
+from tinykd import artifacts, config, tflm
+from tinykd.artifacts import Run
+from tinykd.data import Dataset, Split
+from tinykd.errors import ModelError, VerificationError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +29,46 @@ class Verification:
     identical_fraction: float
     max_lsb_diff: int
     confusion: tuple[tuple[int, ...], ...]  # TFLM predictions: row = true class, column = predicted class
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What the verify stage hands on: the arena `tinykd report` gives for the recipe's board, and its run id."""
+
+    arena_bytes: int
+    run_id: str
+
+
+def stage(run: Run, cfg: config.Config, data: Dataset, model) -> Verified:
+    """The verify stage: the test split in TFLite Micro and in TFLite's reference kernels (`model`:
+    tinykd.convert.Converted); TFLM accuracy is the one reported.
+
+    Raises:
+        VerificationError: the two runtimes disagree on a top-1 class, so the accuracy depends on the runtime.
+    """
+    from tinykd.report import report
+
+    def compute():
+        test = data.test.head(cfg.verify.max_samples)
+        run.log(f"[verify] {len(test)} test samples in TFLite Micro and TFLite reference kernels")
+        # The report measures the arena in a child process (a crash there cannot take the build down);
+        # verify reuses that measurement instead of searching for the arena a second time.
+        board = report(model.tflite, cfg.target.board, source=str(run.root / "convert" / "model.tflite"))
+        result = verify(model.tflite, test, arena_bytes=board.arena_host_bytes)
+        return None, result.__dict__ | {"arena_bytes": board.arena_host_bytes, "board_report": board.as_dict()}
+
+    done = run.step("verify", artifacts.key("verify", config.as_dict(cfg.verify), cfg.target.board, model.run_id,
+                                            data.fingerprint), compute)
+    metrics = done.record["metrics"]
+    if metrics["top1_agreement"] < 1.0:
+        disagree = round((1.0 - metrics["top1_agreement"]) * metrics["samples"])
+        raise VerificationError(
+            f"TFLite Micro and the TFLite reference kernels disagree on the top-1 class of {disagree} of "
+            f"{metrics['samples']} test inputs (largest output difference {metrics['max_lsb_diff']} LSB), so "
+            f"the accuracy of {run.root / 'convert' / 'model.tflite'} depends on the runtime. TFLite's "
+            "reference FULLY_CONNECTED and MEAN kernels round differently from TFLite Micro's: use a student "
+            "head without them (head: flatten or pool_flatten, dense_units: 0), or measure on the board.")
+    return Verified(metrics["board_report"]["arena_bytes"], done.run_id)
 
 
 def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verification:
@@ -48,21 +86,17 @@ def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verif
         arena = measure_arena(tflite) if arena_bytes is None else arena_bytes
     reference = lite_interpreter(tflite, reference_kernels=True)
     inputs = quantize_input(split.x, reference.get_input_details()[0]["quantization_parameters"])
-    # TFLM's Python invoke holds the GIL, so it runs in a child process on the other core while TFLite's
-    # reference kernels run here; only tflite_micro and numpy are imported there.
-    with tempfile.TemporaryDirectory(prefix="tinykd-verify-") as folder:
-        Path(folder, "model.tflite").write_bytes(tflite)
-        np.save(Path(folder, "inputs.npy"), inputs)
-        child = subprocess.Popen([sys.executable, "-m", "tinykd.verify", folder, str(arena + 1024)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            ref_out = _run_reference(reference, inputs)
-        finally:
-            log = child.communicate()[1].decode(errors="replace").strip()
-        if child.returncode != 0:
-            reason = log.splitlines()[-1] if log else f"exit code {child.returncode}"
-            raise VerificationError(f"TFLite Micro cannot run the model: {reason}")
-        micro_out = np.load(Path(folder, "outputs.npy"))
+    # TFLM runs in a child process (tinykd.tflm), on the other core while TFLite's reference kernels run here.
+    running = tflm.start(tflite, inputs, arena + 1024)
+    try:
+        ref_out = _run_reference(reference, inputs)
+    except BaseException:
+        running.cancel()
+        raise
+    try:
+        micro_out = running.outputs()[0]
+    except ModelError as error:
+        raise VerificationError(str(error)) from None
     micro_top1, ref_top1 = micro_out.argmax(-1), ref_out.argmax(-1)
     return Verification(
         samples=len(inputs),
@@ -105,7 +139,6 @@ def measure_arena(tflite: bytes) -> int:
     Raises:
         VerificationError: TFLM cannot allocate or run the model.
     """
-    from tinykd.errors import ModelError
     from tinykd.report import arena
 
     try:
@@ -132,23 +165,3 @@ def _quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def _tflm_outputs(folder: str, arena_bytes: int) -> None:
-    """The child's side of `verify`: TFLM's int8 output for every input in folder/inputs.npy."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    try:
-        micro = runtime.Interpreter.from_bytes(Path(folder, "model.tflite").read_bytes(), arena_size=arena_bytes)
-    except RuntimeError as error:
-        sys.exit(str(error).strip().replace("\n", " "))
-    outputs = []
-    for sample in np.load(Path(folder, "inputs.npy")):
-        micro.set_input(sample[np.newaxis], 0)
-        micro.invoke()
-        outputs.append(micro.get_output(0)[0].copy())
-    np.save(Path(folder, "outputs.npy"), np.array(outputs))
-
-
-if __name__ == "__main__":
-    _tflm_outputs(sys.argv[1], int(sys.argv[2]))

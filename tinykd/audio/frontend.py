@@ -9,15 +9,14 @@ the model is trained on, chosen so that the converted model's input quantization
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+# The settings are part of the recipe's schema (tinykd.config, which imports nothing of tinykd's but errors).
+from tinykd.config import FRONTEND_KINDS as KINDS, FrontendConfig  # noqa: F401 - part of tinykd.audio's API
 from tinykd.errors import DataError
 
-KINDS = ("microfrontend",)
 
 # uint16 feature -> int8 input, as micro_speech's firmware does it in 32-bit integer arithmetic
 # (tflite-micro, tensorflow/lite/micro/examples/micro_speech/micro_features/micro_features_generator.cc):
@@ -37,92 +36,6 @@ INPUT_ZERO_POINT = -128
 
 # Clips per call of the op's map_fn: bounds the memory of one call; larger batches were not faster.
 _BATCH_CLIPS = 512
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    # Imported here: tinykd.config will import this module for its `frontend` section.
-    from tinykd.config import _require as require
-
-    require(condition, key, message)
-
-
-@dataclass(frozen=True, kw_only=True)
-class FrontendConfig:
-    """TFLite Micro's audio microfrontend settings; the defaults are micro_speech's (49 frames x 40 channels).
-
-    Each field feeds one field of the C library's `struct FrontendConfig` (frontend_util.h), named in
-    `tinykd.audio.settings`, except `kind` and `clip_ms`, which are tinykd's: which front-end, and how much audio
-    one inference sees. Sample counts are `ms * sample_rate_hz / 1000`, truncated, as the library computes them.
-    """
-
-    kind: str = "microfrontend"
-    sample_rate_hz: int = 16000
-    clip_ms: int = 1000
-    window_size_ms: int = 30
-    window_stride_ms: int = 20
-    num_channels: int = 40
-    lower_band_limit_hz: float = 125.0
-    upper_band_limit_hz: float = 7500.0
-    smoothing_bits: int = 10
-    even_smoothing: float = 0.025
-    odd_smoothing: float = 0.06
-    min_signal_remaining: float = 0.05
-    enable_pcan: bool = True
-    pcan_strength: float = 0.95
-    pcan_offset: float = 80.0
-    gain_bits: int = 21
-    enable_log: bool = True
-    scale_shift: int = 6
-
-    def __post_init__(self):
-        _require(self.kind in KINDS, "kind", f"must be one of {', '.join(KINDS)} (MFCC is not implemented yet)")
-        _require(8000 <= self.sample_rate_hz <= 48000 and self.sample_rate_hz % 1000 == 0, "sample_rate_hz",
-                 "must be a whole number of kHz from 8000 to 48000, e.g. 16000")
-        _require(self.window_size_ms >= 1, "window_size_ms", "must be at least 1, e.g. 30")
-        _require(1 <= self.window_stride_ms <= self.window_size_ms, "window_stride_ms",
-                 f"must be from 1 to window_size_ms ({self.window_size_ms}), so no audio is skipped, e.g. 20")
-        _require(self.clip_ms >= self.window_size_ms, "clip_ms",
-                 f"must be at least window_size_ms ({self.window_size_ms}) to give one frame, e.g. 1000")
-        _require(1 <= self.num_channels <= self.window_samples // 2, "num_channels",
-                 f"must be from 1 to {self.window_samples // 2} (half the window's samples), e.g. 40")
-        nyquist_hz = self.sample_rate_hz / 2
-        _require(math.isfinite(self.lower_band_limit_hz) and 0.0 <= self.lower_band_limit_hz < nyquist_hz,
-                 "lower_band_limit_hz", f"must be in [0, {nyquist_hz:g}) Hz, e.g. 125.0")
-        # The filterbank needs an FFT bin above its upper limit, and the last bin is at Nyquist.
-        _require(math.isfinite(self.upper_band_limit_hz)
-                 and self.lower_band_limit_hz < self.upper_band_limit_hz < nyquist_hz,
-                 "upper_band_limit_hz", f"must be above lower_band_limit_hz and below {nyquist_hz:g} Hz (Nyquist), "
-                 "e.g. 7500.0")
-        _require(0 <= self.smoothing_bits <= 16, "smoothing_bits", "must be from 0 to 16, e.g. 10")
-        for key in ("even_smoothing", "odd_smoothing", "min_signal_remaining"):
-            _require(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
-        _require(math.isfinite(self.pcan_strength) and self.pcan_strength >= 0.0, "pcan_strength",
-                 "must be 0 or more, e.g. 0.95")
-        _require(math.isfinite(self.pcan_offset) and self.pcan_offset > 0.0, "pcan_offset",
-                 "must be positive, e.g. 80.0")
-        _require(1 <= self.gain_bits <= 30, "gain_bits", "must be from 1 to 30, e.g. 21")
-        _require(0 <= self.scale_shift <= 16, "scale_shift", "must be from 0 to 16, e.g. 6")
-
-    @property
-    def clip_samples(self) -> int:
-        return self.clip_ms * self.sample_rate_hz // 1000
-
-    @property
-    def window_samples(self) -> int:
-        return self.window_size_ms * self.sample_rate_hz // 1000
-
-    @property
-    def stride_samples(self) -> int:
-        return self.window_stride_ms * self.sample_rate_hz // 1000
-
-    @property
-    def frames(self) -> int:
-        """Feature frames per clip, as the op counts them: every whole window, none padded."""
-        return (self.clip_samples - self.window_samples) // self.stride_samples + 1
-
-    @property
-    def feature_shape(self) -> tuple[int, int]:
-        return (self.frames, self.num_channels)
 
 
 def features(waveforms: np.ndarray, cfg: FrontendConfig) -> np.ndarray:

@@ -35,7 +35,8 @@ def golden_vectors(clip_int16: np.ndarray, cfg: FrontendConfig, tflite: bytes) -
         ExportError: the clip does not fit the front-end, the model's input is not int8 with frames x channels
             elements, or TFLM cannot run the model.
     """
-    from tflite_micro.python.tflite_micro import runtime
+    from tinykd import model_file, tflm
+    from tinykd.errors import ModelError
 
     samples = np.asarray(clip_int16)
     try:
@@ -43,19 +44,18 @@ def golden_vectors(clip_int16: np.ndarray, cfg: FrontendConfig, tflite: bytes) -
     except DataError as error:
         raise ExportError(f"golden clip: {error}") from None
     try:
-        micro = runtime.Interpreter.from_bytes(tflite, arena_size=_ARENA_BYTES)
-    except RuntimeError as error:
-        raise ExportError(f"golden vectors: TFLite Micro cannot run the model: {error}") from None
-    details = micro.get_input_details(0)
-    shape = tuple(int(dim) for dim in details["shape"])
-    if details["dtype"] != np.int8 or math.prod(shape) != feature_map.size:
-        raise ExportError(f"golden vectors: the model input is {np.dtype(details['dtype']).name} {shape}; the "
+        given = model_file.read(tflite, "golden vectors' model").inputs[0]
+    except ModelError as error:
+        raise ExportError(f"golden vectors: {error}") from None
+    if given.dtype != "int8" or math.prod(given.shape) != feature_map.size:
+        raise ExportError(f"golden vectors: the model input is {given.dtype} {tuple(given.shape)}; the "
                           f"front-end gives int8 {cfg.feature_shape} ({feature_map.size} values). Build the model "
                           f"for input {(*cfg.feature_shape, 1)} and convert it with an int8 input")
-    micro.set_input(feature_map.reshape(shape), 0)
-    micro.invoke()
-    return GoldenVectors(samples=samples.astype(np.int16), features=feature_map,
-                         expected_output=micro.get_output(0).reshape(-1).copy())
+    try:
+        output = tflm.outputs(tflite, feature_map[np.newaxis], _ARENA_BYTES)[0][0]
+    except ModelError as error:
+        raise ExportError(f"golden vectors: {error}") from None
+    return GoldenVectors(samples=samples.astype(np.int16), features=feature_map, expected_output=output)
 
 
 def golden_header(golden: GoldenVectors, name: str) -> str:

@@ -41,8 +41,12 @@ def _arrays(cfg, seed, search_dirs):
 
 
 def _speech_commands(cfg, seed, search_dirs):
-    from tinykd.data import speech_commands
+    from tinykd.data import keywords, speech_commands
 
+    # The synthesizer writes the reader's layout, so it imports the reader; the reader never imports it.
+    root = Path(cfg.path).expanduser()
+    if cfg.synthesize and speech_commands.absent(root):
+        keywords.synthesize(root, seed=seed)
     return speech_commands.read(cfg, seed)
 
 

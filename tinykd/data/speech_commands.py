@@ -49,8 +49,10 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
             missing clip, a split is empty, or a WAV is unreadable (unless `data.skip_unreadable`).
     """
     root = Path(cfg.path).expanduser()
-    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
-        _create(root, cfg, seed)
+    if absent(root):
+        raise DataError(f"data.path: {root} does not exist or is empty. Make a synthetic keyword dataset there with "
+                        f"`tinykd data keywords {root}` (or set data.synthesize: true and the build makes it), or "
+                        "download Speech Commands v2 and point data.path at it (datasets/speech_commands/README.md)")
     if not root.is_dir():
         raise DataError(f"data.path: {root} is a file; point it at the folder holding one sub-folder per word")
     words = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "_.")
@@ -87,14 +89,9 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
     )
 
 
-def _create(root: Path, cfg: DataConfig, seed: int) -> None:
-    if not cfg.synthesize:
-        raise DataError(f"data.path: {root} does not exist or is empty. Make a synthetic keyword dataset there with "
-                        f"`tinykd data keywords {root}` (or set data.synthesize: true and the build makes it), or "
-                        "download Speech Commands v2 and point data.path at it (datasets/speech_commands/README.md)")
-    from tinykd.data import keywords
-
-    keywords.synthesize(root, seed=seed)
+def absent(root: Path) -> bool:
+    """Whether there is no dataset at `root` yet (nothing there, or an empty folder)."""
+    return not root.exists() or (root.is_dir() and not any(root.iterdir()))
 
 
 def _listed(root: Path, digest) -> dict[str, str] | None:

@@ -1,6 +1,6 @@
 """RAM: the smallest TFLM tensor arena, measured in the pip interpreter, then made true for a 32-bit Cortex-M.
 
-The interpreter runs in a child process (tinykd.report._child) with a time limit, because a corrupted model can
+The interpreter runs in a child process with a time limit (tinykd.tflm.Worker), because a corrupted model can
 crash or hang TFLM. The measurement is the smallest arena in which `AllocateTensors()` succeeds and one
 `Invoke()` runs, found by search (the planner needs temporary room, so `arena_used_bytes()` alone is too low).
 
@@ -14,22 +14,13 @@ the allocator object) is kept at its 64-bit size: the result is an upper bound, 
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import signal
-import struct
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 
-from tinykd.errors import ModelError
+from tinykd import tflm
 from tinykd.report.graph import Graph
 
-_LENGTH = struct.Struct("<I")
 _ALIGNMENT = 16
-TIME_LIMIT_S = 20.0
+TIME_LIMIT_S = tflm.TIME_LIMIT_S
 
 # (bytes on a 64-bit host, bytes on a 32-bit Cortex-M, allocated before planning) per recorded struct; 32-bit
 # sizes with 4-byte enums (-fno-short-enums), the larger of the two Arm EABI choices, so the credit stays safe.
@@ -65,29 +56,8 @@ class Arena:
         return self.bytes_32bit - self.host_nonpersistent_bytes
 
 
-class Worker:
-    """A long-lived child process running the pip TFLM interpreter; restarted after a crash or a hang."""
-
-    def __init__(self, time_limit_s: float = TIME_LIMIT_S):
-        self.time_limit_s = time_limit_s
-        self._process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "Worker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._process is not None:
-            self._process.stdin.close()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process.stdout.close()
-            self._process = None
+class Worker(tflm.Worker):
+    """TFLM's arena search in a long-lived child process (tinykd.tflm.Worker), with the 32-bit correction."""
 
     def measure(self, tflite: bytes, source: str = "model", subgraphs: int = 1) -> Arena:
         """The smallest arena that allocates and runs the model, with its 32-bit correction.
@@ -95,65 +65,11 @@ class Worker:
         Raises:
             ModelError: TFLM refused, crashed on or timed out on the model; the message names what TFLM said.
         """
-        reply = self._ask({"mode": "measure"}, tflite, source)
-        if reply.get("crashed"):
-            raise ModelError(f"{source}: TFLite Micro crashed on the model ({reply['crashed']}); the file is "
-                             "corrupt or uses something TFLM cannot run")
-        if not reply["ok"]:
-            raise ModelError(f"{source}: TFLite Micro cannot run the model: {_reason(reply['log'])}")
-        allocations = reply["allocations"]
-        return Arena(host_bytes=reply["arena_bytes"], host_nonpersistent_bytes=allocations["head"],
-                     host_persistent_bytes=reply["arena_bytes"] - allocations["head"],
+        host_bytes, allocations = self.smallest_arena(tflite, source)
+        return Arena(host_bytes=host_bytes, host_nonpersistent_bytes=allocations["head"],
+                     host_persistent_bytes=host_bytes - allocations["head"],
                      correction_bytes=correction_bytes(allocations["records"], subgraphs),
                      records=allocations["records"])
-
-    def check(self, tflite: bytes, arena_bytes: int = 1 << 20, source: str = "model") -> bool:
-        """Whether TFLM allocates and invokes the model in `arena_bytes` (one attempt, no search).
-
-        Raises:
-            ModelError: TFLM crashed or did not finish within the time limit.
-        """
-        reply = self._ask({"mode": "check", "arena_bytes": arena_bytes}, tflite, source)
-        if reply.get("crashed"):
-            raise ModelError(f"{source}: TFLite Micro crashed on the model ({reply['crashed']}); the file is "
-                             "corrupt or uses something TFLM cannot run")
-        return bool(reply["ok"])
-
-    def _ask(self, header: dict, tflite: bytes, source: str) -> dict:
-        process = self._start()
-        encoded = json.dumps(header).encode()
-        try:
-            process.stdin.write(_LENGTH.pack(len(encoded)) + encoded + _LENGTH.pack(len(tflite)) + bytes(tflite))
-            process.stdin.flush()
-            payload = self._read_reply(process)
-        except (BrokenPipeError, EOFError):
-            self._reap()
-            raise ModelError(f"{source}: TFLite Micro crashed on the model ({_exit_reason(process)}); the file is "
-                             "corrupt or uses something TFLM cannot run") from None
-        except TimeoutError:
-            self._reap()
-            raise ModelError(f"{source}: TFLite Micro did not finish loading the model within "
-                             f"{self.time_limit_s:g} s; the file is corrupt or the model is too large") from None
-        return json.loads(payload)
-
-    def _start(self) -> subprocess.Popen:
-        if self._process is None or self._process.poll() is not None:
-            self._process = subprocess.Popen([sys.executable, "-m", "tinykd.report._child"], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        return self._process
-
-    def _read_reply(self, process: subprocess.Popen) -> bytes:
-        deadline = time.monotonic() + self.time_limit_s
-        prefix = _read_exactly(process.stdout, _LENGTH.size, deadline)
-        return _read_exactly(process.stdout, _LENGTH.unpack(prefix)[0], deadline)
-
-    def _reap(self) -> None:
-        process, self._process = self._process, None
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        process.stdin.close()
-        process.stdout.close()
 
 
 def measure(tflite: bytes, source: str = "model", subgraphs: int = 1) -> Arena:
@@ -174,37 +90,6 @@ def correction_bytes(records: dict, subgraphs: int = 1) -> int:
             record = records[name]
             saved += max(record["bytes"] - record["count"] * target - _ALIGNMENT * subgraphs, 0)
     return saved
-
-
-def _read_exactly(stream, size: int, deadline: float) -> bytes:
-    chunks, missing = [], size
-    descriptor = stream.fileno()
-    while missing:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([descriptor], [], [], remaining)[0]:
-            raise TimeoutError
-        chunk = os.read(descriptor, missing)
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
-
-
-def _reason(log: str) -> str:
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith("[RecordingMicroAllocator]")]
-    return "; ".join(useful[-3:]) or "allocation failed"
-
-
-def _exit_reason(process: subprocess.Popen) -> str:
-    try:
-        code = process.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        return "no reply"
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
 
 
 def kernel_scratch_bytes(graph: Graph, simd: str) -> int:

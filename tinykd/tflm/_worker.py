@@ -1,4 +1,4 @@
-"""The child process that runs the pip TFLM interpreter for tinykd.report.arena (python -m tinykd.report._child).
+"""The child of tinykd.tflm.Worker (python -m tinykd.tflm._worker): loads models in the pip TFLM interpreter.
 
 A corrupted model can crash or hang TFLM's C++ code, so it never runs in the caller's process. Protocol on
 stdin/stdout: each request is a 4-byte little-endian length and a JSON header, then a length and the model bytes;

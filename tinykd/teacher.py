@@ -1,0 +1,167 @@
+"""The teacher stage: trained once per (teacher config, data) and cached across runs, or loaded from teacher.path;
+with `distill.ensemble`, more teachers, cached the same way, whose soft targets are averaged with its own.
+
+Ensemble members live here rather than in tinykd.distill because each one is obtained exactly like the main
+teacher (loaded, reused from the cache or trained); tinykd.distill.ensemble only combines finished models into
+one soft-target teacher. The stage hands on a `Teaching`, with the teacher's logits on the training and
+validation splits saved beside the cached teacher, so a rebuild does not run the teacher again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinykd import artifacts, config, models
+from tinykd.artifacts import Run
+from tinykd.convert import convert_float
+from tinykd.data import Dataset
+from tinykd.distill import Schedule, Teaching, accuracy, ensemble, model_metrics, teacher_logits, train_on_labels
+from tinykd.distill import training_split
+from tinykd.errors import ModelError
+from tinykd.models import load_model
+
+CACHE = ".teacher_cache"  # beside the runs: shared by every recipe with the same teacher and data
+
+
+@dataclass(frozen=True)
+class Teachers:
+    """What the teacher stages hand to training: the teaching, and the id of the run that made it."""
+
+    teaching: Teaching
+    run_id: str
+
+
+def stage(run: Run, cfg: config.Config, data: Dataset) -> Teachers:
+    """The main teacher, and with `distill.ensemble` the extra teachers, as a `Teaching` for every training stage."""
+    key = teacher_key(cfg.teacher, data)
+    cache = run.root.parent / CACHE
+    main = run.step("teacher", key, lambda: _one_teacher(run, cfg.teacher, data, cfg, "teacher",
+                                                          run.dir("teacher") / "teacher.keras"),
+                    load=lambda folder: load_model(folder / "teacher.keras"), artifact="teacher.keras")
+    if cfg.distill.ensemble:
+        return _ensemble(run, cfg, data, main)
+    soft_targets = _soft_targets(main.value, data, cache / f"teacher-{key}.logits.npz") if _uses_logits(cfg) else {}
+    return Teachers(Teaching(teacher=main.value, config=cfg.distill, feature_teacher=main.value,
+                             soft_targets=soft_targets), main.run_id)
+
+
+def teacher_key(teacher_cfg, data: Dataset) -> str:
+    """What a trained teacher depends on: its config (an ensemble member's weight aside) and the data."""
+    source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
+    settings = config.as_dict(teacher_cfg)
+    settings.pop("weight", None)
+    return artifacts.key("teacher", settings, data.fingerprint, _source_stamp(source) if source else None)
+
+
+def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done) -> Teachers:
+    """The main teacher and `distill.ensemble`'s teachers as one model whose soft targets at the recipe's
+    temperature are their weighted mean; each extra teacher is cached like the main one."""
+    members = cfg.distill.ensemble
+    keys = [teacher_key(member, data) for member in members]
+    weights = [cfg.distill.teacher_weight] + [member.weight for member in members]
+    key = artifacts.key("ensemble", keys, weights, cfg.distill.temperature, main.run_id)
+    names = [f"teacher{i + 1}.keras" for i in range(len(members))]
+
+    def compute():
+        trained = [_one_teacher(run, member, data, cfg, f"ensemble {i + 1}", run.dir("ensemble") / names[i])
+                   for i, member in enumerate(members)]
+        combined = ensemble([main.value] + [model for model, _ in trained], weights, cfg.distill.temperature)
+        member_metrics = [metrics for _, metrics in trained]
+        return None, {"teachers": 1 + len(members), "weights": weights,
+                      "val_accuracy": accuracy(combined, data.val), "test_accuracy": accuracy(combined, data.test),
+                      "members": member_metrics,
+                      "extra_teachers_training_seconds": round(sum(m.get("training_seconds") or 0.0
+                                                                   for m in member_metrics), 1)}
+
+    done = run.step("ensemble", key, compute, load=lambda folder: [load_model(folder / name) for name in names],
+                    artifact=names[-1])
+    combined = ensemble([main.value] + done.value, weights, cfg.distill.temperature)
+    cache = run.root.parent / CACHE
+    soft_targets = _soft_targets(combined, data, cache / f"ensemble-{key}.logits.npz") if _uses_logits(cfg) else {}
+    return Teachers(Teaching(teacher=combined, config=cfg.distill, feature_teacher=main.value,
+                             extra_teachers=tuple(done.value), soft_targets=soft_targets), done.run_id)
+
+
+def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label: str, path: Path):
+    """Load, reuse from the cache or train one teacher into `path`; returns it and its metrics."""
+    key = teacher_key(teacher_cfg, data)
+    cache = run.root.parent / CACHE
+    source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
+    cached = cache / f"teacher-{key}.keras"
+    forced = "teacher" in run.force or label != "teacher" and "ensemble" in run.force
+    trained_seconds = None
+    if source is not None:
+        run.log(f"[{label}] loading {source}")
+        artifacts.save_model(_load_teacher(source, data), path)
+    elif cached.exists() and not forced:
+        run.log(f"[{label}] reusing the teacher trained for this config and data ({cached})")
+        artifacts.copy_file(cached, path)
+    else:
+        run.log(f"[{label}] training {teacher_cfg.model.arch} for {teacher_cfg.epochs} epochs")
+        started = time.time()
+        model = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher", seed=teacher_cfg.seed)
+        schedule = Schedule.of(teacher_cfg, seed=teacher_cfg.seed, verbose=run.verbose, augment=cfg.data.augment)
+        artifacts.save_model(train_on_labels(model, data, schedule), path)
+        trained_seconds = round(time.time() - started, 1)
+        artifacts.copy_file(path, cached)
+    model = load_model(path)
+    metrics_file = cache / f"teacher-{key}.json"
+    if metrics_file.exists() and not forced and trained_seconds is None:
+        metrics = json.loads(metrics_file.read_text())
+    else:
+        # Training time stays with the cached teacher, so a rebuild still reports what the teacher cost.
+        metrics = model_metrics(model, data) | {"tflite_float_bytes": len(convert_float(model)),
+                                                "training_seconds": trained_seconds}
+        artifacts.write_json(metrics_file, metrics)
+    return model, metrics
+
+
+def _uses_logits(cfg: config.Config) -> bool:
+    """Whether distillation feeds precomputed teacher logits (no augmentation, alpha above 0)."""
+    augmenting = cfg.data.augment is not None and cfg.data.augment.active
+    return cfg.distill.alpha > 0.0 and not augmenting
+
+
+def _soft_targets(model, data: Dataset, path: Path) -> dict[str, np.ndarray]:
+    """The teacher's logits on every split it teaches on, saved beside the cached teacher so a rebuild skips them."""
+    splits = {"train": data.train.x, "val": data.val.x}
+    name, split = training_split(data)
+    splits[name] = split.x
+    if path.exists():
+        with np.load(path) as saved:
+            if all(name in saved and saved[name].shape[0] == len(x) for name, x in splits.items()):
+                return {name: saved[name] for name in splits}
+    logits = {name: teacher_logits(model, x) for name, x in splits.items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, **logits)
+    artifacts.write_bytes(path, buffer.getvalue())
+    return logits
+
+
+def _load_teacher(source: Path, data: Dataset):
+    """A user's trained teacher, checked against the data it will teach on."""
+    if not source.exists():
+        raise ModelError(f"teacher.path: {source} does not exist; give a .keras file or a SavedModel folder, "
+                         "or remove teacher.path to train one")
+    try:
+        model = load_model(source)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for unreadable models
+        raise ModelError(f"teacher.path: cannot load {source} as a Keras model ({error}); save it with "
+                         "model.save('teacher.keras')") from None
+    if tuple(model.input_shape[1:]) != tuple(data.input_shape) or model.output_shape[-1] != data.num_classes:
+        raise ModelError(f"teacher.path: {source} takes {tuple(model.input_shape[1:])} and gives "
+                         f"{model.output_shape[-1]} outputs, but the data has inputs {data.input_shape} and "
+                         f"{data.num_classes} classes")
+    return model
+
+
+def _source_stamp(path: Path) -> list:
+    """Identify a user's teacher file by size and modification time (hashing a SavedModel folder is slow)."""
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
