@@ -147,7 +147,8 @@ def export_command(model: Path, out_dir: Path, name: str | None, labels_file: Pa
     """Write TFLite Micro C++ files for MODEL (an int8 .tflite): model data, settings, op resolver, example."""
     from tinykd.boards import load_boards
     from tinykd.errors import ConfigError
-    from tinykd.export import FirmwareSpec, arena_with_margin, c_identifier, default_labels, export, read_labels
+    from tinykd.export import (FirmwareSpec, arena_with_margin, c_identifier, default_labels, export, read_labels,
+                               seeded_inputs)
     from tinykd.report import read_model, reports
 
     tflite = read_model(model)
@@ -160,7 +161,8 @@ def export_command(model: Path, out_dir: Path, name: str | None, labels_file: Pa
     sized = max(reports(tflite, chosen, source=str(model)), key=lambda result: result.arena_bytes)
     spec = FirmwareSpec(name=name if name is not None else c_identifier(model.stem), labels=labels,
                         arena_bytes=sized.arena_bytes)
-    paths = export(tflite, spec, out_dir, layout)
+    # A model tinykd did not build comes without data: its golden vectors use seeded inputs.
+    paths = export(tflite, spec, out_dir, layout, golden_inputs=seeded_inputs(tflite))
     for path in paths:
         click.echo(f"wrote {path}")
     click.echo(f"{spec.name}: {len(labels)} classes, arena {arena_with_margin(spec.arena_bytes):,} B "

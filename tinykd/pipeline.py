@@ -348,7 +348,7 @@ class _Stages:
         return _Result(path.read_bytes(), record)
 
     def export(self, tflite: _Result, verification: _Result, data, cfg: config.Config) -> None:
-        from tinykd.export import FirmwareSpec, export
+        from tinykd.export import FirmwareSpec, export, quantized_inputs
 
         decompression = self.records["compress"]["metrics"]["decompression_memory_bytes"] \
             if "compress" in self.records else 0
@@ -362,7 +362,8 @@ class _Stages:
         if record is None:
             started = time.time()
             out_dir = self.run_dir.dir("export")
-            files = export(tflite.model, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data))
+            files = export(tflite.model, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data),
+                           golden_inputs=quantized_inputs(tflite.model, data.test.x))
             metrics = {"file_count": len(files), "files": [f.name for f in files]}
             if cfg.frontend is not None:
                 metrics["frontend_parity"] = _frontend_parity(out_dir / f"{spec.name}_model_settings.h", data)
