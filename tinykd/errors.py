@@ -27,3 +27,8 @@ class VerificationError(TinykdError):
 
 class ExportError(TinykdError):
     """Firmware files cannot be written: names the op, label or path."""
+
+
+class FirmwareError(TinykdError):
+    """The firmware harness cannot run: a missing TFLM tree, cross-compiler or QEMU (says how to get it), or a
+    build that failed (names the file and the compiler's words)."""

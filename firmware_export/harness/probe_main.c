@@ -17,6 +17,11 @@ int main(void) {
   const uint64_t ticks = instruction_counter_ticks() - start;
   printf("probe loop_instructions=%lu ticks=%llu instructions=%llu\n", (unsigned long)(2u * ITERATIONS),
          (unsigned long long)ticks, (unsigned long long)instruction_counter_instructions(ticks));
+#ifdef PROBE_HANG
+  /* For the host's time-limit test: a firmware that never finishes. */
+  for (;;) {
+  }
+#endif
   printf("done\n");
   return 0;
 }

@@ -28,8 +28,10 @@ FRONTEND_C := frontend frontend_util window window_util filterbank filterbank_ut
 FRONTEND_CC := fft fft_util kiss_fft_int16
 FRONTEND_OBJECTS := $(if $(filter 1,$(AUDIO)),$(patsubst %,$(BUILD)/frontend/%.o,$(FRONTEND_C) $(FRONTEND_CC)))
 
+# PYTHON_DIR: a folder whose python3 has Pillow, put first on PATH for TFLM's Makefile (it imports PIL).
 $(BUILD)/library.path: | $(BUILD)
-	$(HARNESS)tflm_library.sh $(TFLM_TREE) $(CORE) > $@.tmp && mv $@.tmp $@
+	$(if $(PYTHON_DIR),PATH="$(PYTHON_DIR):$$PATH") $(HARNESS)tflm_library.sh $(TFLM_TREE) $(CORE) > $@.tmp
+	mv $@.tmp $@
 
 lib: $(BUILD)/library.path
 
