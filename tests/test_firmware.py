@@ -150,3 +150,24 @@ def test_unknown_core_is_refused_by_the_cli(tmp_path):
     done = tinykd("firmware", "check", tmp_path, "--core", "cortex-m99")
 
     assert done.returncode == 2 and "cortex-m99" in done.stderr.decode()
+
+
+def test_verify_build_says_why_it_did_not_run_and_always_turns_that_into_an_error(tmp_path):
+    from tinykd.build_report import _firmware_line
+
+    tree = _tree(tmp_path / "tflm", ("flatbuffers",))
+
+    assert firmware.verify_build(tmp_path, "cortex-m4", "never", tree) == {
+        "status": "not run", "reason": "verify.firmware is never"}
+    skipped = firmware.verify_build(tmp_path, "cortex-m4", "auto", tree)
+    assert skipped["status"] == "not run" and "lacks its third-party code" in skipped["reason"]
+    assert _firmware_line(skipped).startswith("Firmware on an emulated core: not run (the TFLite Micro tree at ")
+    with pytest.raises(FirmwareError, match="lacks its third-party code"):
+        firmware.verify_build(tmp_path, "cortex-m4", "always", tree)
+
+
+def test_every_board_core_maps_to_an_emulated_core():
+    from tinykd.boards import load_boards
+
+    assert {board.core for board in load_boards().values()} <= set(firmware.BOARD_CORES)
+    assert set(firmware.BOARD_CORES.values()) <= set(firmware.CORES)

@@ -62,7 +62,9 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
     from tinykd.pipeline import BuildOptions, build as run_build
 
     verbose = 0 if quiet else (1 if sys.stdout.isatty() else 2)
-    report = run_build(cfg, runs_dir, BuildOptions(force=force, data_dirs=data_dirs, verbose=verbose, log=log))
+    tflm_dir = Path(os.environ["TINYKD_TFLM_DIR"]) if os.environ.get("TINYKD_TFLM_DIR") else None
+    report = run_build(cfg, runs_dir, BuildOptions(force=force, data_dirs=data_dirs, verbose=verbose, log=log,
+                                                   tflm_dir=tflm_dir))
     int8 = report["int8"]
     teacher = report["stages"][0]
     log(f"done: teacher {teacher['test_accuracy']:.2%} -> int8 student {int8['tflm_accuracy']:.2%} in TFLite Micro, "

@@ -222,3 +222,31 @@ def as_dict(result: CoreResult) -> dict:
     """A CoreResult as plain JSON types, with `passed` and `stands_in_for` added."""
     return {**result.__dict__, "operators": [op.__dict__ for op in result.operators], "passed": result.passed,
             "stands_in_for": CORES[result.core][1] if result.core in CORES else ""}
+
+
+def verify_build(export_dir: Path, board_core: str, mode: str, tflm: Path) -> dict:
+    """The build's firmware check (recipe key verify.firmware): the export's golden vectors on the emulated core
+    that runs `board_core`'s code; returns the report's record, with `status` "passed" or "not run" and why.
+
+    Raises:
+        FirmwareError: a vector failed, the exported arena does not allocate, or (mode "always") a tool is missing.
+    """
+    if mode == "never":
+        return {"status": "not run", "reason": "verify.firmware is never"}
+    core = BOARD_CORES.get(board_core)
+    if core is None:
+        return {"status": "not run", "reason": f"no emulated core runs {board_core} code"}
+    try:
+        require_tools(tflm)
+    except FirmwareError as error:
+        if mode == "always":
+            raise
+        return {"status": "not run", "reason": str(error)}
+    (result,) = check(export_dir, tflm, (core,))
+    if not result.passed:
+        arena = "allocates" if result.arena_exported_allocates else "does not allocate"
+        raise FirmwareError(f"{export_dir}: on {core} ({result.machine}) {result.vectors_passed} of "
+                            f"{result.vectors_total} golden vectors pass, the exported arena of "
+                            f"{result.arena_exported_bytes:,} B {arena}{'; ' + result.error if result.error else ''}; "
+                            f"run `tinykd firmware check {export_dir}`")
+    return {"status": "passed", **as_dict(result)}

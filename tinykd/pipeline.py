@@ -34,6 +34,7 @@ class BuildOptions:
     data_dirs: tuple[Path, ...] = ()
     verbose: int = 0
     log: Callable[[str], None] = lambda message: None
+    tflm_dir: Path | None = None  # TFLM tree for verify.firmware; None: tinykd.firmware.SHARED_TFLM
 
 
 def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptions()) -> dict:
@@ -367,6 +368,11 @@ class _Stages:
             metrics = {"file_count": len(files), "files": [f.name for f in files]}
             if cfg.frontend is not None:
                 metrics["frontend_parity"] = _frontend_parity(out_dir / f"{spec.name}_model_settings.h", data)
+            from tinykd import boards, firmware
+
+            tflm_dir = self.options.tflm_dir or firmware.SHARED_TFLM
+            metrics["firmware"] = firmware.verify_build(out_dir, boards.load_boards()[cfg.target.board].core,
+                                                        cfg.verify.firmware, tflm_dir)
             record = self._finish("export", key, metrics, started)
         self.records["export"] = record
 
