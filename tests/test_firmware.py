@@ -171,3 +171,69 @@ def test_every_board_core_maps_to_an_emulated_core():
 
     assert {board.core for board in load_boards().values()} <= set(firmware.BOARD_CORES)
     assert set(firmware.BOARD_CORES.values()) <= set(firmware.CORES)
+
+
+# --- TFLM on the emulated cores ----------------------------------------------------------------------------------
+# These build TFLM + CMSIS-NN from ../shared/tflm/tflite-micro, which needs the tree's third-party code under
+# tensorflow/lite/micro/tools/make/downloads/. The first run on a machine builds the library once per core
+# (about 5 minutes each on 2 cores, cached in ~/.cache/tinykd/tflm); later runs take seconds per core.
+
+def _check(export_dir: Path, *args) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    done = tinykd("firmware", "check", export_dir, "--format", "json", *args)
+    return done, (json.loads(done.stdout) if done.stdout.strip() else [])
+
+
+@pytest.fixture(scope="module")
+def kws_export(shared_models, tmp_path_factory) -> Path:
+    out_dir = tmp_path_factory.mktemp("kws") / "export"
+    done = tinykd("export", shared_models / "kws_ref_model.tflite", "-o", out_dir, "--name", "kws")
+    assert done.returncode == 0, done.stderr.decode()
+    return out_dir
+
+
+@pytest.mark.slow
+def test_mlperf_kws_export_passes_on_m4_m33_and_m55_with_helium(kws_export):
+    done, results = _check(kws_export)
+
+    assert done.returncode == 0, done.stderr.decode()
+    assert [result["core"] for result in results] == ["cortex-m4", "cortex-m33", "cortex-m55"]
+    for result in results:
+        assert result["vectors_passed"] == result["vectors_total"] == 4 and result["passed"]
+        assert result["features_differing"] is None and result["arena_exported_allocates"]
+        assert 0 < result["arena_used_bytes"] <= result["arena_smallest_bytes"] <= result["arena_exported_bytes"]
+        operators = sum(op["instructions"] for op in result["operators"])
+        assert {op["type"] for op in result["operators"]} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+        assert 0.9 * result["instructions"] <= operators <= result["instructions"]
+    # Helium's kernels do the same work in fewer instructions than the M4's DSP kernels.
+    assert results[2]["instructions"] < results[0]["instructions"] / 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corruption", ["flipped golden output", "arena constant too small"])
+def test_a_corrupted_export_is_reported_as_a_failure(kws_export, tmp_path, corruption):
+    import re
+    import shutil
+
+    broken = tmp_path / "export"
+    shutil.copytree(kws_export, broken)
+    if corruption == "flipped golden output":
+        header = broken / "kws_golden_vectors.h"
+        text = header.read_text()
+        table = text.index("kws_golden_outputs[KWS_GOLDEN_VECTOR_COUNT]")
+        first = re.compile(r"-?\d+").search(text, text.index("{\n", table))
+        flipped = str(-int(first.group()) - 1)  # any other int8 value
+        header.write_text(text[:first.start()] + flipped + text[first.end():])
+    else:
+        settings = broken / "kws_model_settings.h"
+        settings.write_text(re.sub(r"KWS_ARENA_BYTES = \d+;", "KWS_ARENA_BYTES = 4096;", settings.read_text()))
+
+    done, results = _check(broken, "--core", "cortex-m4")
+
+    assert done.returncode == 1, done.stderr.decode()
+    (result,) = results
+    assert not result["passed"]
+    if corruption == "flipped golden output":
+        assert result["vectors_passed"] == 3 and result["arena_exported_allocates"]
+    else:
+        assert result["vectors_passed"] == 4 and not result["arena_exported_allocates"]
+        assert result["arena_exported_bytes"] == 4096
