@@ -57,7 +57,7 @@ def test_a_firmware_that_hangs_is_stopped_by_the_time_limit_and_reported(tmp_pat
 
 HARNESS_OUTPUT = """\
 harness core=cortex-m4 machine=mps2-an386
-arena exported_bytes=36256 allocates=1 used_bytes=22600
+arena exported_bytes=36256 allocates=1 used_bytes=22600 halted=0
 arena smallest_bytes=22832 used_bytes=22600
 vector 0 PASS differing=0 instructions=7579040
 operator 0 CONV_2D instructions=1000000
