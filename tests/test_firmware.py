@@ -78,8 +78,9 @@ def test_parse_output_reads_every_result_line():
     assert result.instructions == 7579040
     assert [(op.type, op.instructions) for op in result.operators] == [
         ("CONV_2D", 1000000), ("DEPTHWISE_CONV_2D", 6000000), ("FULLY_CONNECTED", 579040)]
-    assert json.loads(json.dumps(firmware.as_dict(result)))["operators"][1] == {
-        "type": "DEPTHWISE_CONV_2D", "instructions": 6000000}
+    plain = json.loads(json.dumps(firmware.as_dict(result)))
+    assert plain["operators"][1] == {"type": "DEPTHWISE_CONV_2D", "instructions": 6000000}
+    assert (plain["features_differing"], plain["features_checked"]) == (0, False)
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -199,7 +200,8 @@ def test_mlperf_kws_export_passes_on_m4_m33_and_m55_with_helium(kws_export):
     assert [result["core"] for result in results] == ["cortex-m4", "cortex-m33", "cortex-m55"]
     for result in results:
         assert result["vectors_passed"] == result["vectors_total"] == 4 and result["passed"]
-        assert result["features_differing"] is None and result["arena_exported_allocates"]
+        assert result["features_differing"] == 0 and not result["features_checked"]
+        assert result["arena_exported_allocates"]
         assert 0 < result["arena_used_bytes"] <= result["arena_smallest_bytes"] <= result["arena_exported_bytes"]
         operators = sum(op["instructions"] for op in result["operators"])
         assert {op["type"] for op in result["operators"]} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}

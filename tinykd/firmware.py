@@ -219,8 +219,11 @@ def _with_error(result: CoreResult, reason: str) -> CoreResult:
 
 
 def as_dict(result: CoreResult) -> dict:
-    """A CoreResult as plain JSON types, with `passed` and `stands_in_for` added."""
-    return {**result.__dict__, "operators": [op.__dict__ for op in result.operators], "passed": result.passed,
+    """A CoreResult as plain JSON types, with `passed` and `stands_in_for` added; `features_differing` is 0 for
+    an export without a front-end, and `features_checked` says whether the front-end ran."""
+    return {**result.__dict__, "features_differing": result.features_differing or 0,
+            "features_checked": result.features_differing is not None,
+            "operators": [op.__dict__ for op in result.operators], "passed": result.passed,
             "stands_in_for": CORES[result.core][1] if result.core in CORES else ""}
 
 
