@@ -6,14 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tinykd-installed
 RECIPE ?= pipelines/fashion_mnist.yaml
-APT_PACKAGES := dataset-fashion-mnist gcc-arm-none-eabi libnewlib-arm-none-eabi espeak-ng flite
+APT_PACKAGES := dataset-fashion-mnist gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm espeak-ng flite
 PYTEST_ARGS ?=
 
 .PHONY: setup system-packages run test test-all bench clean
 
 setup: system-packages $(STAMP)
 
-# Debian packages: the Fashion-MNIST IDX files and the Cortex-M cross-compiler that checks the generated C.
+# Debian packages: the Fashion-MNIST IDX files, the Cortex-M cross-compiler that checks the generated C and QEMU,
+# which runs it on emulated Cortex-M cores (tinykd firmware check).
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

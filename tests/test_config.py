@@ -53,6 +53,7 @@ def test_nested_typo_in_student(tmp_path):
     ("data: {val_fraction: 0.9}", "data.val_fraction", "between 0 and 0.5"),
     ("distill: {epochs: true}", "distill.epochs", "expected int"),
     ("prune: {rewind_epochs: 4}", "prune.rewind_epochs", "applies to method: structured only"),
+    ("verify: {firmware: sometimes}", "verify.firmware", "must be auto, always or never"),
 ])
 def test_bad_values_name_the_dotted_key(tmp_path, text, key, words):
     path = write(tmp_path, f"name: x\n{text}\n")

@@ -506,3 +506,68 @@ def _tree(root: Path) -> dict[str, bytes | None]:
     """Every file and folder under root, relative, with file contents (None for folders)."""
     return {path.relative_to(root).as_posix(): (path.read_bytes() if path.is_file() else None)
             for path in sorted(root.rglob("*")) if path.is_file() or not any(path.iterdir())}
+
+
+# --- golden vectors ----------------------------------------------------------------------------------------------
+
+def _c_rows(text: str, array_name: str, columns: int) -> np.ndarray:
+    body = text.split(f"const int8_t {array_name}[", 1)[1].split("= {", 1)[1].split("};", 1)[0]
+    values = [int(value) for value in re.findall(r"-?\d+", body)]
+    return np.array(values, dtype=np.int64).reshape(-1, columns)
+
+
+def test_golden_vectors_hold_the_inputs_and_the_outputs_tflm_gives(kws_tflite, tmp_path):
+    from tflite_micro.python.tflite_micro import runtime
+
+    inputs = export_module.seeded_inputs(kws_tflite, count=3, seed=7)
+    spec = FirmwareSpec(name="kws", labels=KWS_LABELS, arena_bytes=ARENA_BYTES)
+    paths = export(kws_tflite, spec, tmp_path / "fw", golden_inputs=inputs)
+
+    assert [path.name for path in paths] == list(PLAIN_FILES) + ["kws_golden_vectors.h"]
+    header = paths[-1].read_text()
+    assert "constexpr int KWS_GOLDEN_VECTOR_COUNT = 3;" in header
+    np.testing.assert_array_equal(_c_rows(header, "kws_golden_inputs", 490), inputs.reshape(3, 490))
+    # The expected outputs, computed here independently in the pip interpreter, one fresh interpreter per input.
+    expected = []
+    for sample in inputs:
+        micro = runtime.Interpreter.from_bytes(kws_tflite, arena_size=1 << 20)
+        micro.set_input(sample, 0)
+        micro.invoke()
+        expected.append(micro.get_output(0).reshape(-1))
+    np.testing.assert_array_equal(_c_rows(header, "kws_golden_outputs", 12), np.array(expected))
+    assert len({tuple(row) for row in expected}) > 1, "seeded inputs should not all give one output"
+
+
+def test_golden_vectors_compile_for_cortex_m4_with_the_settings_header(kws_tflite, tmp_path):
+    spec = FirmwareSpec(name="kws", labels=KWS_LABELS, arena_bytes=ARENA_BYTES)
+    export(kws_tflite, spec, tmp_path / "fw", golden_inputs=export_module.seeded_inputs(kws_tflite))
+    user = tmp_path / "check.cc"
+    user.write_text('#include "kws_golden_vectors.h"\n'
+                    "static_assert(KWS_GOLDEN_VECTOR_COUNT == 4, \"count\");\n"
+                    "static_assert(KWS_GOLDEN_OUTPUT_ELEMENTS == KWS_CLASS_COUNT, \"outputs\");\n"
+                    "int first() { return kws_golden_inputs[3][KWS_INPUT_ELEMENTS - 1] + kws_golden_outputs[0][0]; }\n")
+
+    _run([_tool("arm-none-eabi-g++"), "-std=c++17", "-mthumb", "-mcpu=cortex-m4", "-Wall", "-Wextra", "-Werror",
+          "-fsyntax-only", "-I", tmp_path / "fw", user])
+
+
+def test_seeded_inputs_repeat_with_the_seed_and_quantized_inputs_follow_the_input_formula(kws_tflite):
+    first, again = export_module.seeded_inputs(kws_tflite, seed=3), export_module.seeded_inputs(kws_tflite, seed=3)
+    tensor = model_file.read(kws_tflite).inputs[0]
+    x = np.array([[-1e9, 0.0, 1e9], [tensor.scale * 2.4, tensor.scale * 2.6, -tensor.scale * 2.6]])
+
+    assert first.dtype == np.int8 and first.shape == (4, *tensor.shape)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, export_module.seeded_inputs(kws_tflite, seed=4))
+    quantized = export_module.quantized_inputs(kws_tflite, x)
+    zero = tensor.zero_point
+    np.testing.assert_array_equal(quantized, np.array([[-128, zero, 127],
+                                                       [zero + 2, zero + 3, zero - 3]], dtype=np.int8).clip(-128, 127))
+
+
+def test_golden_inputs_of_the_wrong_size_are_rejected_and_write_nothing(kws_tflite, tmp_path):
+    spec = FirmwareSpec(name="kws", labels=KWS_LABELS, arena_bytes=ARENA_BYTES)
+
+    with pytest.raises(ExportError, match="golden inputs must be int8 model inputs of 490 values each"):
+        export(kws_tflite, spec, tmp_path / "fw", golden_inputs=np.zeros((2, 491), dtype=np.int8))
+    assert not (tmp_path / "fw").exists()

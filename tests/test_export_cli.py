@@ -88,7 +88,7 @@ def test_defaults_name_labels_and_arena_from_the_report(shared_models, tmp_path)
     assert arena_bytes == arena_with_margin(measured)
     assert sorted(path.name for path in (tmp_path / "fw").iterdir()) == sorted(
         f"kws_ref_model_{suffix}" for suffix in ("model_data.h", "model_data.cc", "model_settings.h",
-                                                 "op_resolver.h", "example.h", "example.cc"))
+                                                 "op_resolver.h", "example.h", "example.cc", "golden_vectors.h"))
 
 
 def test_model_tflm_cannot_run_exits_2_naming_the_problem_and_writes_nothing(shared_models, tmp_path):

@@ -306,6 +306,18 @@ def test_export_lists_the_golden_header_and_keeps_the_six_files(golden_export):
                                                         "golden_vectors.h"))
 
 
+def test_audio_golden_header_also_carries_the_clip_features_as_the_first_model_golden_vector(golden_export):
+    golden = (golden_export / f"{NAME}_golden_vectors.h").read_text()
+    block = re.search(rf"\b{NAME}_golden_inputs\[\w+\]\[\w+\] = \{{(.*?)\n\}};", golden, re.S).group(1)
+    outputs = re.search(rf"\b{NAME}_golden_outputs\[\w+\]\[\w+\] = \{{(.*?)\n\}};", golden, re.S).group(1)
+
+    assert f"constexpr int {NAME.upper()}_GOLDEN_VECTOR_COUNT = 1;" in golden
+    np.testing.assert_array_equal(np.array([int(t) for t in re.findall(r"-?\d+", block)]),
+                                  _c_array(golden, f"{NAME}_golden_features"))
+    np.testing.assert_array_equal(np.array([int(t) for t in re.findall(r"-?\d+", outputs)]),
+                                  _c_array(golden, f"{NAME}_golden_expected_output"))
+
+
 def test_export_refuses_a_frontend_the_model_input_cannot_hold(tiny_kws_tflite, tmp_path):
     spec = FirmwareSpec(name=NAME, labels=LABELS, arena_bytes=20_000)
 

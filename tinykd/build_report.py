@@ -76,6 +76,7 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
         "classes": class_metrics(verify["confusion"], data.labels),
         "data_repairs": dict(data.repairs),
         "frontend_parity": records["export"]["metrics"].get("frontend_parity"),
+        "firmware": records["export"]["metrics"].get("firmware"),
         "ensemble": records["ensemble"]["metrics"] if "ensemble" in records else None,
         "compression": None if compression is None else {
             **{k: v for k, v in compression.items() if k != "tensors"},
@@ -190,6 +191,8 @@ def render_markdown(report: dict) -> str:
         parity = report["frontend_parity"]
         lines += ["", f"Front-end parity: features recomputed from the exported model_settings.h are identical to "
                       f"the training features on {parity['identical_clips']:,} of {parity['test_clips']:,} test clips."]
+    if report.get("firmware"):
+        lines += ["", _firmware_line(report["firmware"])]
     if report["pruning_note"]:
         lines += ["", report["pruning_note"]]
     lines += ["", "Firmware files: " + ", ".join(f"`export/{f}`" for f in report["files"]), ""]
@@ -285,3 +288,16 @@ def accuracy_axis(percents: list[float]) -> tuple[float, float]:
     if high - low < MIN_ACCURACY_SPAN:  # pressed against 0 or 100: grow the other way
         low, high = (0.0, max(high, MIN_ACCURACY_SPAN)) if low == 0.0 else (min(low, 100.0 - MIN_ACCURACY_SPAN), 100.0)
     return low, high
+
+
+def _firmware_line(firmware: dict) -> str:
+    """The report's line on the export run on the emulated core (tinykd.firmware.verify_build)."""
+    if firmware["status"] != "passed":
+        return f"Firmware on an emulated core: not run ({firmware['reason']})."
+    features = ("" if firmware["features_differing"] is None
+                else f", front-end features differing: {firmware['features_differing']}")
+    return (f"Firmware on an emulated {firmware['core']} ({firmware['machine']}, TFLM + CMSIS-NN on QEMU): "
+            f"{firmware['vectors_passed']} of {firmware['vectors_total']} golden vectors identical{features}; "
+            f"arena {firmware['arena_smallest_bytes']:,} B smallest that allocates, "
+            f"{firmware['arena_used_bytes']:,} B used, {firmware['arena_exported_bytes']:,} B exported; "
+            f"{firmware['instructions']:,} instructions per inference.")

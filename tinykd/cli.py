@@ -68,7 +68,8 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
     from tinykd.pipeline import BuildOptions, build as run_build, check as check_build
 
     progress = 0 if quiet else (1 if sys.stdout.isatty() else 2)
-    options = BuildOptions(force=force, data_dirs=data_dirs, verbose=progress, log=log)
+    tflm_dir = Path(os.environ["TINYKD_TFLM_DIR"]) if os.environ.get("TINYKD_TFLM_DIR") else None
+    options = BuildOptions(force=force, data_dirs=data_dirs, verbose=progress, log=log, tflm_dir=tflm_dir)
     if check:
         from tinykd.manifest import NAME
 
@@ -161,7 +162,8 @@ def export_command(model: Path, out_dir: Path, name: str | None, labels_file: Pa
     """Write TFLite Micro C++ files for MODEL (an int8 .tflite): model data, settings, op resolver, example."""
     from tinykd.boards import load_boards
     from tinykd.errors import ConfigError
-    from tinykd.export import FirmwareSpec, arena_with_margin, c_identifier, default_labels, export, read_labels
+    from tinykd.export import (FirmwareSpec, arena_with_margin, c_identifier, default_labels, export, read_labels,
+                               seeded_inputs)
     from tinykd.report import read_model, reports
 
     tflite = read_model(model)
@@ -174,11 +176,57 @@ def export_command(model: Path, out_dir: Path, name: str | None, labels_file: Pa
     sized = max(reports(tflite, chosen, source=str(model)), key=lambda result: result.arena_bytes)
     spec = FirmwareSpec(name=name if name is not None else c_identifier(model.stem), labels=labels,
                         arena_bytes=sized.arena_bytes)
-    paths = export(tflite, spec, out_dir, layout)
+    # A model tinykd did not build comes without data: its golden vectors use seeded inputs.
+    paths = export(tflite, spec, out_dir, layout, golden_inputs=seeded_inputs(tflite))
     for path in paths:
         click.echo(f"wrote {path}")
     click.echo(f"{spec.name}: {len(labels)} classes, arena {arena_with_margin(spec.arena_bytes):,} B "
                f"({spec.arena_bytes:,} B for {sized.board} from `tinykd report`, plus the margin)")
+
+
+@cli.group()
+def firmware() -> None:
+    """Run exports on emulated Cortex-M cores: TFLite Micro + CMSIS-NN built for the core, on QEMU."""
+
+
+@firmware.command(name="check")
+@click.argument("export_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--core", "cores", multiple=True, metavar="CORE",
+              type=click.Choice(["cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55"]),
+              help="Emulated core (repeatable); default: cortex-m4, cortex-m33 and cortex-m55 (Helium).")
+@click.option("--tflm", "tflm_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="TFLite Micro source tree; default: $TINYKD_TFLM_DIR, else ../shared/tflm/tflite-micro "
+                   "beside this checkout.")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--time-limit", "time_limit_s", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Seconds one firmware may run on QEMU before it counts as hung.")
+def firmware_check(export_dir: Path, cores: tuple[str, ...], tflm_dir: Path | None, output_format: str,
+                   time_limit_s: int) -> None:
+    """Build EXPORT_DIR (a `tinykd export`) for each core, run its golden vectors on QEMU, and report PASS/FAIL,
+    the smallest arena that allocates on the device and instructions per Invoke() and per operator.
+    Exit 0 only if every vector passes and the exported arena constant allocates on every core."""
+    from tinykd import firmware as harness
+
+    if tflm_dir is None:
+        from_env = os.environ.get("TINYKD_TFLM_DIR")
+        tflm_dir = Path(from_env) if from_env else harness.SHARED_TFLM
+    results = harness.check(export_dir, tflm_dir, cores or harness.DEFAULT_CORES, time_limit_s)
+    if output_format == "json":
+        click.echo(json.dumps([harness.as_dict(result) for result in results], indent=2))
+    else:
+        click.echo(f"{'core':11} {'machine':11} {'vectors':>8} {'features':>9} {'arena exported':>15} "
+                   f"{'smallest':>9} {'used':>8} {'instructions':>13}  result")
+        for result in results:
+            features = "-" if result.features_differing is None else f"{result.features_differing} diff"
+            exported = f"{result.arena_exported_bytes:,}{'' if result.arena_exported_allocates else ' (no)'}"
+            click.echo(f"{result.core:11} {result.machine:11} {result.vectors_passed:>3}/{result.vectors_total:<4} "
+                       f"{features:>9} {exported:>15} {result.arena_smallest_bytes:>9,} "
+                       f"{result.arena_used_bytes:>8,} {result.instructions:>13,}  "
+                       f"{'PASS' if result.passed else 'FAIL'}{': ' + result.error if result.error else ''}")
+        for result in results:
+            click.echo(f"{result.core}: {harness.CORES[result.core][1]}", err=True)
+    if not all(result.passed for result in results):
+        sys.exit(1)
 
 
 @cli.group()

@@ -433,13 +433,19 @@ class VerifyConfig:
     With `per_stage`, every float stage's model (distilled, pruned, clustered) is also converted to int8 by
     post-training quantization and measured like the final one (TFLM accuracy, bytes, flash, RAM, latency on the
     board), so the report shows what each technique bought on the board (seconds for a small model).
+
+    `firmware`: run the export's golden vectors on the emulated core of `target.board` (TFLM + CMSIS-NN on
+    QEMU, tinykd.firmware) before the build is done: `auto` when the TFLM tree, the cross-compiler and QEMU are
+    there (the report says why not otherwise), `always` (their absence fails the build), or `never`.
     """
 
     max_samples: int | None = None
     per_stage: bool = True
+    firmware: str = "auto"
 
     def __post_init__(self):
         _require(self.max_samples is None or self.max_samples >= 1, "max_samples", "must be positive or null")
+        _require(self.firmware in ("auto", "always", "never"), "firmware", "must be auto, always or never")
 
 
 @dataclass(frozen=True, kw_only=True)

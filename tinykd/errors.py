@@ -31,3 +31,8 @@ class ExportError(TinykdError):
 
 class ReproducibilityError(TinykdError):
     """A rebuild gave bytes other than its manifest's, or there is no manifest to check: names the files."""
+
+
+class FirmwareError(TinykdError):
+    """The firmware harness cannot run: a missing TFLM tree, cross-compiler or QEMU (says how to get it), or a
+    build that failed (names the file and the compiler's words)."""

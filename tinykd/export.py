@@ -17,7 +17,7 @@ from string import Template
 
 import numpy as np
 
-from tinykd import artifacts, audio, config, model_file
+from tinykd import artifacts, audio, boards, config, firmware, model_file
 from tinykd.artifacts import Run
 from tinykd.audio import FrontendConfig
 from tinykd.data import Dataset
@@ -32,6 +32,8 @@ ARENA_ALIGNMENT_BYTES = 16
 # revision as the pip interpreter that checks every exported model. Re-read the templates when it changes.
 TFLM_VERSION = "tflite-micro main of 2026-10-23 (pip tflite_micro 0.dev20261023182759)"
 LAYOUTS = ("plain", "cmake", "arduino")
+# Golden vectors per export: enough to catch a wrong model array or kernel, few enough to keep the header small.
+GOLDEN_VECTOR_COUNT = 4
 # Big enough for any model a Cortex-M can hold; the check only asks whether TFLM can run the model at all.
 _CHECK_ARENA_BYTES = 64 * 1024 * 1024
 
@@ -95,10 +97,13 @@ class FirmwareSpec:
     raw_description: str = ""
 
 
-def stage(run: Run, cfg: config.Config, data: Dataset, model, verified) -> tuple[str, ...]:
+def stage(run: Run, cfg: config.Config, data: Dataset, model, verified,
+          tflm_dir: Path | None = None) -> tuple[str, ...]:
     """The export stage: C/C++ files for TFLite Micro firmware of `model` (tinykd.convert.Converted), with the
     arena the verify stage found (`verified`: tinykd.verify.Verified) plus any decompression memory; returns the
-    file names. For an audio recipe the exported front-end settings must reproduce every test clip's features."""
+    file names. For an audio recipe the exported front-end settings must reproduce every test clip's features;
+    with `verify.firmware`, the export's golden vectors run on the emulated core of the recipe's board
+    (`tflm_dir`: the TFLM tree; None: tinykd.firmware.SHARED_TFLM)."""
     decompression = model.decompression_memory_bytes
     spec = FirmwareSpec(name=cfg.export_name, labels=data.labels, arena_bytes=verified.arena_bytes + decompression,
                         decompression_memory_bytes=decompression,
@@ -107,10 +112,14 @@ def stage(run: Run, cfg: config.Config, data: Dataset, model, verified) -> tuple
 
     def compute():
         out_dir = run.dir("export")
-        files = export(model.tflite, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data))
+        files = export(model.tflite, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data),
+                       golden_inputs=quantized_inputs(model.tflite, data.test.x))
         metrics = {"file_count": len(files), "files": [f.name for f in files]}
         if cfg.frontend is not None:
             metrics["frontend_parity"] = _frontend_parity(out_dir / f"{spec.name}_model_settings.h", data)
+        core = boards.load_boards()[cfg.target.board].core
+        metrics["firmware"] = firmware.verify_build(out_dir, core, cfg.verify.firmware,
+                                                    tflm_dir or firmware.SHARED_TFLM)
         return None, metrics
 
     done = run.step("export", artifacts.key("export", config.plain(spec.__dict__), model.run_id), compute)
@@ -143,7 +152,8 @@ def _frontend_parity(settings_header: Path, data: Dataset) -> dict:
 
 
 def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plain", *,
-           frontend: FrontendConfig | None = None, golden_clip: np.ndarray | None = None) -> tuple[Path, ...]:
+           frontend: FrontendConfig | None = None, golden_clip: np.ndarray | None = None,
+           golden_inputs: np.ndarray | None = None) -> tuple[Path, ...]:
     """Write the firmware files for `tflite` into out_dir, laid out as `layout` (one of LAYOUTS).
 
     `plain` writes `<name>_model_data.h/.cc`, `<name>_model_settings.h`, `<name>_op_resolver.h` and
@@ -158,6 +168,9 @@ def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plai
     With `frontend` (an audio model), `<name>_model_settings.h` also carries the front-end settings and the
     uint16 -> int8 formula (tinykd.audio.settings_defines); with `golden_clip` too (int16 samples of one clip),
     `<name>_golden_vectors.h` holds the clip, its int8 features and the model output TFLM gives for them.
+    With `golden_inputs` (int8, one model input per row: `seeded_inputs` or `quantized_inputs`) or a golden
+    clip, `<name>_golden_vectors.h` also holds `<name>_golden_inputs` (the clip's features first) and the exact
+    int8 outputs the pip TFLM interpreter gives for them (`<name>_golden_outputs`), for any model.
 
     Returns:
         The written paths: the source files in the order above, then the layout's own files.
@@ -187,6 +200,9 @@ def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plai
     }
     if frontend is not None or golden_clip is not None:
         sources |= _frontend_sources(tflite, model, spec, sources, frontend, golden_clip)
+    vectors = _golden_input_rows(model, spec, sources, golden_inputs)
+    if len(vectors):
+        sources |= _golden_model_sources(tflite, model, spec, sources, vectors)
     return _write_atomically(_lay_out(sources, spec, layout), Path(out_dir))
 
 
@@ -211,6 +227,98 @@ def _frontend_sources(tflite: bytes, model: model_file.ModelInfo, spec: Firmware
         golden = audio.golden_vectors(golden_clip, frontend, tflite)
         added[f"{spec.name}_golden_vectors.h"] = audio.golden_header(golden, spec.name)
     return added
+
+
+def seeded_inputs(tflite: bytes, count: int = GOLDEN_VECTOR_COUNT, seed: int = 0) -> np.ndarray:
+    """`count` int8 model inputs drawn uniformly from [-128, 127] with `seed`: golden vectors for a model
+    without data at hand (same seed, same inputs).
+
+    Raises:
+        ExportError: the bytes are not a TFLite model, or its input is not int8.
+    """
+    shape = _input_tensor(tflite).shape
+    return np.random.default_rng(seed).integers(-128, 128, size=(count, *shape), dtype=np.int8)
+
+
+def quantized_inputs(tflite: bytes, x: np.ndarray, count: int = GOLDEN_VECTOR_COUNT) -> np.ndarray:
+    """The first `count` float model inputs of `x` (e.g. the test split) as the model's int8 input:
+    q = clamp(round(x / scale) + zero_point, -128, 127).
+
+    Raises:
+        ExportError: the bytes are not a TFLite model, or its input is not int8.
+    """
+    tensor = _input_tensor(tflite)
+    return np.clip(np.round(np.asarray(x[:count], dtype=np.float64) / tensor.scale) + tensor.zero_point,
+                   -128, 127).astype(np.int8)
+
+
+def _input_tensor(tflite: bytes) -> model_file.TensorInfo:
+    try:
+        inputs = model_file.read(tflite).inputs
+    except ModelError as error:
+        raise ExportError(f"golden vectors: {error}") from error
+    if not inputs or inputs[0].dtype != "int8" or inputs[0].scale is None:
+        raise ExportError("golden vectors: the model input is not quantized int8; convert with full-integer "
+                          "quantization (int8 input and output)")
+    return inputs[0]
+
+
+def _golden_input_rows(model: model_file.ModelInfo, spec: FirmwareSpec, sources: dict[str, str],
+                       golden_inputs: np.ndarray | None) -> np.ndarray:
+    """Every golden input as one flat int8 row: the golden clip's features first (if any), then golden_inputs."""
+    elements = math.prod(model.inputs[0].shape)
+    rows = []
+    golden_name = f"{spec.name}_golden_vectors.h"
+    if golden_name in sources:
+        rows.append(_c_array_values(sources[golden_name], f"{spec.name}_golden_features"))
+    if golden_inputs is not None:
+        given = np.asarray(golden_inputs)
+        if given.dtype != np.int8 or given.size % elements or given.size == 0:
+            raise ExportError(f"{spec.name}: golden inputs must be int8 model inputs of {elements} values each, "
+                              f"got {given.dtype} of shape {given.shape}; make them with seeded_inputs() or "
+                              "quantized_inputs()")
+        rows.extend(given.reshape(-1, elements))
+    return np.array(rows, dtype=np.int8).reshape(len(rows), elements)
+
+
+def _golden_model_sources(tflite: bytes, model: model_file.ModelInfo, spec: FirmwareSpec,
+                          sources: dict[str, str], vectors: np.ndarray) -> dict[str, str]:
+    """The golden vectors header with the model block: `vectors` and the outputs the pip TFLM gives for them."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    # The child-process check above already allocated and invoked this model, so TFLM will not crash on it here.
+    micro = runtime.Interpreter.from_bytes(tflite, arena_size=_CHECK_ARENA_BYTES)
+    shape = tuple(model.inputs[0].shape)
+    outputs = []
+    for row in vectors:
+        micro.set_input(row.reshape(shape), 0)
+        micro.invoke()
+        outputs.append(micro.get_output(0).reshape(-1).copy())
+    golden_name = f"{spec.name}_golden_vectors.h"
+    audio_clip = golden_name in sources
+    fields = {**_names(spec), "vector_count": str(len(vectors)), "output_elements": str(outputs[0].size),
+              "source": "the first is the golden clip's features" if audio_clip else "inputs given to the export",
+              "inputs": _c_rows(vectors), "outputs": _c_rows(np.array(outputs))}
+    block = _render("golden_block.h.in", fields)
+    if audio_clip:
+        guard_end = f"#endif  // {spec.name.upper()}_GOLDEN_VECTORS_H_\n"
+        return {golden_name: sources[golden_name].replace(guard_end, block + "\n" + guard_end)}
+    return {golden_name: _render("model_golden_vectors.h.in", {**_names(spec), "block": block})}
+
+
+def _c_rows(values: np.ndarray) -> str:
+    rows = []
+    for row in values:
+        flat = [str(int(value)) for value in row.reshape(-1)]
+        lines = [", ".join(flat[start:start + 16]) for start in range(0, len(flat), 16)]
+        rows.append("  {\n    " + ",\n    ".join(lines) + "\n  },")
+    return "\n".join(rows)
+
+
+def _c_array_values(text: str, array_name: str) -> np.ndarray:
+    """The values of the C array `array_name` in generated text (tinykd's own output, so one known layout)."""
+    body = text.split(f"const int8_t {array_name}[", 1)[1].split("= {", 1)[1].split("};", 1)[0]
+    return np.array([int(value) for value in body.replace("\n", " ").split(",") if value.strip()], dtype=np.int8)
 
 
 def _check_runs_in_tflm(tflite: bytes, source: str) -> None:

@@ -30,6 +30,7 @@ class BuildOptions:
     data_dirs: tuple[Path, ...] = ()
     verbose: int = 0
     log: Callable[[str], None] = lambda message: None
+    tflm_dir: Path | None = None  # TFLM tree for verify.firmware; None: tinykd.firmware.SHARED_TFLM
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
         model = compress.stage(run, cfg, data, model)
 
     # 11. export: C/C++ files for TFLite Micro firmware
-    export.stage(run, cfg, data, model, verified)
+    export.stage(run, cfg, data, model, verified, options.tflm_dir)
 
     # 12. report: accuracy at every stage, size, arena, time; JSON, Markdown and a plot
     report = build_report.write(run, cfg, data, run.records)
