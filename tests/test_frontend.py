@@ -303,7 +303,7 @@ def test_export_lists_the_golden_header_and_keeps_the_six_files(golden_export):
 
     assert names == sorted(f"{NAME}_{stem}" for stem in ("model_data.h", "model_data.cc", "model_settings.h",
                                                         "op_resolver.h", "example.h", "example.cc",
-                                                        "golden_vectors.h"))
+                                                        "golden_vectors.h", "recognizer.h", "listen.h"))
 
 
 def test_export_refuses_a_frontend_the_model_input_cannot_hold(tiny_kws_tflite, tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from tinykd.audio.frontend import FrontendConfig
+from tinykd.audio.stream import StreamConfig
 from tinykd.errors import ConfigError
 
 # What `--smoke` changes in any recipe: a few hundred samples and one epoch per stage, so a build takes seconds
@@ -466,6 +467,7 @@ class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     frontend: FrontendConfig | None = None
+    stream: StreamConfig = field(default_factory=StreamConfig)  # an audio model's listening loop
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     prune: PruneConfig | None = field(default_factory=PruneConfig)
@@ -487,6 +489,9 @@ class Config:
                      f"must equal data.sample_rate_hz ({self.data.sample_rate_hz}): the loader resamples to it")
             _require(self.frontend.clip_ms == self.data.clip_ms, "frontend.clip_ms",
                      f"must equal data.clip_ms ({self.data.clip_ms}): the loader cuts clips to it")
+            _require(self.stream.stride_ms % self.frontend.window_stride_ms == 0, "stream.stride_ms",
+                     f"must be a multiple of frontend.window_stride_ms ({self.frontend.window_stride_ms}): the "
+                     "device has new features only every window stride")
             _require(self.data.normalize is None, "data.normalize",
                      "must be left out with a frontend: the model's input is fixed by the front-end's int8 features")
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from tinykd import audio, model_file
 from tinykd.audio import FrontendConfig
+from tinykd.audio import stream as audio_stream
 from tinykd.errors import ExportError, ModelError
 from tinykd.report import arena
 
@@ -94,7 +95,8 @@ class FirmwareSpec:
 
 
 def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plain", *,
-           frontend: FrontendConfig | None = None, golden_clip: np.ndarray | None = None) -> tuple[Path, ...]:
+           frontend: FrontendConfig | None = None, golden_clip: np.ndarray | None = None,
+           stream: audio_stream.StreamConfig | None = None) -> tuple[Path, ...]:
     """Write the firmware files for `tflite` into out_dir, laid out as `layout` (one of LAYOUTS).
 
     `plain` writes `<name>_model_data.h/.cc`, `<name>_model_settings.h`, `<name>_op_resolver.h` and
@@ -109,6 +111,8 @@ def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plai
     With `frontend` (an audio model), `<name>_model_settings.h` also carries the front-end settings and the
     uint16 -> int8 formula (tinykd.audio.settings_defines); with `golden_clip` too (int16 samples of one clip),
     `<name>_golden_vectors.h` holds the clip, its int8 features and the model output TFLM gives for them.
+    An audio model also gets its listening loop: the `stream` settings (the defaults when None) in
+    `<name>_model_settings.h`, `<name>_recognizer.h` and `<name>_listen.h` (tinykd.audio.stream).
 
     Returns:
         The written paths: the source files in the order above, then the layout's own files.
@@ -138,6 +142,7 @@ def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plai
     }
     if frontend is not None or golden_clip is not None:
         sources |= _frontend_sources(tflite, model, spec, sources, frontend, golden_clip)
+        sources |= _stream_sources(model, spec, sources, stream or audio_stream.StreamConfig())
     return _write_atomically(_lay_out(sources, spec, layout), Path(out_dir))
 
 
@@ -162,6 +167,17 @@ def _frontend_sources(tflite: bytes, model: model_file.ModelInfo, spec: Firmware
         golden = audio.golden_vectors(golden_clip, frontend, tflite)
         added[f"{spec.name}_golden_vectors.h"] = audio.golden_header(golden, spec.name)
     return added
+
+
+def _stream_sources(model: model_file.ModelInfo, spec: FirmwareSpec, sources: dict[str, str],
+                    stream: audio_stream.StreamConfig) -> dict[str, str]:
+    """The settings header with the stream block added, the recognizer and the listening loop."""
+    settings_name = f"{spec.name}_model_settings.h"
+    guard_end = f"#endif  // {spec.name.upper()}_MODEL_SETTINGS_H_\n"
+    block = audio_stream.stream_defines(stream, spec.name, spec.labels, model.outputs[0].scale)
+    return {settings_name: sources[settings_name].replace(guard_end, block + "\n" + guard_end),
+            f"{spec.name}_recognizer.h": audio_stream.recognizer_header(spec.name),
+            f"{spec.name}_listen.h": _render("listen.h.in", _names(spec))}
 
 
 def _check_runs_in_tflm(tflite: bytes, source: str) -> None:

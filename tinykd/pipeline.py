@@ -357,12 +357,14 @@ class _Stages:
                             decompression_memory_bytes=decompression,
                             raw_scale=data.preprocessing.raw_scale, raw_offset=data.preprocessing.raw_offset,
                             raw_description=data.preprocessing.description)
-        key = artifacts.key("export", config.plain(spec.__dict__), tflite.record["run_id"])
+        key = artifacts.key("export", config.plain(spec.__dict__) | {"stream": config.plain(cfg.stream.__dict__)},
+                            tflite.record["run_id"])
         record = self._cached("export", key)
         if record is None:
             started = time.time()
             out_dir = self.run_dir.dir("export")
-            files = export(tflite.model, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data))
+            files = export(tflite.model, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data),
+                           stream=cfg.stream)
             metrics = {"file_count": len(files), "files": [f.name for f in files]}
             if cfg.frontend is not None:
                 metrics["frontend_parity"] = _frontend_parity(out_dir / f"{spec.name}_model_settings.h", data)

@@ -1,0 +1,165 @@
+"""Keyword spotting on a stream: what a device does with the model's scores, as micro_speech's RecognizeCommands.
+
+The device runs the model every `stride_ms` on the last clip of features, averages each class's int8 score over the
+results of the last `average_window_ms`, and reports a keyword when the top averaged class is a keyword whose mean
+probability reaches `threshold`, at least `min_count` results are in the window and no keyword was reported in the
+last `suppression_ms`. The same rules, in integer arithmetic so the two cannot round differently, are generated
+into `<name>_recognizer.h` for the firmware (`recognizer_header`), with the settings in `<name>_model_settings.h`
+(`stream_defines`).
+
+Unlike micro_speech, suppression holds for every keyword (micro_speech lets a different label fire at once, which
+turns one spoken word into two detections when the averaged top class flips), and `_silence_` / `_unknown_` never
+count as detections. The averaging window is also bounded by a result count (`StreamConfig.capacity`), the size
+of the device's ring buffer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from string import Template
+from typing import Sequence
+
+import numpy as np
+
+from tinykd.errors import DataError
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    # Imported here: tinykd.config imports this module for its `stream` section.
+    from tinykd.config import _require as require
+
+    require(condition, key, message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    """The recipe's `stream` section: how often the model runs on a stream and how its scores become detections.
+
+    `threshold` is the averaged probability of the top class (0 to 1); on the device it becomes a whole number of
+    output steps (`threshold_level`), compared in integers.
+    """
+
+    stride_ms: int = 100
+    average_window_ms: int = 500
+    threshold: float = 0.7
+    suppression_ms: int = 1000
+    min_count: int = 3
+
+    def __post_init__(self):
+        _require(self.stride_ms >= 1, "stride_ms", "must be at least 1, e.g. 100 (a multiple of the front-end's "
+                 "window_stride_ms)")
+        _require(self.average_window_ms >= self.stride_ms, "average_window_ms",
+                 f"must be at least stride_ms ({self.stride_ms}) so a result can be averaged, e.g. 500")
+        _require(math.isfinite(self.threshold) and 0.0 < self.threshold <= 1.0, "threshold",
+                 "must be in (0, 1]: the averaged probability of the detected keyword, e.g. 0.7")
+        _require(self.suppression_ms >= 0, "suppression_ms", "must be 0 or more, e.g. 1000")
+        _require(1 <= self.min_count <= self.capacity, "min_count",
+                 f"must be from 1 to {self.capacity} (results that fit in average_window_ms at stride_ms), e.g. 3")
+
+    @property
+    def capacity(self) -> int:
+        """Results the averaging window can hold: one per stride over the window, and the newest."""
+        return self.average_window_ms // self.stride_ms + 1
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Smoothed:
+    """Per result: the top class of the averaged window, its score sum (output steps above the zero point,
+    summed over the window) and how many results the window held."""
+
+    times_ms: np.ndarray
+    top: np.ndarray
+    top_sum: np.ndarray
+    count: np.ndarray
+
+
+@dataclass(frozen=True)
+class Detection:
+    time_ms: int
+    label: int  # class index
+    mean_level: float  # averaged score of that class, in output steps above the zero point
+
+
+def threshold_level(threshold: float, output_scale: float) -> int:
+    """`threshold` as a whole number of output steps: the least level whose probability reaches it."""
+    return math.ceil(round(threshold / output_scale, 6))
+
+
+def smooth(scores: np.ndarray, times_ms: np.ndarray, zero_point: int, cfg: StreamConfig) -> Smoothed:
+    """Average int8 `scores` (results x classes) over each result's window, as the device's ring buffer does.
+
+    The window of the result at time t holds the results from t - average_window_ms to t, at most
+    `cfg.capacity` of them (the newest). Sums are exact integers, so the top class is the device's.
+
+    Raises:
+        DataError: the scores are not int8 results x classes, or the times do not increase.
+    """
+    scores = np.asarray(scores)
+    times = np.asarray(times_ms, dtype=np.int64)
+    if scores.dtype != np.int8 or scores.ndim != 2 or len(times) != len(scores):
+        raise DataError(f"stream scores must be int8 (results, classes) with one time each; got {scores.dtype} "
+                        f"{scores.shape} and {len(times)} times")
+    if len(times) > 1 and np.any(np.diff(times) <= 0):
+        raise DataError("stream result times must increase, as a device produces them")
+    steps = scores.astype(np.int64) - zero_point
+    running = np.concatenate([np.zeros((1, steps.shape[1]), np.int64), np.cumsum(steps, axis=0)])
+    index = np.arange(len(times))
+    first = np.maximum(np.searchsorted(times, times - cfg.average_window_ms, side="left"), index - cfg.capacity + 1)
+    sums = running[index + 1] - running[first]
+    top = np.argmax(sums, axis=1)  # the first of equal sums, as the C loop's strict >
+    return Smoothed(times_ms=times, top=top, top_sum=sums[index, top], count=index + 1 - first)
+
+
+def detect(smoothed: Smoothed, keywords: Sequence[bool], level: int, cfg: StreamConfig) -> list[Detection]:
+    """The detections of `smoothed` results at threshold `level` (output steps), after suppression.
+
+    Args:
+        keywords: per class, whether it is a keyword (`_silence_` and `_unknown_` are not).
+    """
+    is_keyword = np.asarray(keywords, dtype=bool)[smoothed.top]
+    firing = is_keyword & (smoothed.count >= cfg.min_count) & (smoothed.top_sum >= level * smoothed.count)
+    detections: list[Detection] = []
+    for i in np.flatnonzero(firing):
+        time_ms = int(smoothed.times_ms[i])
+        if detections and time_ms - detections[-1].time_ms < cfg.suppression_ms:
+            continue
+        detections.append(Detection(time_ms=time_ms, label=int(smoothed.top[i]),
+                                    mean_level=float(smoothed.top_sum[i]) / int(smoothed.count[i])))
+    return detections
+
+
+def recognize(scores: np.ndarray, times_ms: np.ndarray, keywords: Sequence[bool], zero_point: int, level: int,
+              cfg: StreamConfig) -> list[Detection]:
+    """The detections a device makes from int8 `scores` at `times_ms`: `smooth`, then `detect`."""
+    return detect(smooth(scores, times_ms, zero_point, cfg), keywords, level, cfg)
+
+
+def keyword_classes(labels: Sequence[str]) -> tuple[bool, ...]:
+    """Per label, whether it is a keyword: TensorFlow's `_silence_` and `_unknown_` (a leading `_`) are not."""
+    return tuple(not label.startswith("_") for label in labels)
+
+
+def stream_defines(cfg: StreamConfig, name: str, labels: Sequence[str], output_scale: float) -> str:
+    """The stream block of `<name>_model_settings.h`: the recipe's settings, the threshold in output steps and
+    which classes are keywords; it follows the block that defines `<NAME>_CLASS_COUNT`."""
+    fields = {
+        "name": name, "NAME": name.upper(),
+        "stride_ms": str(cfg.stride_ms), "average_window_ms": str(cfg.average_window_ms),
+        "threshold": repr(float(cfg.threshold)) + "f", "suppression_ms": str(cfg.suppression_ms),
+        "min_count": str(cfg.min_count), "capacity": str(cfg.capacity),
+        "threshold_level": str(threshold_level(cfg.threshold, output_scale)),
+        "keywords": ", ".join("true" if keyword else "false" for keyword in keyword_classes(labels)),
+    }
+    return _render("stream_settings.h.in", fields)
+
+
+def recognizer_header(name: str) -> str:
+    """`<name>_recognizer.h`: the device's side of `recognize`, header-only and without TFLM."""
+    return _render("recognizer.h.in", {"name": name, "NAME": name.upper()})
+
+
+def _render(template_name: str, fields: dict[str, str]) -> str:
+    template = (resources.files("tinykd") / "templates" / template_name).read_text(encoding="utf-8")
+    return Template(template).substitute(fields)

@@ -1,0 +1,120 @@
+"""Judge a keyword model on a stream as a device would run it: front-end features of a sliding window, the int8
+model in the TFLite Micro interpreter, then the recognizer (tinykd.audio.stream); count false rejects and false
+accepts against the stream's known events.
+
+A keyword said at [start, end] is detected when a detection of its label falls in [start, end + clip_ms +
+average_window_ms]: the word stays in the model's input for a clip after it ends, and in the average for a
+window after that. Every other detection is a false accept: on silence, noise or another word, a wrong label, or
+a second detection of one spoken keyword.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tinykd.audio import stream as recognizer
+from tinykd.audio.frontend import FrontendConfig, features, to_int8
+from tinykd.data.keyword_stream import Stream
+from tinykd.errors import DataError, VerificationError
+
+_CHUNK_WINDOWS = 256  # windows per front-end call: bounds memory for hour-long streams
+_SECONDS_PER_INFERENCE = 0.5  # the child's time limit per window: far above any Cortex-M-sized model on a host
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """False rejects among the spoken keywords, and false accepts over the stream's length."""
+
+    threshold: float
+    keywords: int
+    false_rejects: int
+    false_accepts: int
+    hours: float
+
+    @property
+    def false_reject_rate(self) -> float:
+        return self.false_rejects / max(1, self.keywords)
+
+    @property
+    def false_accepts_per_hour(self) -> float:
+        return self.false_accepts / self.hours
+
+
+def window_features(samples: np.ndarray, frontend: FrontendConfig, stride_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 features (windows, frames, channels) of the clip ending every `stride_ms`, and those end times in ms.
+
+    Each window's features start from a fresh front-end state, as tinykd computes every training clip and as the
+    exported settings tell the device to.
+    """
+    stride = stride_ms * frontend.sample_rate_hz // 1000
+    if len(samples) < frontend.clip_samples:
+        raise DataError(f"the stream has {len(samples)} samples, less than one clip ({frontend.clip_samples})")
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(samples, np.int16), frontend.clip_samples)[::stride]
+    out = np.empty((len(windows), *frontend.feature_shape), np.int8)
+    for start in range(0, len(windows), _CHUNK_WINDOWS):
+        out[start:start + _CHUNK_WINDOWS] = to_int8(features(np.ascontiguousarray(windows[start:start + _CHUNK_WINDOWS]),
+                                                            frontend))
+    ends_ms = (np.arange(len(windows)) * stride + frontend.clip_samples) * 1000 // frontend.sample_rate_hz
+    return out, ends_ms
+
+
+def tflm_scores(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
+    """The int8 output of `tflite` in the TFLite Micro interpreter for each int8 input, in a child process with a
+    time limit (the interpreter can crash or hang on a bad model).
+
+    Raises:
+        VerificationError: TFLM cannot load or run the model, or runs past the time limit.
+    """
+    from tinykd.model_file import read
+    from tinykd.verify import measure_arena
+
+    shape = read(tflite, source="stream model").inputs[0].shape
+    arena = measure_arena(tflite)
+    with tempfile.TemporaryDirectory(prefix="tinykd-stream-") as folder:
+        Path(folder, "model.tflite").write_bytes(tflite)
+        np.save(Path(folder, "inputs.npy"), np.asarray(inputs, np.int8).reshape(len(inputs), *shape[1:]))
+        try:
+            done = subprocess.run([sys.executable, "-m", "tinykd.verify", folder, str(arena + 1024)],
+                                  capture_output=True, timeout=60 + _SECONDS_PER_INFERENCE * len(inputs))
+        except subprocess.TimeoutExpired:
+            raise VerificationError(f"TFLite Micro ran {len(inputs)} windows past the time limit") from None
+        if done.returncode != 0:
+            log = done.stderr.decode(errors="replace").strip()
+            raise VerificationError(f"TFLite Micro cannot run the model: "
+                                    f"{log.splitlines()[-1] if log else f'exit code {done.returncode}'}")
+        return np.load(Path(folder, "outputs.npy")).reshape(len(inputs), -1).astype(np.int8)
+
+
+def score(detections: Sequence[recognizer.Detection], stream: Stream, labels: Sequence[str],
+          tolerance_ms: int, threshold: float) -> Outcome:
+    """Match `detections` to the stream's spoken keywords (see the module docstring) and count the errors."""
+    spoken = [(event.start_ms, event.end_ms + tolerance_ms, labels.index(event.word))
+              for event in stream.events if event.kind == "keyword"]
+    matched = [False] * len(spoken)
+    false_accepts = 0
+    for detection in detections:
+        hit = next((i for i, (start, end, label) in enumerate(spoken)
+                    if not matched[i] and label == detection.label and start <= detection.time_ms <= end), None)
+        if hit is None:
+            false_accepts += 1
+        else:
+            matched[hit] = True
+    return Outcome(threshold=threshold, keywords=len(spoken), false_rejects=matched.count(False),
+                   false_accepts=false_accepts, hours=stream.duration_ms / 3_600_000)
+
+
+def sweep(smoothed: recognizer.Smoothed, stream: Stream, labels: Sequence[str], output_scale: float,
+          cfg: recognizer.StreamConfig, tolerance_ms: int) -> list[Outcome]:
+    """The outcome at every threshold level from one output step to the top of the int8 range: a DET curve."""
+    keywords = recognizer.keyword_classes(labels)
+    top_level = int(np.max(smoothed.top_sum // np.maximum(smoothed.count, 1), initial=1))
+    return [score(recognizer.detect(smoothed, keywords, level, cfg), stream, labels, tolerance_ms,
+                  threshold=level * output_scale)
+            for level in range(1, max(top_level, 1) + 1)]
