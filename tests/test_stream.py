@@ -169,6 +169,15 @@ def test_exported_listening_loop_is_written_for_audio_models_only(tiny_tflite, t
     settings = (tmp_path / "audio" / "kws_model_settings.h").read_text()
     assert re.search(r"KWS_STREAM_STRIDE_MS = 100;", settings) and "STREAM" not in (
         tmp_path / "plain" / "kws_model_settings.h").read_text()
+    # The loop compiles for a Cortex-M against the exported headers alone (it calls the example, not TFLM).
+    user = tmp_path / "user.cc"
+    user.write_text('#include "kws_listen.h"\nint heard(const int8_t* features, int32_t now_ms) '
+                    '{ return kws_example_listen(features, now_ms); }\n')
+    compiler = shutil.which("arm-none-eabi-g++")
+    if compiler is None:
+        pytest.fail("arm-none-eabi-g++ not found on PATH: the Cortex-M compiler is required for this test")
+    subprocess.run([compiler, "-mcpu=cortex-m33", "-mthumb", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-c",
+                    "-I", str(tmp_path / "audio"), str(user), "-o", str(tmp_path / "user.o")], check=True)
 
 
 # --- the stream --------------------------------------------------------------------------------------------------
