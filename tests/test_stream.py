@@ -254,3 +254,21 @@ def test_score_counts_misses_wrong_labels_and_repeats():
     assert outcome.false_reject_rate == 0.5 and outcome.false_accepts_per_hour == pytest.approx(300.0)
     late = stream_eval.score([Detection(2901, 2, 200.0)], stream, labels, tolerance_ms=1500, threshold=0.5)
     assert (late.false_rejects, late.false_accepts) == (2, 1)
+
+
+def test_listen_runs_the_int8_model_in_tflm_on_every_window(tiny_tflite, short_stream):
+    frontend = FrontendConfig()
+    cfg = StreamConfig(stride_ms=500, average_window_ms=1000, threshold=0.5, suppression_ms=1000, min_count=1)
+    samples = short_stream.samples[:16_000 * 4]
+    part = Stream(samples=samples, rate_hz=16000, events=(), split="test", seed=0, speakers=())
+
+    smoothed = stream_eval.listen(tiny_tflite, part, frontend, cfg)
+    windows, _ = stream_eval.window_features(samples, frontend, cfg.stride_ms)
+    scores = stream_eval.tflm_scores(tiny_tflite, windows)
+
+    assert list(smoothed.times_ms) == [1000, 1500, 2000, 2500, 3000, 3500, 4000]
+    assert list(smoothed.count) == [1, 2, 3, 3, 3, 3, 3]
+    # The child's TFLM output for the window ending at 2500 ms is what TFLM gives for that clip in-process.
+    golden = audio.golden_vectors(samples[24_000:40_000], frontend, tiny_tflite)
+    assert np.array_equal(scores[3], golden.expected_output)
+    assert np.array_equal(np.argmax(scores[4:7].astype(int).sum(0) + 128 * 3, axis=0), smoothed.top[-1])

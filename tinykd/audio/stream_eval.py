@@ -118,3 +118,21 @@ def sweep(smoothed: recognizer.Smoothed, stream: Stream, labels: Sequence[str], 
     return [score(recognizer.detect(smoothed, keywords, level, cfg), stream, labels, tolerance_ms,
                   threshold=level * output_scale)
             for level in range(1, max(top_level, 1) + 1)]
+
+
+def listen(tflite: bytes, stream: Stream, frontend: FrontendConfig, cfg: recognizer.StreamConfig
+           ) -> recognizer.Smoothed:
+    """Run `tflite` over `stream` as the device would (features every `cfg.stride_ms`, TFLM) and average its
+    scores; `detect` or `sweep` then give the detections at any threshold.
+
+    Raises:
+        DataError: the stream is not at the front-end's sample rate, or shorter than a clip.
+        VerificationError: TFLM cannot run the model.
+    """
+    from tinykd.model_file import read
+
+    if stream.rate_hz != frontend.sample_rate_hz:
+        raise DataError(f"the stream is at {stream.rate_hz} Hz; the front-end reads {frontend.sample_rate_hz} Hz")
+    windows, ends_ms = window_features(stream.samples, frontend, cfg.stride_ms)
+    scores = tflm_scores(tflite, windows)
+    return recognizer.smooth(scores, ends_ms, read(tflite, source="stream model").outputs[0].zero_point, cfg)
