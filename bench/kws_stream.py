@@ -42,10 +42,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kws_stream.json")
     parser.add_argument("--test-minutes", type=float, default=60.0)
     parser.add_argument("--val-minutes", type=float, default=30.0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for the build, as `tinykd build --set` (repeatable)")
     args = parser.parse_args()
 
-    cfg = config.load(args.recipe)
-    model = _build(args.recipe, args.runs, cfg)
+    cfg = config.load(args.recipe, config.parse_overrides(args.overrides))
+    model = _build(args.recipe, args.runs, args.overrides, cfg)
     streams = {split: _stream(args.runs / "streams", split, minutes, cfg)
                for split, minutes in (("val", args.val_minutes), ("test", args.test_minutes))}
     curves, seconds = {}, {}
@@ -60,6 +62,7 @@ def main() -> None:
     recipe_point = _nearest(curves["test"], cfg.stream.threshold)
     result = {
         "recipe": cfg.name,
+        "overrides": args.overrides,
         "model": str(model.relative_to(args.runs)) if model.is_relative_to(args.runs) else str(model),
         "stream_settings": config.plain(cfg.stream.__dict__),
         "threshold_rule": f"the lowest threshold whose validation-stream false accepts per hour are at most "
@@ -81,9 +84,11 @@ def main() -> None:
     _write_result(result, args.out, "bench/kws_stream.py")
 
 
-def _build(recipe: Path, runs: Path, cfg) -> Path:
+def _build(recipe: Path, runs: Path, overrides: list[str], cfg) -> Path:
     """The recipe's int8 model, built (or found cached) with `tinykd build`."""
     command = [sys.executable, "-m", "tinykd", "build", str(recipe), "--runs", str(runs), "--quiet"]
+    for override in overrides:
+        command += ["--set", override]
     print("$", " ".join(command[2:]), flush=True)
     subprocess.run(command, cwd=REPO, check=True)
     run = runs / cfg.name

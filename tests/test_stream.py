@@ -272,3 +272,18 @@ def test_listen_runs_the_int8_model_in_tflm_on_every_window(tiny_tflite, short_s
     golden = audio.golden_vectors(samples[24_000:40_000], frontend, tiny_tflite)
     assert np.array_equal(scores[3], golden.expected_output)
     assert np.array_equal(np.argmax(scores[4:7].astype(int).sum(0) + 128 * 3, axis=0), smoothed.top[-1])
+
+
+def test_data_stream_command_writes_the_audio_and_its_events(tmp_path):
+    from click.testing import CliRunner
+
+    from tinykd.cli import cli
+
+    out = tmp_path / "streams" / "val.wav"
+    done = CliRunner().invoke(cli, ["data", "stream", str(out), "--minutes", "0.2", "--split", "val",
+                                    "--speakers", "10", "--jobs", "1"])
+
+    assert done.exit_code == 0, done.output
+    made = keyword_stream.read_stream(out)
+    assert made.split == "val" and made.duration_ms == 12_000 and made.events
+    assert f"wrote {out}" in done.output and "val speakers" in done.output
