@@ -110,13 +110,11 @@ def _curve(model: Path, path: Path, cfg) -> list[dict]:
     from tinykd.audio import stream_eval
     from tinykd.data.keyword_stream import read_stream
     from tinykd.data.speech_commands import SILENCE, UNKNOWN
-    from tinykd.model_file import read
-
     tflite = model.read_bytes()
     stream = read_stream(path)
     labels = (SILENCE, UNKNOWN, *cfg.data.keywords)
     smoothed = stream_eval.listen(tflite, stream, cfg.frontend, cfg.stream)
-    outcomes = stream_eval.sweep(smoothed, stream, labels, read(tflite).outputs[0].scale, cfg.stream,
+    outcomes = stream_eval.sweep(smoothed, stream, labels, cfg.stream,
                                  tolerance_ms=cfg.frontend.clip_ms + cfg.stream.average_window_ms)
     return [{"threshold": round(o.threshold, 6), "false_reject_rate": round(o.false_reject_rate, 4),
              "false_accepts_per_hour": round(o.false_accepts_per_hour, 2), "false_rejects": o.false_rejects,

@@ -12,7 +12,8 @@ import pytest
 from tinykd import audio, config
 from tinykd.audio import stream_eval
 from tinykd.audio.frontend import FrontendConfig
-from tinykd.audio.stream import Detection, StreamConfig, keyword_classes, recognize, threshold_level
+from tinykd.audio.stream import (Detection, StreamConfig, keyword_classes, probabilities, recognize,
+                                 threshold_level)
 from tinykd.data import keyword_stream
 from tinykd.data.keyword_stream import Event, Stream
 from tinykd.errors import ConfigError
@@ -34,17 +35,32 @@ def one_hot(classes: list[int]) -> np.ndarray:
 
 def run(classes: list[int], cfg: StreamConfig = SMALL) -> list[tuple[int, int]]:
     times = np.arange(len(classes)) * cfg.stride_ms
-    found = recognize(one_hot(classes), times, keyword_classes(LABELS), ZERO_POINT,
-                      threshold_level(cfg.threshold, 1 / 256), cfg)
+    found = recognize(one_hot(classes), times, keyword_classes(LABELS), 1 / 256, ZERO_POINT, cfg)
     return [(d.time_ms, d.label) for d in found]
 
 
 # --- the recognizer on known sequences -----------------------------------------------------------------------------
 
 def test_threshold_becomes_the_least_output_level_reaching_it():
-    assert threshold_level(0.5, 1 / 256) == 128
-    assert threshold_level(0.7, 1 / 256) == 180  # 179.2 steps: 179 would fall short
-    assert threshold_level(0.75, 1 / 256) == 192  # exact, not pushed up by float error
+    assert threshold_level(0.5) == 128
+    assert threshold_level(0.7) == 180  # 179.2 steps: 179 would fall short
+    assert threshold_level(0.75) == 192  # exact, not pushed up by float error
+
+
+def test_logits_become_the_softmax_in_steps_of_1_256():
+    rng = np.random.default_rng(0)
+    scale, zero_point = 0.05, 2
+    logits = rng.integers(-128, 128, (500, len(LABELS))).astype(np.int8)
+    exact = np.exp((logits.astype(float) - zero_point) * scale)
+    exact /= exact.sum(axis=1, keepdims=True)
+
+    steps = probabilities(logits, scale, zero_point)
+
+    # The table rounds each exponential to 1/65535 of the largest, so a step may differ by one at most.
+    assert np.max(np.abs(steps - np.minimum(exact * 256, 255))) <= 1.0
+    assert steps.min() >= 0 and steps.max() <= 255
+    softmax_output = one_hot([YES, NO])
+    assert probabilities(softmax_output, 1 / 256, -128)[:, [YES, NO]].tolist() == [[255, 0], [0, 255]]
 
 
 def test_averaging_needs_most_of_the_window_and_min_count():
@@ -76,8 +92,9 @@ def test_threshold_compares_the_mean_probability():
     times = np.arange(6) * 100
     keywords = keyword_classes(LABELS)
 
-    assert [d.time_ms for d in recognize(scores, times, keywords, ZERO_POINT, 128, SMALL)] == [100]
-    assert recognize(scores, times, keywords, ZERO_POINT, 129, SMALL) == []
+    higher = StreamConfig(**{**SMALL.__dict__, "threshold": 129 / 256})
+    assert [d.time_ms for d in recognize(scores, times, keywords, 1 / 256, ZERO_POINT, SMALL)] == [100]
+    assert recognize(scores, times, keywords, 1 / 256, ZERO_POINT, higher) == []
 
 
 def test_recipe_stream_section_is_validated_with_its_key(tmp_path, repo):
@@ -111,8 +128,7 @@ int main() {
 """
 
 
-@pytest.fixture(scope="module")
-def tiny_tflite() -> bytes:
+def _tiny_model(activation: str | None) -> bytes:
     """A seeded, untrained full-int8 classifier of the front-end's features into the four LABELS."""
     from tinykd.convert import convert
     from tinykd.keras_shim import keras
@@ -121,38 +137,54 @@ def tiny_tflite() -> bytes:
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.layers.Input((*frontend.feature_shape, 1)),
                               keras.layers.Conv2D(2, (5, 5), strides=(4, 4), activation="relu"),
-                              keras.layers.Flatten(), keras.layers.Dense(len(LABELS), activation="softmax")])
+                              keras.layers.Flatten(), keras.layers.Dense(len(LABELS), activation=activation)])
     ends = np.full((2, *frontend.feature_shape, 1), [[[[-128]]], [[[127]]]], np.int8)
     features = np.random.default_rng(0).integers(-128, 128, (16, *frontend.feature_shape, 1)).astype(np.int8)
     return convert(model, audio.to_model_input(np.concatenate([features, ends])))
 
 
-def test_c_recognizer_and_python_make_identical_detections(tiny_tflite, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_tflite() -> bytes:
+    """Ends in a softmax, whose int8 output is already probabilities."""
+    return _tiny_model("softmax")
+
+
+@pytest.fixture(scope="module")
+def tiny_logits_tflite() -> bytes:
+    """Outputs int8 logits, as tinykd's models do."""
+    return _tiny_model(None)
+
+
+@pytest.mark.parametrize("outputs", ["logits", "softmax"])
+def test_c_recognizer_and_python_make_identical_detections(outputs, tiny_tflite, tiny_logits_tflite, tmp_path):
+    from tinykd import model_file
+
+    tflite = tiny_logits_tflite if outputs == "logits" else tiny_tflite
+    output = model_file.read(tflite).outputs[0]
     compiler = shutil.which("g++")
     if compiler is None:
         pytest.fail("g++ not found on PATH: the host compiler is required for this test")
     cfg = StreamConfig(stride_ms=40, average_window_ms=200, threshold=0.55, suppression_ms=700, min_count=3)
     out_dir = tmp_path / "firmware"
-    export(tiny_tflite, FirmwareSpec(name="kws", labels=LABELS, arena_bytes=20_000), out_dir,
+    export(tflite, FirmwareSpec(name="kws", labels=LABELS, arena_bytes=20_000), out_dir,
            frontend=FrontendConfig(), stream=cfg)
     settings = (out_dir / "kws_model_settings.h").read_text()
     assert "constexpr int32_t KWS_STREAM_THRESHOLD_LEVEL = 141;" in settings  # ceil(0.55 * 256)
+    assert f"KWS_STREAM_OUTPUTS_LOGITS = {str(outputs == 'logits').lower()};" in settings
     assert "constexpr bool KWS_STREAM_IS_KEYWORD[KWS_CLASS_COUNT] = {false, false, true, true};" in settings
     (tmp_path / "driver.cc").write_text(DRIVER)
     subprocess.run([compiler, "-std=c++11", "-Wall", "-Wextra", "-Werror", "-I", str(out_dir),
                     str(tmp_path / "driver.cc"), "-o", str(tmp_path / "driver")], check=True)
-    # Softmax-like scores that drift between classes with bursts, at uneven times, so windows hold 1 to 6 results.
+    # Outputs that drift between classes, with bursts of "yes", at uneven times so windows hold 1 to 6 results.
     rng = np.random.default_rng(1)
-    logits = np.cumsum(rng.normal(0, 0.8, (4000, len(LABELS))), axis=0) * 0.3
-    logits[:, YES] += 3 * (np.sin(np.arange(4000) / 23) > 0.7)
-    probabilities = np.exp(logits - logits.max(1, keepdims=True))
-    probabilities /= probabilities.sum(1, keepdims=True)
-    scores = np.clip(np.round(probabilities * 256) - 128, -128, 127).astype(np.int8)
+    walk = np.cumsum(rng.normal(0, 8, (4000, len(LABELS))), axis=0)
+    walk[:, YES] += 150 * (np.sin(np.arange(4000) / 23) > 0.7)
+    scores = np.clip(np.round(walk - walk.mean(axis=1, keepdims=True)), -128, 127).astype(np.int8)
     times = np.cumsum(rng.integers(1, 90, 4000))
     lines = "".join(f"{t} {' '.join(map(str, row))}\n" for t, row in zip(times, scores))
 
     done = subprocess.run([str(tmp_path / "driver")], input=lines, capture_output=True, text=True, check=True)
-    python = recognize(scores, times, keyword_classes(LABELS), ZERO_POINT, 141, cfg)
+    python = recognize(scores, times, keyword_classes(LABELS), output.scale, output.zero_point, cfg)
 
     c_detections = [tuple(map(int, line.split())) for line in done.stdout.splitlines()]
     assert len(c_detections) > 20
@@ -271,7 +303,7 @@ def test_listen_runs_the_int8_model_in_tflm_on_every_window(tiny_tflite, short_s
     # The child's TFLM output for the window ending at 2500 ms is what TFLM gives for that clip in-process.
     golden = audio.golden_vectors(samples[24_000:40_000], frontend, tiny_tflite)
     assert np.array_equal(scores[3], golden.expected_output)
-    assert np.array_equal(np.argmax(scores[4:7].astype(int).sum(0) + 128 * 3, axis=0), smoothed.top[-1])
+    assert np.array_equal(np.argmax(scores[4:7].astype(int).sum(0), axis=0), smoothed.top[-1])  # softmax output
 
 
 def test_data_stream_command_writes_the_audio_and_its_events(tmp_path):

@@ -174,7 +174,8 @@ def _stream_sources(model: model_file.ModelInfo, spec: FirmwareSpec, sources: di
     """The settings header with the stream block added, the recognizer and the listening loop."""
     settings_name = f"{spec.name}_model_settings.h"
     guard_end = f"#endif  // {spec.name.upper()}_MODEL_SETTINGS_H_\n"
-    block = audio_stream.stream_defines(stream, spec.name, spec.labels, model.outputs[0].scale)
+    output = model.outputs[0]
+    block = audio_stream.stream_defines(stream, spec.name, spec.labels, output.scale, output.zero_point)
     return {settings_name: sources[settings_name].replace(guard_end, block + "\n" + guard_end),
             f"{spec.name}_recognizer.h": audio_stream.recognizer_header(spec.name),
             f"{spec.name}_listen.h": _render("listen.h.in", _names(spec))}

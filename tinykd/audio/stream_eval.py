@@ -110,14 +110,13 @@ def score(detections: Sequence[recognizer.Detection], stream: Stream, labels: Se
                    false_accepts=false_accepts, hours=stream.duration_ms / 3_600_000)
 
 
-def sweep(smoothed: recognizer.Smoothed, stream: Stream, labels: Sequence[str], output_scale: float,
-          cfg: recognizer.StreamConfig, tolerance_ms: int) -> list[Outcome]:
-    """The outcome at every threshold level from one output step to the top of the int8 range: a DET curve."""
+def sweep(smoothed: recognizer.Smoothed, stream: Stream, labels: Sequence[str], cfg: recognizer.StreamConfig,
+          tolerance_ms: int) -> list[Outcome]:
+    """The outcome at every threshold from 1/256 to 255/256 (each probability step): a DET curve."""
     keywords = recognizer.keyword_classes(labels)
-    top_level = int(np.max(smoothed.top_sum // np.maximum(smoothed.count, 1), initial=1))
     return [score(recognizer.detect(smoothed, keywords, level, cfg), stream, labels, tolerance_ms,
-                  threshold=level * output_scale)
-            for level in range(1, max(top_level, 1) + 1)]
+                  threshold=level / recognizer.PROBABILITY_ONE)
+            for level in range(1, recognizer.PROBABILITY_ONE)]
 
 
 def listen(tflite: bytes, stream: Stream, frontend: FrontendConfig, cfg: recognizer.StreamConfig
@@ -134,5 +133,6 @@ def listen(tflite: bytes, stream: Stream, frontend: FrontendConfig, cfg: recogni
     if stream.rate_hz != frontend.sample_rate_hz:
         raise DataError(f"the stream is at {stream.rate_hz} Hz; the front-end reads {frontend.sample_rate_hz} Hz")
     windows, ends_ms = window_features(stream.samples, frontend, cfg.stride_ms)
-    scores = tflm_scores(tflite, windows)
-    return recognizer.smooth(scores, ends_ms, read(tflite, source="stream model").outputs[0].zero_point, cfg)
+    output = read(tflite, source="stream model").outputs[0]
+    probabilities = recognizer.probabilities(tflm_scores(tflite, windows), output.scale, output.zero_point)
+    return recognizer.smooth(probabilities, ends_ms, cfg)
