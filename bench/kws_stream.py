@@ -152,6 +152,7 @@ def _plot(curves: dict, chosen: dict, path: Path) -> None:
     axes.axvline(TARGET_FALSE_ACCEPTS_PER_HOUR, color="grey", linestyle=":")
     axes.axhline(100 * TARGET_FALSE_REJECT_RATE, color="grey", linestyle=":")
     axes.set_xscale("symlog", linthresh=1.0)
+    axes.set_xlim(left=0)
     axes.set_xlabel("false accepts per hour")
     axes.set_ylabel("false reject rate (%)")
     axes.set_title("Keyword spotting on a stream (int8 model in TFLite Micro)")
