@@ -118,7 +118,8 @@ def _curve(model: Path, path: Path, cfg) -> list[dict]:
                                  tolerance_ms=cfg.frontend.clip_ms + cfg.stream.average_window_ms)
     return [{"threshold": round(o.threshold, 6), "false_reject_rate": round(o.false_reject_rate, 4),
              "false_accepts_per_hour": round(o.false_accepts_per_hour, 2), "false_rejects": o.false_rejects,
-             "keywords": o.keywords, "false_accepts": o.false_accepts} for o in outcomes]
+             "keywords": o.keywords, "false_accepts": o.false_accepts,
+             "false_accepts_by_kind": dict(o.false_accepts_by_kind)} for o in outcomes]
 
 
 def _choose(curve: list[dict]) -> dict:

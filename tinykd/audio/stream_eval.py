@@ -37,6 +37,9 @@ class Outcome:
     false_rejects: int
     false_accepts: int
     hours: float
+    # What the false accepts heard: "unknown" and "noise" events, a "keyword" (a wrong label or a repeat), or
+    # "background" (no event within the tolerance before the detection).
+    false_accepts_by_kind: tuple[tuple[str, int], ...] = ()
 
     @property
     def false_reject_rate(self) -> float:
@@ -98,16 +101,18 @@ def score(detections: Sequence[recognizer.Detection], stream: Stream, labels: Se
     spoken = [(event.start_ms, event.end_ms + tolerance_ms, labels.index(event.word))
               for event in stream.events if event.kind == "keyword"]
     matched = [False] * len(spoken)
-    false_accepts = 0
+    heard = {"keyword": 0, "unknown": 0, "noise": 0, "background": 0}
     for detection in detections:
         hit = next((i for i, (start, end, label) in enumerate(spoken)
                     if not matched[i] and label == detection.label and start <= detection.time_ms <= end), None)
-        if hit is None:
-            false_accepts += 1
-        else:
+        if hit is not None:
             matched[hit] = True
+            continue
+        near = [e for e in stream.events if e.start_ms <= detection.time_ms <= e.end_ms + tolerance_ms]
+        heard[near[-1].kind if near else "background"] += 1
     return Outcome(threshold=threshold, keywords=len(spoken), false_rejects=matched.count(False),
-                   false_accepts=false_accepts, hours=stream.duration_ms / 3_600_000)
+                   false_accepts=sum(heard.values()), hours=stream.duration_ms / 3_600_000,
+                   false_accepts_by_kind=tuple(heard.items()))
 
 
 def sweep(smoothed: recognizer.Smoothed, stream: Stream, labels: Sequence[str], cfg: recognizer.StreamConfig,
