@@ -62,8 +62,8 @@ def window_features(samples: np.ndarray, frontend: FrontendConfig, stride_ms: in
     windows = np.lib.stride_tricks.sliding_window_view(np.asarray(samples, np.int16), frontend.clip_samples)[::stride]
     out = np.empty((len(windows), *frontend.feature_shape), np.int8)
     for start in range(0, len(windows), _CHUNK_WINDOWS):
-        out[start:start + _CHUNK_WINDOWS] = to_int8(features(np.ascontiguousarray(windows[start:start + _CHUNK_WINDOWS]),
-                                                            frontend))
+        chunk = np.ascontiguousarray(windows[start:start + _CHUNK_WINDOWS])
+        out[start:start + _CHUNK_WINDOWS] = to_int8(features(chunk, frontend))
     ends_ms = (np.arange(len(windows)) * stride + frontend.clip_samples) * 1000 // frontend.sample_rate_hz
     return out, ends_ms
 
