@@ -303,7 +303,7 @@ def test_export_lists_the_golden_header_and_keeps_the_six_files(golden_export):
 
     assert names == sorted(f"{NAME}_{stem}" for stem in ("model_data.h", "model_data.cc", "model_settings.h",
                                                         "op_resolver.h", "example.h", "example.cc",
-                                                        "golden_vectors.h"))
+                                                        "golden_vectors.h", "recognizer.h", "listen.h"))
 
 
 def test_audio_golden_header_also_carries_the_clip_features_as_the_first_model_golden_vector(golden_export):

@@ -269,6 +269,13 @@ def _check_audio_build(run, report, cfg):
     settings = (run / "export" / f"{cfg.export_name}_model_settings.h").read_text()
     assert audio.parse_settings(settings) == cfg.frontend
     assert (run / "export" / f"{cfg.export_name}_golden_vectors.h").is_file()
+    # The recipe's stream section reaches the firmware's listening loop.
+    from tinykd.audio.stream import threshold_level
+
+    name = cfg.export_name.upper()
+    assert f"{name}_STREAM_THRESHOLD_LEVEL = {threshold_level(cfg.stream.threshold)};" in settings
+    assert f"{name}_STREAM_STRIDE_MS = {cfg.stream.stride_ms};" in settings
+    assert (run / "export" / f"{cfg.export_name}_recognizer.h").is_file()
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):

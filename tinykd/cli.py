@@ -252,3 +252,26 @@ def keywords_command(out_dir: Path, seed: int, speakers: int, jobs: int | None) 
                f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "
                f"in {time.time() - started:.0f} s")
     click.echo(f"use it with   data: {{format: speech_commands, path: {summary.out_dir}}}")
+
+
+@data.command(name="stream")
+@click.argument("out_wav", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--minutes", default=30.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True,
+              help="Whose voices: the speakers `tinykd data keywords` holds out for validation or for test.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="The data set's seed (it picks the held-out speakers); same seed, same stream.")
+@click.option("--speakers", default=128, show_default=True, type=click.IntRange(min=3),
+              help="The data set's speaker count, as given to `tinykd data keywords`.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")
+def stream_command(out_wav: Path, minutes: float, split: str, seed: int, speakers: int, jobs: int | None) -> None:
+    """Write a long keyword-spotting evaluation stream to OUT_WAV, and its events at known times beside it (.json)."""
+    from tinykd.data.keyword_stream import make_stream, write_stream
+
+    started = time.time()
+    made = make_stream(minutes, split=split, seed=seed, speakers=speakers, jobs=jobs)
+    audio_path, labels_path = write_stream(made, out_wav)
+    counts = made.composition()
+    click.echo(f"wrote {audio_path} ({counts['duration_ms'] / 60000:.1f} min: {counts['keyword_events']} keywords, "
+               f"{counts['unknown_events']} other words, {counts['noise_events']} noise bursts, by "
+               f"{counts['speakers']} {split} speakers) and {labels_path} in {time.time() - started:.0f} s")

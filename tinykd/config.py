@@ -473,6 +473,37 @@ FRONTEND_KINDS = ("microfrontend",)
 
 
 @dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    """The recipe's `stream` section: how often the model runs on a stream and how its scores become detections.
+
+    `threshold` is the averaged probability of the top class (0 to 1); on the device it becomes a whole number of
+    output steps (`threshold_level`), compared in integers.
+    """
+
+    stride_ms: int = 100
+    average_window_ms: int = 500
+    threshold: float = 0.7
+    suppression_ms: int = 1000
+    min_count: int = 3
+
+    def __post_init__(self):
+        _require(self.stride_ms >= 1, "stride_ms", "must be at least 1, e.g. 100 (a multiple of the front-end's "
+                 "window_stride_ms)")
+        _require(self.average_window_ms >= self.stride_ms, "average_window_ms",
+                 f"must be at least stride_ms ({self.stride_ms}) so a result can be averaged, e.g. 500")
+        _require(math.isfinite(self.threshold) and 0.0 < self.threshold <= 1.0, "threshold",
+                 "must be in (0, 1]: the averaged probability of the detected keyword, e.g. 0.7")
+        _require(self.suppression_ms >= 0, "suppression_ms", "must be 0 or more, e.g. 1000")
+        _require(1 <= self.min_count <= self.capacity, "min_count",
+                 f"must be from 1 to {self.capacity} (results that fit in average_window_ms at stride_ms), e.g. 3")
+
+    @property
+    def capacity(self) -> int:
+        """Results the averaging window can hold: one per stride over the window, and the newest."""
+        return self.average_window_ms // self.stride_ms + 1
+
+
+@dataclass(frozen=True, kw_only=True)
 class FrontendConfig:
     """TFLite Micro's audio microfrontend settings; the defaults are micro_speech's (49 frames x 40 channels).
 
@@ -564,6 +595,7 @@ class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     frontend: FrontendConfig | None = None
+    stream: StreamConfig = field(default_factory=StreamConfig)  # an audio model's listening loop
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     prune: PruneConfig | None = field(default_factory=PruneConfig)
@@ -585,6 +617,9 @@ class Config:
                      f"must equal data.sample_rate_hz ({self.data.sample_rate_hz}): the loader resamples to it")
             _require(self.frontend.clip_ms == self.data.clip_ms, "frontend.clip_ms",
                      f"must equal data.clip_ms ({self.data.clip_ms}): the loader cuts clips to it")
+            _require(self.stream.stride_ms % self.frontend.window_stride_ms == 0, "stream.stride_ms",
+                     f"must be a multiple of frontend.window_stride_ms ({self.frontend.window_stride_ms}): the "
+                     "device has new features only every window stride")
             _require(self.data.normalize is None, "data.normalize",
                      "must be left out with a frontend: the model's input is fixed by the front-end's int8 features")
 

@@ -21,6 +21,7 @@ from tinykd import artifacts, audio, boards, config, firmware, model_file
 from tinykd.artifacts import Run
 from tinykd.audio import FrontendConfig
 from tinykd.data import Dataset
+from tinykd.audio import stream as audio_stream
 from tinykd.errors import ExportError, ModelError
 from tinykd.report import arena
 
@@ -113,7 +114,7 @@ def stage(run: Run, cfg: config.Config, data: Dataset, model, verified,
     def compute():
         out_dir = run.dir("export")
         files = export(model.tflite, spec, out_dir, frontend=cfg.frontend, golden_clip=_golden_clip(data),
-                       golden_inputs=quantized_inputs(model.tflite, data.test.x))
+                       golden_inputs=quantized_inputs(model.tflite, data.test.x), stream=cfg.stream)
         metrics = {"file_count": len(files), "files": [f.name for f in files]}
         if cfg.frontend is not None:
             metrics["frontend_parity"] = _frontend_parity(out_dir / f"{spec.name}_model_settings.h", data)
@@ -122,7 +123,9 @@ def stage(run: Run, cfg: config.Config, data: Dataset, model, verified,
                                                     tflm_dir or firmware.SHARED_TFLM)
         return None, metrics
 
-    done = run.step("export", artifacts.key("export", config.plain(spec.__dict__), model.run_id), compute)
+    key = artifacts.key("export", config.plain(spec.__dict__) | {"stream": config.plain(cfg.stream.__dict__)},
+                        model.run_id)
+    done = run.step("export", key, compute)
     return tuple(done.record["metrics"]["files"])
 
 
@@ -153,7 +156,8 @@ def _frontend_parity(settings_header: Path, data: Dataset) -> dict:
 
 def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plain", *,
            frontend: FrontendConfig | None = None, golden_clip: np.ndarray | None = None,
-           golden_inputs: np.ndarray | None = None) -> tuple[Path, ...]:
+           golden_inputs: np.ndarray | None = None,
+           stream: audio_stream.StreamConfig | None = None) -> tuple[Path, ...]:
     """Write the firmware files for `tflite` into out_dir, laid out as `layout` (one of LAYOUTS).
 
     `plain` writes `<name>_model_data.h/.cc`, `<name>_model_settings.h`, `<name>_op_resolver.h` and
@@ -171,6 +175,8 @@ def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plai
     With `golden_inputs` (int8, one model input per row: `seeded_inputs` or `quantized_inputs`) or a golden
     clip, `<name>_golden_vectors.h` also holds `<name>_golden_inputs` (the clip's features first) and the exact
     int8 outputs the pip TFLM interpreter gives for them (`<name>_golden_outputs`), for any model.
+    An audio model also gets its listening loop: the `stream` settings (the defaults when None) in
+    `<name>_model_settings.h`, `<name>_recognizer.h` and `<name>_listen.h` (tinykd.audio.stream).
 
     Returns:
         The written paths: the source files in the order above, then the layout's own files.
@@ -200,6 +206,7 @@ def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plai
     }
     if frontend is not None or golden_clip is not None:
         sources |= _frontend_sources(tflite, model, spec, sources, frontend, golden_clip)
+        sources |= _stream_sources(model, spec, sources, stream or audio_stream.StreamConfig())
     vectors = _golden_input_rows(model, spec, sources, golden_inputs)
     if len(vectors):
         sources |= _golden_model_sources(tflite, model, spec, sources, vectors)
@@ -319,6 +326,18 @@ def _c_array_values(text: str, array_name: str) -> np.ndarray:
     """The values of the C array `array_name` in generated text (tinykd's own output, so one known layout)."""
     body = text.split(f"const int8_t {array_name}[", 1)[1].split("= {", 1)[1].split("};", 1)[0]
     return np.array([int(value) for value in body.replace("\n", " ").split(",") if value.strip()], dtype=np.int8)
+
+
+def _stream_sources(model: model_file.ModelInfo, spec: FirmwareSpec, sources: dict[str, str],
+                    stream: audio_stream.StreamConfig) -> dict[str, str]:
+    """The settings header with the stream block added, the recognizer and the listening loop."""
+    settings_name = f"{spec.name}_model_settings.h"
+    guard_end = f"#endif  // {spec.name.upper()}_MODEL_SETTINGS_H_\n"
+    output = model.outputs[0]
+    block = audio_stream.stream_defines(stream, spec.name, spec.labels, output.scale, output.zero_point)
+    return {settings_name: sources[settings_name].replace(guard_end, block + "\n" + guard_end),
+            f"{spec.name}_recognizer.h": audio_stream.recognizer_header(spec.name),
+            f"{spec.name}_listen.h": _render("listen.h.in", _names(spec))}
 
 
 def _check_runs_in_tflm(tflite: bytes, source: str) -> None:

@@ -95,10 +95,7 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
     chosen = choose_speakers(speakers, seed)
-    order = np.random.default_rng([seed, 1]).permutation(len(chosen))
-    held_out = max(1, round(HELD_OUT_SHARE * len(chosen)))
-    split_of = {chosen[i]: "val" if rank < held_out else "test" if rank < 2 * held_out else "train"
-                for rank, i in enumerate(order)}
+    split_of = split_speakers(chosen, seed)
     partial = out_dir.with_name(f".{out_dir.name}.partial")  # renamed when complete, so no reader sees half of it
     if partial.exists():
         shutil.rmtree(partial)
@@ -133,6 +130,14 @@ def choose_speakers(count: int, seed: int) -> list[Speaker]:
         use_flite = bool(flite) and (len(chosen) % FLITE_EVERY == 0 or not espeak)
         chosen.append(flite.pop(0) if use_flite else espeak.pop(0))
     return chosen
+
+
+def split_speakers(chosen: list[Speaker], seed: int) -> dict[Speaker, str]:
+    """Each speaker's split: "val" or "test" for a HELD_OUT_SHARE each (at least one), "train" for the rest."""
+    order = np.random.default_rng([seed, 1]).permutation(len(chosen))
+    held_out = max(1, round(HELD_OUT_SHARE * len(chosen)))
+    return {chosen[i]: "val" if rank < held_out else "test" if rank < 2 * held_out else "train"
+            for rank, i in enumerate(order)}
 
 
 def generate_noises(seed: int) -> dict[str, np.ndarray]:

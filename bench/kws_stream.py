@@ -1,0 +1,166 @@
+"""Benchmark keyword spotting on a stream, as a device listens: false rejects and false accepts per hour.
+
+    python bench/kws_stream.py [--runs DIR]      (about 20 minutes on a 2-core machine with the model built)
+
+Runs, through the real `tinykd` commands and modules:
+- `tinykd build pipelines/kws_dscnn.yaml` (reused when the runs folder already holds it; ~10 min otherwise), which
+  synthesizes the keyword data set with seed 0 if it is missing;
+- `tinykd data stream` twice: a validation stream spoken by the data set's validation speakers and a test stream
+  spoken by its test speakers (neither heard in training), each with keywords, other words, noise bursts and
+  silence at known times;
+- on each stream: the front-end's int8 features of the last second every `stream.stride_ms`, the int8 model in
+  the TFLite Micro interpreter, the recipe's recognizer (tinykd.audio.stream) at every threshold.
+The threshold is chosen on the validation stream only (the lowest whose false accepts per hour are at most the
+target) and then applied once to the test stream. Writes bench/results/kws_stream.json and kws_stream.png (the
+DET curve: false reject rate against false accepts per hour, over thresholds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from fashion_mnist import _write_result  # noqa: E402
+
+from tinykd import config  # noqa: E402
+
+TARGET_FALSE_REJECT_RATE = 0.10
+TARGET_FALSE_ACCEPTS_PER_HOUR = 5.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=REPO / "pipelines" / "kws_dscnn.yaml")
+    parser.add_argument("--runs", type=Path, default=REPO / "bench" / "runs" / "kws_stream")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kws_stream.json")
+    parser.add_argument("--test-minutes", type=float, default=60.0)
+    parser.add_argument("--val-minutes", type=float, default=30.0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for the build, as `tinykd build --set` (repeatable)")
+    args = parser.parse_args()
+
+    cfg = config.load(args.recipe, config.parse_overrides(args.overrides))
+    model = _build(args.recipe, args.runs, args.overrides, cfg)
+    streams = {split: _stream(args.runs / "streams", split, minutes, cfg)
+               for split, minutes in (("val", args.val_minutes), ("test", args.test_minutes))}
+    curves, seconds = {}, {}
+    for split, path in streams.items():
+        started = time.perf_counter()
+        curves[split] = _curve(model, path, cfg)
+        seconds[split] = round(time.perf_counter() - started, 1)
+        print(f"  {split}: {seconds[split]:.0f} s", flush=True)
+
+    chosen = _choose(curves["val"])
+    test = next(point for point in curves["test"] if point["threshold"] == chosen["threshold"])
+    recipe_point = _nearest(curves["test"], cfg.stream.threshold)
+    result = {
+        "recipe": cfg.name,
+        "overrides": args.overrides,
+        "model": str(model.relative_to(args.runs)) if model.is_relative_to(args.runs) else str(model),
+        "stream_settings": config.plain(cfg.stream.__dict__),
+        "threshold_rule": f"the lowest threshold whose validation-stream false accepts per hour are at most "
+                          f"{TARGET_FALSE_ACCEPTS_PER_HOUR:g}; chosen on the validation stream, applied once to test",
+        "threshold": chosen["threshold"],
+        "stream_false_reject_rate": test["false_reject_rate"],
+        "stream_false_accepts_per_hour": test["false_accepts_per_hour"],
+        "stream_test": test,
+        "stream_validation_at_threshold": chosen,
+        "stream_test_at_recipe_threshold": recipe_point,
+        "streams": {split: _composition(path) for split, path in streams.items()},
+        "evaluation_seconds": seconds,
+        "det_curve": curves,
+        "targets": {"false_reject_rate_at_most_10pct_with_at_most_5_false_accepts_per_hour":
+                    test["false_reject_rate"] <= TARGET_FALSE_REJECT_RATE
+                    and test["false_accepts_per_hour"] <= TARGET_FALSE_ACCEPTS_PER_HOUR},
+    }
+    _plot(curves, chosen, args.out.with_suffix(".png"))
+    _write_result(result, args.out, "bench/kws_stream.py")
+
+
+def _build(recipe: Path, runs: Path, overrides: list[str], cfg) -> Path:
+    """The recipe's int8 model, built (or found cached) with `tinykd build`."""
+    command = [sys.executable, "-m", "tinykd", "build", str(recipe), "--runs", str(runs), "--quiet"]
+    for override in overrides:
+        command += ["--set", override]
+    print("$", " ".join(command[2:]), flush=True)
+    subprocess.run(command, cwd=REPO, check=True)
+    run = runs / cfg.name
+    return run / "compress" / "model.tflite" if cfg.compress is not None else run / "convert" / "model.tflite"
+
+
+def _stream(folder: Path, split: str, minutes: float, cfg) -> Path:
+    """`tinykd data stream` for the data set's held-out `split` speakers, unless it was made before."""
+    path = folder / f"{split}_{minutes:g}min_seed{cfg.data.seed}.wav"
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        command = [sys.executable, "-m", "tinykd", "data", "stream", str(path), "--split", split,
+                   "--minutes", f"{minutes:g}", "--seed", str(cfg.data.seed)]
+        print("$", " ".join(command[2:]), flush=True)
+        subprocess.run(command, cwd=REPO, check=True)
+    return path
+
+
+def _curve(model: Path, path: Path, cfg) -> list[dict]:
+    from tinykd.audio import stream_eval
+    from tinykd.data.keyword_stream import read_stream
+    from tinykd.data.speech_commands import SILENCE, UNKNOWN
+    tflite = model.read_bytes()
+    stream = read_stream(path)
+    labels = (SILENCE, UNKNOWN, *cfg.data.keywords)
+    smoothed = stream_eval.listen(tflite, stream, cfg.frontend, cfg.stream)
+    outcomes = stream_eval.sweep(smoothed, stream, labels, cfg.stream,
+                                 tolerance_ms=cfg.frontend.clip_ms + cfg.stream.average_window_ms)
+    return [{"threshold": round(o.threshold, 6), "false_reject_rate": round(o.false_reject_rate, 4),
+             "false_accepts_per_hour": round(o.false_accepts_per_hour, 2), "false_rejects": o.false_rejects,
+             "keywords": o.keywords, "false_accepts": o.false_accepts,
+             "false_accepts_by_kind": dict(o.false_accepts_by_kind)} for o in outcomes]
+
+
+def _choose(curve: list[dict]) -> dict:
+    passing = [point for point in curve if point["false_accepts_per_hour"] <= TARGET_FALSE_ACCEPTS_PER_HOUR]
+    return min(passing, key=lambda point: point["threshold"]) if passing else curve[-1]
+
+
+def _nearest(curve: list[dict], threshold: float) -> dict:
+    return min(curve, key=lambda point: (abs(point["threshold"] - threshold), -point["threshold"]))
+
+
+def _composition(path: Path) -> dict:
+    import json
+
+    labels = json.loads(path.with_suffix(".json").read_text())
+    return {"file": path.name, "split": labels["split"], "seed": labels["seed"], **labels["composition"]}
+
+
+def _plot(curves: dict, chosen: dict, path: Path) -> None:
+    from matplotlib import pyplot
+
+    from tinykd import artifacts
+
+    figure, axes = pyplot.subplots(figsize=(6, 4.5))
+    for split, curve in curves.items():
+        axes.plot([p["false_accepts_per_hour"] for p in curve], [100 * p["false_reject_rate"] for p in curve],
+                  marker=".", markersize=3, label=f"{split} stream")
+    test = next(p for p in curves["test"] if p["threshold"] == chosen["threshold"])
+    axes.plot([test["false_accepts_per_hour"]], [100 * test["false_reject_rate"]], "k*", markersize=12,
+              label=f"test at threshold {chosen['threshold']:.3f} (chosen on val)")
+    axes.axvline(TARGET_FALSE_ACCEPTS_PER_HOUR, color="grey", linestyle=":")
+    axes.axhline(100 * TARGET_FALSE_REJECT_RATE, color="grey", linestyle=":")
+    axes.set_xscale("symlog", linthresh=1.0)
+    axes.set_xlim(left=0)
+    axes.set_xlabel("false accepts per hour")
+    axes.set_ylabel("false reject rate (%)")
+    axes.set_title("Keyword spotting on a stream (int8 model in TFLite Micro)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    artifacts.save_figure(figure, path)
+
+
+if __name__ == "__main__":
+    main()
