@@ -96,7 +96,7 @@ def copy_file(source: Path, path: Path) -> Path:
 def key(*parts) -> str:
     """A short, stable hash of JSON-able parts: the identity of a stage's inputs.
 
-    The tinykd code is not part of it: after upgrading tinykd, rebuild with --force (README).
+    The tinykd code is not part of it: after upgrading tinykd, rebuild with --force (docs/pipeline.md).
     """
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
