@@ -16,6 +16,7 @@ import platform
 from pathlib import Path
 
 from tinykd import artifacts, config
+from tinykd.errors import ReproducibilityError
 
 NAME = "manifest.json"
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tflite-micro", "numpy", "tinykd")

@@ -11,7 +11,6 @@ a second detection of one spoken keyword.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
