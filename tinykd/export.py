@@ -17,7 +17,7 @@ from string import Template
 
 import numpy as np
 
-from tinykd import artifacts, audio, boards, config, firmware, model_file
+from tinykd import artifacts, audio, boards, config, firmware, model_file, tflm
 from tinykd.artifacts import Run
 from tinykd.audio import FrontendConfig
 from tinykd.data import Dataset
@@ -291,16 +291,11 @@ def _golden_input_rows(model: model_file.ModelInfo, spec: FirmwareSpec, sources:
 def _golden_model_sources(tflite: bytes, model: model_file.ModelInfo, spec: FirmwareSpec,
                           sources: dict[str, str], vectors: np.ndarray) -> dict[str, str]:
     """The golden vectors header with the model block: `vectors` and the outputs the pip TFLM gives for them."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    # The child-process check above already allocated and invoked this model, so TFLM will not crash on it here.
-    micro = runtime.Interpreter.from_bytes(tflite, arena_size=_CHECK_ARENA_BYTES)
     shape = tuple(model.inputs[0].shape)
-    outputs = []
-    for row in vectors:
-        micro.set_input(row.reshape(shape), 0)
-        micro.invoke()
-        outputs.append(micro.get_output(0).reshape(-1).copy())
+    try:
+        outputs = tflm.outputs(tflite, vectors.reshape(len(vectors), *shape[1:]), _CHECK_ARENA_BYTES)[0]
+    except ModelError as error:
+        raise ExportError(f"{spec.name}: golden vectors: {error}") from None
     golden_name = f"{spec.name}_golden_vectors.h"
     audio_clip = golden_name in sources
     fields = {**_names(spec), "vector_count": str(len(vectors)), "output_elements": str(outputs[0].size),
