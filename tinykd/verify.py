@@ -6,8 +6,6 @@ TFLM is what runs on the device, so its accuracy is the accuracy tinykd reports;
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,8 +80,7 @@ def verify(tflite: bytes, split: Split, arena_bytes: int | None = None) -> Verif
     """
     from tinykd.keras_shim import lite_interpreter
 
-    with _quiet_stderr():
-        arena = measure_arena(tflite) if arena_bytes is None else arena_bytes
+    arena = measure_arena(tflite) if arena_bytes is None else arena_bytes
     reference = lite_interpreter(tflite, reference_kernels=True)
     inputs = quantize_input(split.x, reference.get_input_details()[0]["quantization_parameters"])
     # TFLM runs in a child process (tinykd.tflm), on the other core while TFLite's reference kernels run here.
@@ -152,16 +149,3 @@ def quantize_input(x: np.ndarray, quantization: dict) -> np.ndarray:
     scale = float(quantization["scales"][0])
     zero_point = int(quantization["zero_points"][0])
     return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence C++ logging on fd 2 (TFLM prints every failed allocation) for the duration of the block."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
