@@ -15,6 +15,7 @@ false reject and false accept rates, and every target of the keyword-spotting is
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -40,7 +41,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data", type=Path, help="use this keyword data set instead of synthesizing one")
     add_variant_options(parser)
+    parser.add_argument("--stream-results", type=Path,
+                        help="only add the stream figures of this bench/kws_stream.py JSON (run on this benchmark's "
+                             "seed-0 build) to --out, building nothing")
     args = parser.parse_args()
+    if args.stream_results:
+        _add_stream(args.out, args.stream_results)
+        return
 
     if args.runs.exists():
         shutil.rmtree(args.runs)
@@ -93,6 +100,25 @@ def main() -> None:
         result["targets"]["latency_below_previous_default"] = \
             result["student_latency_ms"] < previous["student_latency_ms"]
     _write_result(result, args.out, "bench/kws.py")
+
+
+def _add_stream(out: Path, stream_results: Path) -> None:
+    """Put the false rejects and false accepts per hour of a stream benchmark into the results file."""
+    result, stream = json.loads(out.read_text()), json.loads(stream_results.read_text())
+    test = stream["streams"]["test"]
+    result.update({
+        "stream_false_reject_rate": stream["stream_false_reject_rate"],
+        "stream_false_accepts_per_hour": stream["stream_false_accepts_per_hour"],
+        "stream_threshold": stream["threshold"],
+        "stream_source": f"`{stream['command']}` on the seed-0 kd build of this benchmark "
+                         f"({' '.join(stream['overrides'])}), finished {stream['machine']['date']}: a "
+                         f"{test['duration_ms'] / 60000:g}-minute test stream of {test['speakers']} held-out "
+                         f"speakers ({test['keyword_events']} keywords), threshold {stream['threshold']:.3f} chosen on "
+                         f"a {stream['streams']['val']['duration_ms'] / 60000:g}-minute validation stream",
+    })
+    temporary = out.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.replace(out)
 
 
 if __name__ == "__main__":
