@@ -110,8 +110,8 @@ def _add_stream(out: Path, stream_results: Path) -> None:
         "stream_false_reject_rate": stream["stream_false_reject_rate"],
         "stream_false_accepts_per_hour": stream["stream_false_accepts_per_hour"],
         "stream_threshold": stream["threshold"],
-        "stream_source": f"`{stream['command']}` on the seed-0 kd build of this benchmark "
-                         f"({' '.join(stream['overrides'])}), finished {stream['machine']['date']}: a "
+        "stream_source": f"bench/kws_stream.py on the seed-0 kd build of this benchmark "
+                         f"(`{stream['command']}`), finished {stream['machine']['date']}: a "
                          f"{test['duration_ms'] / 60000:g}-minute test stream of {test['speakers']} held-out "
                          f"speakers ({test['keyword_events']} keywords), threshold {stream['threshold']:.3f} chosen on "
                          f"a {stream['streams']['val']['duration_ms'] / 60000:g}-minute validation stream",
