@@ -65,7 +65,8 @@ def main() -> None:
     for name, overrides in variants.items():
         for seed in (args.seeds[:args.no_kd_seeds] if name == "no_kd" else args.seeds):
             runs[name].append(_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides))
-    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common)
+    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common,
+                  log_name=f"{cfg.name}-kd-s{args.seeds[0]}-noop")  # keeps the first build's log
 
     result = _summary(runs, noop, cfg, args.first_build_log, carried)
     if previous is not None:
@@ -172,8 +173,10 @@ def _write_result(result: dict, out: Path, script: str) -> None:
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=2))
 
 
-def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str], smoke: bool = False) -> dict:
-    """One `tinykd build` in a child process, timed; exits naming the log when the build fails."""
+def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str], smoke: bool = False,
+           log_name: str | None = None) -> dict:
+    """One `tinykd build` in a child process, timed; exits naming the log (`log_name`, default `name`, .log in
+    `runs`) when the build fails."""
     command = [sys.executable, "-m", "tinykd", "build", str(recipe), "--runs", str(runs), "--quiet",
                "--set", f"name={name}", "--set", f"seed={seed}"] + (["--smoke"] if smoke else [])
     for override in overrides:
@@ -182,7 +185,7 @@ def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str],
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    log = runs / f"{name}.log"
+    log = runs / f"{log_name or name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(completed.stdout + completed.stderr)
     if completed.returncode != 0:

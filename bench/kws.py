@@ -70,7 +70,8 @@ def main() -> None:
     runs = {name: [_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides)
                    for seed in args.seeds]
             for name, overrides in _variants(cfg, common).items() if name in args.variants}
-    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common)
+    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common,
+                  log_name=f"{cfg.name}-kd-s{args.seeds[0]}-noop")  # keeps the first build's log
 
     result = _summary(runs, noop, cfg, None, carried)
     kd = runs["kd"]
