@@ -9,6 +9,12 @@ Runs, each through the real `tinykd build` command:
   same total epochs (distill + prune + quantize epochs, all spent on labels);
 - baseline (b): the same pipeline with distillation off (alpha 0).
 Writes bench/results/fashion_mnist.json with the machine it ran on and every target checked.
+
+    python bench/fashion_mnist.py --variants kd --previous bench/results/fashion_mnist.json
+
+builds only the recipe's arm: the others' figures are carried from --carry-from (default: the results file being
+replaced) and the JSON names where they came from (`baseline_source`, `no_kd_source`). --previous names the results
+of the recipe this one replaces; the targets then compare the new student's accuracy and latency with it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, help="load this trained teacher (teacher.path) instead of training one")
     parser.add_argument("--first-build-log", type=Path,
                         help="the log of an earlier first build (teacher trained) of the same recipe and teacher")
+    add_variant_options(parser)
     args = parser.parse_args()
 
     if args.runs.exists():
@@ -51,14 +58,97 @@ def main() -> None:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     cfg = config.load(args.recipe)
     common = [f"teacher.path={args.teacher.resolve()}"] if args.teacher else []
-    variants = _variants(cfg, common)
+    variants = {name: overrides for name, overrides in _variants(cfg, common).items() if name in args.variants}
+    carried = _carried(args.carry_from or args.out, args.variants)
+    previous = previous_default(args.previous)  # read now: --previous may be --out, rewritten at the end
     runs = {name: [] for name in variants}
     for name, overrides in variants.items():
         for seed in (args.seeds[:args.no_kd_seeds] if name == "no_kd" else args.seeds):
             runs[name].append(_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides))
-    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common)
+    noop = _build(args.recipe, args.runs, f"{cfg.name}-kd-s{args.seeds[0]}", args.seeds[0], common,
+                  log_name=f"{cfg.name}-kd-s{args.seeds[0]}-noop")  # keeps the first build's log
 
-    _write_result(_summary(runs, noop, cfg, args.first_build_log), args.out, "bench/fashion_mnist.py")
+    result = _summary(runs, noop, cfg, args.first_build_log, carried)
+    if previous is not None:
+        result["previous_default"] = previous
+        result["latency_cut_vs_previous_default"] = 1 - result["student_latency_ms"] / previous["student_latency_ms"]
+        result["targets"].update({
+            "latency_at_least_30pct_below_previous_default": result["latency_cut_vs_previous_default"] >= 0.30,
+            "int8_accuracy_at_least_previous_default":
+                result["student_int8_accuracy"] >= previous["student_int8_accuracy"],
+        })
+    _write_result(result, args.out, "bench/fashion_mnist.py")
+
+
+VARIANTS = ("kd", "baseline", "no_kd")
+# Why a variant's figures may come from an earlier run's JSON: the hand baseline (labels only, no pruning, PTQ,
+# the same total epochs) does not depend on the prune section, so a recipe change there leaves it as it was.
+CARRY_NOTE = {
+    "baseline": "carried from {path} (finished {date}): the hand baseline's settings (labels only, prune none, "
+                "quantize none, distill.epochs = distill + prune + quantize epochs) did not change with this "
+                "recipe's prune section, so it was not re-run",
+    "no_kd": "carried from {path} (finished {date}), NOT re-run: it was measured with that run's recipe "
+             "(its prune section), so it is not the same pipeline with alpha 0 as the kd figures here",
+}
+
+
+def add_variant_options(parser) -> None:
+    """`--variants` (which arms to build) and `--carry-from` (where the others' figures come from)."""
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="build only these arms (kd always); the others' figures come from --carry-from")
+    parser.add_argument("--carry-from", type=Path,
+                        help="the earlier results JSON whose figures the arms not built carry (default: --out)")
+    parser.add_argument("--previous", type=Path,
+                        help="the results JSON of the recipe this one replaces: its student's accuracy, MACs and "
+                             "latency go in as `previous_default`, and the targets compare with them")
+
+
+def previous_default(path: Path | None) -> dict | None:
+    """The kd student of an earlier results JSON (the default recipe this one replaces), for the targets."""
+    if path is None:
+        return None
+    earlier = json.loads(path.read_text())
+    stages = {s["stage"]: s for s in earlier["runs"]["kd"][0]["stages"]}
+    int8 = stages["int8"]
+    return {"source": f"{_source(path)} (finished {earlier['machine']['date']}), seed "
+                      f"{earlier['runs']['kd'][0]['seed']} for MACs, bytes and latency",
+            "prune": earlier.get("prune_method") or f"magnitude (sparsity {stages['prune']['sparsity']})",
+            "student_int8_accuracy": earlier["student_int8_accuracy"],
+            "student_int8_accuracy_seeds": earlier["student_int8_accuracy_seeds"],
+            "student_macs": int8["macs"], "student_tflite_bytes": int8["int8"]["tflite_bytes"],
+            "student_latency_ms": int8["int8"]["latency_ms"],
+            "kd_gain_over_baseline_points": earlier["kd_gain_over_baseline_points"]}
+
+
+def _carried(path: Path, built: list[str]) -> dict:
+    """The figures of the arms not built, from an earlier results JSON, each with where it came from."""
+    if "kd" not in built:
+        sys.exit("--variants must include kd: every figure of the recipe comes from it")
+    missing = [name for name in VARIANTS if name not in built]
+    if not missing:
+        return {}
+    if not path.exists():
+        sys.exit(f"--variants leaves out {', '.join(missing)} but {path} (--carry-from) does not exist")
+    earlier = json.loads(path.read_text())
+    carried = {}
+    for name in missing:
+        keys = [f"{name}_int8_accuracy", f"{name}_int8_accuracy_seeds"] + \
+            (["no_kd_float_accuracy_seeds"] if name == "no_kd" and "no_kd_float_accuracy_seeds" in earlier else [])
+        carried[name] = {"figures": {key: earlier[key] for key in keys},
+                         "runs": earlier.get("runs", {}).get(name, []),
+                         "source": CARRY_NOTE[name].format(path=_source(path), date=earlier["machine"]["date"])}
+    return carried
+
+
+def _source(path: Path) -> str:
+    """A results file as the JSON names it: its path in the repository and the commit that last changed it."""
+    try:
+        relative = str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+    commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", relative], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    return f"{relative} as of commit {commit}" if commit else relative
 
 
 def _variants(cfg, common: list[str]) -> dict[str, list[str]]:
@@ -83,8 +173,10 @@ def _write_result(result: dict, out: Path, script: str) -> None:
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=2))
 
 
-def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str], smoke: bool = False) -> dict:
-    """One `tinykd build` in a child process, timed; exits naming the log when the build fails."""
+def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str], smoke: bool = False,
+           log_name: str | None = None) -> dict:
+    """One `tinykd build` in a child process, timed; exits naming the log (`log_name`, default `name`, .log in
+    `runs`) when the build fails."""
     command = [sys.executable, "-m", "tinykd", "build", str(recipe), "--runs", str(runs), "--quiet",
                "--set", f"name={name}", "--set", f"seed={seed}"] + (["--smoke"] if smoke else [])
     for override in overrides:
@@ -93,7 +185,7 @@ def _build(recipe: Path, runs: Path, name: str, seed: int, overrides: list[str],
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    log = runs / f"{name}.log"
+    log = runs / f"{log_name or name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(completed.stdout + completed.stderr)
     if completed.returncode != 0:
@@ -119,8 +211,9 @@ def _first_build(kd: list[dict], log: Path | None) -> dict:
                                                                   re.MULTILINE)[-1])}
 
 
-def _summary(runs: dict, noop: dict, cfg, first_build_log: Path | None) -> dict:
-    kd, baseline, no_kd = runs["kd"], runs["baseline"], runs["no_kd"]
+def _summary(runs: dict, noop: dict, cfg, first_build_log: Path | None, carried: dict | None = None) -> dict:
+    carried = carried or {}
+    kd = runs["kd"]
     first = kd[0]["report"]
     stages = {s["stage"]: s for s in first["stages"]}
     int8_seeds = [r["report"]["int8"]["tflm_accuracy"] for r in kd]
@@ -134,16 +227,24 @@ def _summary(runs: dict, noop: dict, cfg, first_build_log: Path | None) -> dict:
         "student_float_into_quantization_accuracy_seeds": float_seeds,
         "student_int8_accuracy": statistics.mean(int8_seeds),
         "student_int8_accuracy_seeds": int8_seeds,
-        "baseline_int8_accuracy": statistics.mean(r["report"]["int8"]["tflm_accuracy"] for r in baseline),
-        "baseline_int8_accuracy_seeds": [r["report"]["int8"]["tflm_accuracy"] for r in baseline],
-        "no_kd_int8_accuracy": statistics.mean(r["report"]["int8"]["tflm_accuracy"] for r in no_kd),
-        "no_kd_int8_accuracy_seeds": [r["report"]["int8"]["tflm_accuracy"] for r in no_kd],
+        **_arm("baseline", runs, carried),
+        **_arm("no_kd", runs, carried),
         "teacher_tflite_bytes": stages["teacher"]["size_bytes"],
         "teacher_tflite_kind": stages["teacher"]["size_kind"],
         "student_tflite_bytes": first["int8"]["tflite_bytes"],
         "student_arena_bytes_host": first["int8"]["arena_bytes_host"],
         "student_params": stages["int8"]["params"],
         "student_sparsity": stages.get("prune", {}).get("sparsity"),
+        "student_macs": stages["int8"]["macs"],
+        "student_macs_seeds": [_stage(r, "int8")["macs"] for r in kd],
+        "student_latency_ms": first["board"]["latency_ms"],
+        "student_latency_ms_seeds": [r["report"]["board"]["latency_ms"] for r in kd],
+        "student_latency_board": first["board"]["board"],
+        "pruning_note": first["pruning_note"],
+        "student_tflite_bytes_seeds": [r["report"]["int8"]["tflite_bytes"] for r in kd],
+        "prune_method": cfg.prune.method if cfg.prune else None,
+        "prune_budget": ({k: v for k, v in config.as_dict(cfg.prune.budget).items() if v is not None}
+                         if cfg.prune and cfg.prune.budget else None),
         "tflm_tflite_top1_agreement": min(r["report"]["int8"]["tflm_tflite_top1_agreement"] for r in kd),
         "tflm_tflite_identical_fraction": min(r["report"]["int8"]["tflm_tflite_identical_fraction"] for r in kd),
         "tflm_tflite_max_lsb_diff": max(r["report"]["int8"]["tflm_tflite_max_lsb_diff"] for r in kd),
@@ -152,9 +253,10 @@ def _summary(runs: dict, noop: dict, cfg, first_build_log: Path | None) -> dict:
         "rebuild_seconds_runs": [r["seconds"] for r in kd if "[teacher] training" not in r["log"]],
         "noop_rebuild_seconds": noop["seconds"],
         "stage_seconds_first_build": first["seconds"],
-        "runs": {name: [{"name": r["name"], "seed": r["seed"], "seconds": r["seconds"],
-                         "int8_accuracy": r["report"]["int8"]["tflm_accuracy"],
-                         "stages": r["report"]["stages"]} for r in group] for name, group in runs.items()},
+        "runs": {**{name: [{"name": r["name"], "seed": r["seed"], "seconds": r["seconds"],
+                            "int8_accuracy": r["report"]["int8"]["tflm_accuracy"],
+                            "stages": r["report"]["stages"]} for r in group] for name, group in runs.items()},
+                 **{name: arm["runs"] for name, arm in carried.items()}},
     }
     result["kd_gain_over_baseline_points"] = 100 * (result["student_int8_accuracy"] - result["baseline_int8_accuracy"])
     result["int8_minus_float_points"] = 100 * (statistics.mean(int8_seeds) - statistics.mean(float_seeds))
@@ -169,6 +271,15 @@ def _summary(runs: dict, noop: dict, cfg, first_build_log: Path | None) -> dict:
         "rebuild_at_most_8_minutes": result["rebuild_seconds"] is not None and result["rebuild_seconds"] <= 8 * 60,
     }
     return result
+
+
+def _arm(name: str, runs: dict, carried: dict) -> dict:
+    """The int8 accuracy (mean and seeds) of a baseline arm, built in this run or carried from an earlier one."""
+    if name in carried:
+        return {**carried[name]["figures"], f"{name}_source": carried[name]["source"]}
+    seeds = [r["report"]["int8"]["tflm_accuracy"] for r in runs[name]]
+    return {f"{name}_int8_accuracy": statistics.mean(seeds), f"{name}_int8_accuracy_seeds": seeds,
+            f"{name}_source": "built in this run"}
 
 
 def _stage(run: dict, name: str) -> dict:

@@ -73,34 +73,67 @@ def machine(result: dict) -> str:
 
 # ---- Fashion-MNIST, the default recipe (bench/fashion_mnist.py) ----
 
+def carried(r: dict, arm: str) -> bool:
+    """Whether an arm's figures came from an earlier results file instead of this run (`ARM_source`)."""
+    return r.get(f"{arm}_source", "built in this run") != "built in this run"
+
+
+def budget(r: dict) -> str:
+    """The recipe's structured-pruning budget, as the recipe writes it."""
+    return ", ".join(f"`{key}` {value:,}" if isinstance(value, int) else f"`{key}` {value:g}"
+                     for key, value in (r.get("prune_budget") or {}).items()) or "none"
+
+
+def student_cost(r: dict) -> str:
+    """The student's estimated latency and MACs on the recipe's board, with their seed range where they differ."""
+    low, high = min(r["student_latency_ms_seeds"]), max(r["student_latency_ms_seeds"])
+    latency = f"{r['student_latency_ms']:.1f} ms" if high - low < 0.05 else \
+        f"{r['student_latency_ms']:.1f} ms (seeds {low:.1f}-{high:.1f} ms)"
+    return f"{latency}, {r['student_macs']:,} MACs (seed 0) on {r['student_latency_board']}"
+
+
 def fashion_mnist_table(results: dict) -> str:
     r = results["fashion_mnist"]
     met = r["targets"]
+    previous = r["previous_default"]
     teacher_training = r["build_seconds"] - r["rebuild_seconds"]
     rebuilds = ", ".join(f"{s:.0f} s" for s in r["rebuild_seconds_runs"])
+    first_build = (f"{r['build_seconds'] / 60:.1f} min (the benchmark's first build, teacher trained)"
+                   if r["build_seconds_source"] == "first kd build of this run" else
+                   f"{r['build_seconds'] / 60:.1f} min (teacher training {teacher_training:.0f} s in the first-build "
+                   "log plus the median rebuild)")
     rows = [
         ["teacher (float) test accuracy", pct(r["teacher_accuracy"]), "≥ 92%",
          yes(met["teacher_accuracy_at_least_0.92"])],
         ["int8 student in TFLite Micro, mean of 3 seeds",
-         f"{pct(r['student_int8_accuracy'])} ({seeds(r['student_int8_accuracy_seeds'])})", "", ""],
+         f"{pct(r['student_int8_accuracy'])} ({seeds(r['student_int8_accuracy_seeds'])})",
+         f"≥ the magnitude-pruned default's {pct(previous['student_int8_accuracy'])}",
+         yes(met["int8_accuracy_at_least_previous_default"])],
         ["int8 student / teacher", pct(r["student_int8_accuracy"] / r["teacher_accuracy"], 1), "≥ 97%",
          yes(met["student_int8_at_least_97pct_of_teacher"])],
-        ["int8 student .tflite", f"{r['student_tflite_bytes']:,} B (teacher {r['teacher_tflite_kind']} "
-         f"{r['teacher_tflite_bytes']:,} B)", "≤ 32 KiB", yes(met["student_tflite_at_most_32KiB"])],
-        ["baseline (a): labels only, no pruning, PTQ, same epochs",
+        ["estimated latency on the board, MACs", f"{student_cost(r)}: "
+         f"{pct(r['latency_cut_vs_previous_default'], 0)} less than the magnitude-pruned default's "
+         f"{previous['student_latency_ms']:.1f} ms ({previous['student_macs']:,} MACs)", "≥ 30% less",
+         yes(met["latency_at_least_30pct_below_previous_default"])],
+        ["int8 student .tflite", f"{r['student_tflite_bytes']:,} B (magnitude-pruned default "
+         f"{previous['student_tflite_bytes']:,} B; teacher {r['teacher_tflite_kind']} {r['teacher_tflite_bytes']:,} B)",
+         "≤ 32 KiB", yes(met["student_tflite_at_most_32KiB"])],
+        ["baseline (a): labels only, no pruning, PTQ, same epochs"
+         + (" (carried from the previous run)" if carried(r, "baseline") else ""),
          f"{pct(r['baseline_int8_accuracy'])} ({seeds(r['baseline_int8_accuracy_seeds'])})", "", ""],
         ["distilled minus baseline (a)", points(r["kd_gain_over_baseline_points"]), "≥ +0.5",
          yes(met["kd_beats_baseline_by_0.5_points"])],
-        ["baseline (b): same pipeline, alpha 0", f"{pct(r['no_kd_int8_accuracy'])} "
-         f"({seeds(r['no_kd_int8_accuracy_seeds'])}): distillation "
-         f"{gain(r['student_int8_accuracy'], r['no_kd_int8_accuracy'])}", "reported", ""],
+        ["baseline (b): same pipeline, alpha 0"
+         + (" (previous run, magnitude pruning: not this pipeline)" if carried(r, "no_kd") else ""),
+         f"{pct(r['no_kd_int8_accuracy'])} ({seeds(r['no_kd_int8_accuracy_seeds'])})"
+         + ("" if carried(r, "no_kd") else
+            f": distillation {gain(r['student_int8_accuracy'], r['no_kd_int8_accuracy'])}"), "reported", ""],
         ["int8 minus the float student entering QAT", points(r["int8_minus_float_points"]), "within ±0.5",
          yes(met["int8_within_0.5_points_of_float_student"])],
         ["TFLM vs TFLite reference: top-1 agreement / bit-identical / max diff",
          f"{pct(r['tflm_tflite_top1_agreement'])} / {pct(r['tflm_tflite_identical_fraction'])} / "
          f"{r['tflm_tflite_max_lsb_diff']} LSB", "100% top-1", yes(met["tflm_tflite_top1_agreement_100pct"])],
-        ["first full build", f"{r['build_seconds'] / 60:.1f} min (teacher training {teacher_training:.0f} s in the "
-         "first-build log plus the median rebuild)", "≤ 25 min", yes(met["first_build_at_most_25_minutes"])],
+        ["first full build", first_build, "≤ 25 min", yes(met["first_build_at_most_25_minutes"])],
         ["rebuild reusing the teacher, median", f"{r['rebuild_seconds'] / 60:.1f} min (runs: {rebuilds})", "≤ 8 min",
          yes(met["rebuild_at_most_8_minutes"])],
     ]
@@ -109,27 +142,26 @@ def fashion_mnist_table(results: dict) -> str:
 
 def fashion_mnist_notes(results: dict) -> str:
     r = results["fashion_mnist"]
-    no_kd_times = ", ".join(f"{run['seconds']:.0f} s" for run in r["runs"]["no_kd"])
     speed = results["report_speed"]["results"]["table_all_boards"]
-    return (
+    notes = [
         f"- The seeds spread by {spread(r['student_int8_accuracy_seeds']):.1f} points (distilled) and "
         f"{spread(r['baseline_int8_accuracy_seeds']):.1f} points (baseline a), against a gain of "
-        f"{points(r['kd_gain_over_baseline_points'])}.\n"
-        f"- The baseline (b) builds overlapped the Pareto benchmark, which changed their time ({no_kd_times}), not "
-        "their accuracy.\n"
-        f"- `build_seconds` is the teacher's {r['build_seconds'] - r['rebuild_seconds']:.0f} s of training, measured "
-        f"in the first build's log (which finished verify at {r['first_build_log_seconds_to_verify']:.0f} s), plus "
-        "the median rebuild. That log is from before the `measure` stage existed; the rebuilds include it "
-        f"({r['stage_seconds_first_build']['measure']:.0f} s). A rebuild with nothing changed took "
-        f"{r['noop_rebuild_seconds']:.1f} s.\n"
-        f"- Pruning reached {pct(r['student_sparsity'], 0)} sparsity, but the int8 `.tflite` stays at "
-        f"{r['student_tflite_bytes']:,} B, the size of the unpruned student (the report's per-stage int8 columns "
-        "show it): TFLite Micro stores tensors dense.\n"
-        f"- The tensor arena measured on the 64-bit host is {r['student_arena_bytes_host']:,} B.\n"
+        f"{points(r['kd_gain_over_baseline_points'])}.",
+        f"- Structured pruning toward {budget(r)} on {r['student_latency_board']}: {r['pruning_note']}",
+        f"- Float student before pruning {mean_pct(r['student_float_accuracy_seeds'], 2)}, after pruning and "
+        f"rewinding {mean_pct(r['student_float_into_quantization_accuracy_seeds'], 2)} (means of the seeds).",
+    ]
+    for arm, label in (("baseline", "Baseline (a)"), ("no_kd", "Baseline (b)")):
+        if carried(r, arm):
+            notes.append(f"- {label}: {r[f'{arm}_source']}.")
+    notes += [
+        f"- A rebuild with nothing changed took {r['noop_rebuild_seconds']:.1f} s.",
+        f"- The tensor arena measured on the 64-bit host is {r['student_arena_bytes_host']:,} B.",
         f"- `tinykd report` on the MLPerf Tiny VWW model answered in {speed['median_seconds']:.2f} s, median of "
         f"{len(speed['runs'])} runs (`bench/report_speed.py`, target {results['report_speed']['target_seconds']:g} s"
-        f", met: {yes(results['report_speed']['meets_target'])}).\n"
-    )
+        f", met: {yes(results['report_speed']['meets_target'])}).",
+    ]
+    return "\n".join(notes) + "\n"
 
 
 # ---- keyword spotting (bench/kws.py) ----
@@ -137,6 +169,7 @@ def fashion_mnist_notes(results: dict) -> str:
 def kws_table(results: dict) -> str:
     r = results["kws"]
     met = r["targets"]
+    previous = r["previous_default"]
     parity = r["frontend_parity"]
     identical = all(p["identical_clips"] == p["test_clips"] for p in parity)
     frr, far = r["false_reject_rate_seeds"], r["false_accept_rate_seeds"]
@@ -147,47 +180,62 @@ def kws_table(results: dict) -> str:
          f"under 25 min: {yes(met['synthesis_plus_build_under_25_minutes'])}"],
         ["rebuild with the cached teacher (median)", f"{r['rebuild_seconds']:.0f} s", ""],
         ["DS-CNN teacher (float), held-out speakers", pct(r["teacher_accuracy"], 1), ""],
-        ["0.75-width student, int8 in TFLite Micro", f"{pct(r['student_int8_accuracy'], 1)} mean "
+        ["0.75-width student, structured-pruned, int8 in TFLite Micro", f"{pct(r['student_int8_accuracy'], 2)} mean "
          f"({seeds(r['student_int8_accuracy_seeds'], 1)}) = "
          f"{pct(r['student_int8_accuracy'] / r['teacher_accuracy'], 1)} of the teacher",
          f"at least 97%: {yes(met['student_int8_at_least_97pct_of_teacher'])}"],
-        ["same student without distillation (alpha 0)", f"{pct(r['no_kd_int8_accuracy'], 1)} mean "
-         f"({seeds(r['no_kd_int8_accuracy_seeds'], 1)}): distillation {points(r['no_kd_gain_points'])}",
-         f"+0.5: {yes(met['kd_beats_no_kd_by_0.5_points'])}"],
-        ["hand baseline (labels only, no pruning, post-training quantization)",
-         f"{pct(r['baseline_int8_accuracy'], 1)} mean ({seeds(r['baseline_int8_accuracy_seeds'], 1)})", ""],
-        ["`.tflite`", f"{r['student_tflite_bytes']:,} B", f"at most 30 KB: {yes(met['student_tflite_at_most_30KB'])}"],
+        ["hand baseline (labels only, no pruning, post-training quantization)"
+         + (", carried from the previous run" if carried(r, "baseline") else ""),
+         f"{pct(r['baseline_int8_accuracy'], 2)} mean ({seeds(r['baseline_int8_accuracy_seeds'], 1)}): distillation "
+         f"{points(r['kd_gain_over_baseline_points'])}",
+         f"+0.5: {yes(met['kd_beats_baseline_by_0.5_points'])}"],
+        ["same student without distillation (alpha 0)"
+         + (", previous run with magnitude pruning: not this pipeline" if carried(r, "no_kd") else ""),
+         f"{pct(r['no_kd_int8_accuracy'], 1)} mean ({seeds(r['no_kd_int8_accuracy_seeds'], 1)})"
+         + ("" if carried(r, "no_kd") else f": distillation {points(r['no_kd_gain_points'])}"),
+         "not measured" if met["kd_beats_no_kd_by_0.5_points"] is None
+         else f"+0.5: {yes(met['kd_beats_no_kd_by_0.5_points'])}"],
+        ["estimated latency, MACs", f"{student_cost(r)} (magnitude-pruned default: "
+         f"{previous['student_latency_ms']:.1f} ms, {previous['student_macs']:,} MACs)",
+         f"less: {yes(met['latency_below_previous_default'])}"],
+        ["`.tflite`",
+         f"{r['student_tflite_bytes']:,} B (magnitude-pruned default {previous['student_tflite_bytes']:,} B)",
+         f"at most 30 KB: {yes(met['student_tflite_at_most_30KB'])}"],
         ["features recomputed on the host (TensorFlow's op) from the exported settings, identical to training's",
          f"{min(p['identical_clips'] for p in parity)} of {parity[0]['test_clips']} clips, every seed"
          if identical else "not on every clip", f"all: {yes(met['features_identical_on_every_test_clip'])}"],
         ["TFLM and TFLite reference kernels", "bit-identical on every clip" if r["tflm_tflite_identical_fraction"] == 1
          else f"bit-identical on {pct(r['tflm_tflite_identical_fraction'])}", ""],
-        ["false reject / false accept rate, over the seeds",
+        ["false reject / false accept rate on test clips, over the seeds",
          f"{pct(min(frr), 1)}-{pct(max(frr), 1)} / {pct(min(far), 1)}-{pct(max(far), 1)}", ""],
     ]
+    if r.get("stream_false_reject_rate") is not None:
+        rows.append(["on the test stream (seed 0, `bench/kws_stream.py`, threshold chosen on validation): false "
+                     "rejects / false accepts per hour", f"{pct(r['stream_false_reject_rate'], 1)} / "
+                     f"{r['stream_false_accepts_per_hour']:.1f}", ""])
     return table(["", "figure", "target"], rows) + "\n" + machine(r)
 
 
 def kws_notes(results: dict) -> str:
     r = results["kws"]
-    kd, no_kd = r["student_int8_accuracy_seeds"], r["no_kd_int8_accuracy_seeds"]
-    worst = min(range(len(kd)), key=lambda i: kd[i])
-    others = statistics.mean(a for i, a in enumerate(kd) if i != worst)
+    kd = r["student_int8_accuracy_seeds"]
     far = statistics.mean(r["false_accept_rate_seeds"])
-    return (
-        f"- The test split is {r['test_clips']} clips, so one clip is {100 / r['test_clips']:.2f} points, and the "
-        f"3-seed spread ({spread(kd):.1f} points with distillation, {spread(no_kd):.1f} without) is larger than on "
-        f"Fashion-MNIST: seed {worst}'s distilled student is {100 * (others - kd[worst]):.1f} points below the "
-        "others.\n"
-        f"- Against the hand baseline (labels only, no pruning, PTQ), distillation is at "
-        f"{points(r['kd_gain_over_baseline_points'])} in this run. Pruning to {pct(r['student_sparsity'], 0)} "
-        f"sparsity cost the distilled students accuracy (float {mean_pct(r['student_float_accuracy_seeds'])} mean "
-        f"before pruning, {mean_pct(r['student_float_into_quantization_accuracy_seeds'])} entering QAT), about what "
-        f"distillation gained them over the students without it (float {mean_pct(r['no_kd_float_accuracy_seeds'])}),"
-        " and the hand baseline does not prune.\n"
-        f"- The false accept rate is high ({pct(far, 0)} mean): that share of the silence and unknown clips is "
-        "taken for a keyword, mostly unknown words.\n"
-    )
+    notes = [
+        f"- The test split is {r['test_clips']} clips, so one clip is {100 / r['test_clips']:.2f} points; the "
+        f"distilled seeds spread over {spread(kd):.1f} points, the hand baseline's over "
+        f"{spread(r['baseline_int8_accuracy_seeds']):.1f}.",
+        f"- Structured pruning toward {budget(r)} on {r['student_latency_board']}: {r['pruning_note']}",
+        f"- Float student before pruning {mean_pct(r['student_float_accuracy_seeds'], 2)}, after pruning and "
+        f"rewinding {mean_pct(r['student_float_into_quantization_accuracy_seeds'], 2)} (means of the seeds).",
+    ]
+    for arm, label in (("baseline", "Hand baseline"), ("no_kd", "Without distillation")):
+        if carried(r, arm):
+            notes.append(f"- {label}: {r[f'{arm}_source']}.")
+    if r.get("stream_source"):
+        notes.append(f"- Stream figures: {r['stream_source']}.")
+    notes.append(f"- The false accept rate on clips is high ({pct(far, 0)} mean): that share of the silence and "
+                 "unknown clips is taken for a keyword, mostly unknown words.")
+    return "\n".join(notes) + "\n"
 
 
 # ---- which distillation method (bench/kd_ablation.py) ----
@@ -284,7 +332,8 @@ def _steps(point: dict) -> str:
 def pareto_labels(p: dict) -> dict[str, str]:
     return {
         "dense": "dense (distilled student, no pruning)",
-        "magnitude_30": f"magnitude pruning {pct(p['magnitude_30']['sparsity'], 0)} (the default recipe)",
+        "magnitude_30": f"magnitude pruning {pct(p['magnitude_30']['sparsity'], 0)} (the default recipe's until "
+                        "structured pruning replaced it)",
         "magnitude_60": f"magnitude pruning {pct(p['magnitude_60']['sparsity'], 0)}",
         "structured_mac60": "structured, 60% of the MACs, rewind 15 epochs (the compressed recipe's)",
         "structured_mac60_no_rewind": "the same without rewinding",
@@ -411,8 +460,10 @@ def readme_headline(results: dict) -> str:
     times = (f"{r['build_seconds'] / 60:.1f} min / {r['rebuild_seconds'] / 60:.1f} min / "
              f"{r['noop_rebuild_seconds']:.0f} s")
     row = [pct(r["teacher_accuracy"]), f"{pct(r['student_int8_accuracy'])} ({pct(low)}-{pct(high)}, 3 seeds)",
-           f"{r['student_tflite_bytes']:,} B", f"{r['student_arena_bytes_host']:,} B", times]
+           f"{r['student_tflite_bytes']:,} B", f"{r['student_arena_bytes_host']:,} B",
+           f"{r['student_latency_ms']:.1f} ms", times]
     header = ["teacher (float)", "int8 student in TFLite Micro", "`.tflite`", "arena (64-bit host)",
+              f"est. latency on {r['student_latency_board']}",
               f"first build / rebuild / no-op ({m['cpu']}, {m['cores']} cores)"]
     return table(header, [row])
 

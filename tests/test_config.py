@@ -22,6 +22,24 @@ def test_every_shipped_recipe_loads(repo):
         assert cfg.name and cfg.target.board
 
 
+@pytest.mark.parametrize("recipe", ["fashion_mnist.yaml", "kws_dscnn.yaml"])
+def test_default_recipes_prune_what_the_board_feels(repo, recipe):
+    # Magnitude pruning's zeros save no flash, RAM or time on TFLite Micro: the defaults remove whole filters
+    # toward a latency budget on their own board and retrain with rewinding; smoke mode keeps the rewind short.
+    cfg = config.load(repo / "pipelines" / recipe)
+    assert cfg.prune.method == "structured"
+    assert cfg.prune.budget.latency_ms is not None and cfg.prune.budget.board in (None, cfg.target.board)
+    assert cfg.prune.rewind_epochs > 1
+    assert f"budget: {{latency_ms: {cfg.prune.budget.latency_ms:g}}}" in (repo / "pipelines" / recipe).read_text()
+    assert config.load(repo / "pipelines" / recipe, smoke=True).prune.rewind_epochs == 1
+
+
+def test_magnitude_pruning_stays_available(repo):
+    cfg = config.load(repo / "pipelines" / "fashion_mnist.yaml",
+                      {"prune": "{method: magnitude, target_sparsity: 0.3, epochs: 2}"})
+    assert cfg.prune.method == "magnitude" and cfg.prune.target_sparsity == 0.3 and cfg.prune.budget is None
+
+
 def test_recipe_values_are_typed_and_frozen(smoke_cfg):
     assert smoke_cfg.name == "smoke"
     assert smoke_cfg.distill.temperature == 4.0 and isinstance(smoke_cfg.distill.temperature, float)

@@ -84,3 +84,18 @@ def test_relative_links_resolve(page):
             broken.append(link)
     assert links, f"{page} links nowhere"
     assert not broken, f"{page}: broken links {broken}"
+
+
+def test_recipe_benchmarks_give_the_board_cost_and_where_each_arm_comes_from(results):
+    # Issue #19: the students' MACs and latency on the recipe's board, the stream figures of keyword spotting, and
+    # for every arm not built in the run the file it was carried from.
+    for name in ("fashion_mnist", "kws"):
+        r = results[name]
+        assert r["student_macs"] > 0 and r["student_latency_ms"] > 0 and r["student_latency_board"]
+        assert len(r["student_int8_accuracy_seeds"]) == 3
+        for arm in ("baseline", "no_kd"):
+            source = r[f"{arm}_source"]
+            assert source == "built in this run" or "carried from bench/results/" in source
+        assert r["student_latency_ms"] < r["previous_default"]["student_latency_ms"]
+    assert 0.0 <= results["kws"]["stream_false_reject_rate"] <= 1.0
+    assert results["kws"]["stream_false_accepts_per_hour"] >= 0.0
