@@ -86,7 +86,8 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--board", metavar="ID", help="Check the budget on this board (default: search.board, then target.board).")
+@click.option("--board", metavar="ID",
+              help="Check the budget on this board (default: search.board, then target.board).")
 @click.option("--budget", metavar="KEY=N,...",
               help="Limits on the board, e.g. latency_ms=5,flash_bytes=200000,ram_bytes=100000 (search.* keys).")
 @click.option("--trials", type=click.IntRange(min=1), help="Candidates to sample and measure (search.trials).")

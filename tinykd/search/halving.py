@@ -59,7 +59,8 @@ def run(trials: Trials, candidates: list[dict], spent_seconds: float) -> tuple[l
             if record is None:
                 spent = spent_seconds + sum(r["seconds"] for r in records)
                 if spent >= limit:
-                    trials.log(f"[search] time budget of {search.hours:g} h used ({spent / 3600:.2f} h): no more trials")
+                    trials.log(f"[search] time budget of {search.hours:g} h used ({spent / 3600:.2f} h): "
+                               "no more trials")
                     return records, True
                 trials.log(f"[trial {_name(candidate, epochs)}] rung {rung}, {number}/{len(alive)}: "
                            f"{candidate['name']} for {epochs} epochs")
@@ -67,7 +68,8 @@ def run(trials: Trials, candidates: list[dict], spent_seconds: float) -> tuple[l
                 trials.log(f"[trial {_name(candidate, epochs)}] done in {record['seconds']:.1f} s: int8 val "
                            f"{record['int8_val_accuracy']:.2%}, float val {record['float_val_accuracy']:.2%}")
             else:
-                trials.log(f"[trial {_name(candidate, epochs)}] finished earlier, reusing {_path(trials, candidate, epochs)}")
+                trials.log(f"[trial {_name(candidate, epochs)}] finished earlier, reusing "
+                           f"{_path(trials, candidate, epochs)}")
             records.append(record | {"rung": rung})
     return records, False
 
@@ -107,7 +109,8 @@ def _train(trials: Trials, candidate: dict, epochs: int) -> dict:
 
     cfg, data = trials.cfg, trials.data
     started_at, started = time.time(), time.perf_counter()
-    student = models.build(student_config(candidate["student"]), data.input_shape, data.num_classes, "student", seed=cfg.seed)
+    student = models.build(student_config(candidate["student"]), data.input_shape, data.num_classes, "student",
+                           seed=cfg.seed)
     # Hints and attention name the recipe's student's layers, which another student may not have: logits only.
     teaching = replace(trials.teaching, config=replace(cfg.distill, hints=(), attention=()))
     schedule = Schedule(epochs=epochs, batch_size=cfg.distill.batch_size, learning_rate=cfg.distill.learning_rate,

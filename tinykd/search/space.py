@@ -82,7 +82,8 @@ def _draw(space: Space, rng: np.random.Generator, spatial_dims: int) -> ModelCon
     kernel = tuple(int(k) for k in kernel)
     plain_kernel = (3, 1) if spatial_dims == 1 else (3, 3)  # what the zoo uses when first_kernel is null
     return ModelConfig(arch=pick(space.archs), filters=filters, convs_per_block=int(pick(space.convs_per_block)),
-                       first_kernel=None if kernel == plain_kernel else kernel, first_strides=tuple(int(s) for s in strides),
+                       first_kernel=None if kernel == plain_kernel else kernel,
+                       first_strides=tuple(int(s) for s in strides),
                        pool_between_blocks=bool(pick(space.pool_between_blocks)), head=pick(space.heads))
 
 
