@@ -142,3 +142,12 @@ def test_killed_search_resumes_without_redoing_finished_trials(runs, tmp_path):
     assert (out / "trials" / "c000-e1.json").read_text() == first  # same record: same timestamps, not redone
     assert json.loads((out / "search.json").read_text())["winner"] is not None
     assert (out / "recipe.yaml").exists()
+
+
+def test_cli_budget_errors_name_the_option():
+    for args, expected in ((("--budget", "latency_ms=-3"), "error: --budget latency_ms=-3: latency_ms: must be "),
+                           (("--budget", "latncy_ms=3"), "error: --budget 'latncy_ms=3': expected latency_ms=N"),
+                           (("--board", "nope"), "error: --board nope: unknown board")):
+        process = tinykd_process("search", str(SMOKE_RECIPE), *args)
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 2 and stderr.startswith(expected), stdout + stderr

@@ -108,16 +108,25 @@ def search(recipe: Path, board: str | None, budget: str | None, trials: int | No
     from tinykd.errors import ConfigError
 
     settings = config.parse_overrides(overrides)
+    options = {}  # the override each option became -> how the user wrote it, for error messages
     for pair in (budget.split(",") if budget else []):
-        key, sep, value = pair.partition("=")
-        if not sep or key.strip() not in ("latency_ms", "flash_bytes", "ram_bytes"):
+        key, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or key not in ("latency_ms", "flash_bytes", "ram_bytes"):
             raise ConfigError(f"--budget {pair!r}: expected latency_ms=N, flash_bytes=N or ram_bytes=N, "
-                                     "comma-separated, e.g. --budget latency_ms=5,flash_bytes=200000")
-        settings[f"search.{key.strip()}"] = value.strip()
+                              "comma-separated, e.g. --budget latency_ms=5,flash_bytes=200000")
+        settings[f"search.{key}"] = value
+        options[f"--set search.{key}={value}: search.{key}"] = f"--budget {key}={value}: {key}"
     for key, value in (("board", board), ("trials", trials), ("hours", hours)):
         if value is not None:
             settings[f"search.{key}"] = str(value)
-    cfg = config.load(recipe, settings, smoke=smoke)
+            options[f"--set search.{key}={value}: search.{key}"] = f"--{key} {value}"
+    try:
+        cfg = config.load(recipe, settings, smoke=smoke)
+    except ConfigError as error:
+        message = str(error)
+        for written, given in options.items():
+            message = given + message[len(written):] if message.startswith(written) else message
+        raise ConfigError(message) from None
     data_dirs = tuple(Path(p) for p in os.environ.get("TINYKD_DATA", "").split(os.pathsep) if p)
     started = time.time()
 
