@@ -63,6 +63,16 @@ def test_space_has_defaults_per_data_kind_and_samples_fit_the_input(smoke_cfg):
     assert all(space.fits_input(s, (28, 28, 1)) for s in students)
 
 
+def test_pareto_keeps_the_trials_nothing_beats_on_accuracy_and_every_cost():
+    from tinykd.search.results import pareto
+
+    def trial(index, accuracy, latency, flash=100, ram=100):
+        return {"index": index, "int8_val_accuracy": accuracy, "latency_ms": latency, "flash_bytes": flash,
+                "ram_bytes": ram}
+
+    trials = [trial(0, 0.8, 10), trial(1, 0.7, 5), trial(2, 0.7, 12), trial(3, 0.6, 20, flash=50)]
+    assert [t["index"] for t in pareto(trials)] == [0, 1, 3]  # 2 is slower than 0 and no more accurate
+
 def test_search_section_errors_name_the_key():
     with pytest.raises(config.ConfigError, match=r"search\.heads: must be a non-empty list of gap"):
         _smoke(heads="[gapp]")

@@ -89,7 +89,8 @@ def _path(trials: Trials, candidate: dict, epochs: int) -> Path:
 
 def _key(trials: Trials, candidate: dict, epochs: int) -> str:
     cfg = trials.cfg
-    return artifacts.key("trial", candidate["student"], epochs, config.as_dict(cfg.distill), cfg.seed,
+    settings = {k: v for k, v in config.as_dict(cfg.distill).items() if k != "student"}  # the trial's is its own
+    return artifacts.key("trial", candidate["student"], epochs, settings, cfg.seed,
                          config.as_dict(cfg.convert), trials.teacher_id, trials.data.fingerprint)
 
 
