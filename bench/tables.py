@@ -453,6 +453,40 @@ def kws_stream_table(results: dict) -> str:
             + machine(r))
 
 
+# ---- student search (bench/search.py) ----
+
+def search_table(results: dict) -> str:
+    """Per recipe: the default student against the searched one, both built through the full pipeline."""
+    r = results.get("search")
+    if r is None:
+        return "Not run yet: `python bench/search.py`.\n"
+    header = ["recipe", "board", "default int8 (TFLM)", "searched int8 (TFLM)", "gain", "latency default / searched",
+              "flash default / searched", "searched student", "search time", "best trial under half the latency",
+              "target met"]
+    rows, notes = [], []
+    for name in ("fashion_mnist", "kws"):
+        if name not in r:
+            continue
+        x = r[name]
+        half = x["best_under_half_latency"]
+        rows.append([name, x["board"], f"{pct(x['default_int8_accuracy'])} ({seeds(x['default_int8_accuracy_seeds'])})",
+                     f"{pct(x['searched_int8_accuracy'])} ({seeds(x['searched_int8_accuracy_seeds'])})",
+                     points(x["gain_points"]),
+                     f"{x['default_latency_ms']:.1f} / {x['searched_latency_ms']:.1f} ms",
+                     f"{x['default_flash_bytes']:,} / {x['searched_flash_bytes']:,} B", f"`{x['searched_student']}`",
+                     f"{x['search_seconds'] / 60:.0f} min ({x['candidates']} candidates, {x['feasible_candidates']} "
+                     f"within budget, {x['trials']} trials)",
+                     "-" if half is None else f"`{half['name']}`: {half['latency_ms']:.1f} ms, "
+                     f"{pct(half['int8_val_accuracy'])} val after {half['epochs']} epochs",
+                     "not claimed (reduced run)" if x.get("reduced") else yes(x["target_met"])])
+        if x.get("notes"):
+            notes.append(f"{name}: {x['notes']}.")
+    missing = [name for name in ("fashion_mnist", "kws") if name not in r]
+    if missing:
+        notes.append(f"Not run yet: {', '.join(missing)}.")
+    return table(header, rows) + "\n" + "".join(f"{note}\n" for note in notes) + "\n" + machine(r)
+
+
 def readme_headline(results: dict) -> str:
     r = results["fashion_mnist"]
     m = r["machine"]
@@ -475,6 +509,7 @@ REGIONS = {
     "kws": kws_table,
     "kws-notes": kws_notes,
     "kws_stream": kws_stream_table,
+    "search": search_table,
     "kd_ablation-fashion_mnist": lambda results: kd_ablation_table(results, "fashion_mnist"),
     "kd_ablation-kws_dscnn": lambda results: kd_ablation_table(results, "kws_dscnn"),
     "kd_ablation-notes": kd_ablation_notes,

@@ -85,6 +85,70 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
 
 
 @cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--board", metavar="ID",
+              help="Check the budget on this board (default: search.board, then target.board).")
+@click.option("--budget", metavar="KEY=N,...",
+              help="Limits on the board, e.g. latency_ms=5,flash_bytes=200000,ram_bytes=100000 (search.* keys).")
+@click.option("--trials", type=click.IntRange(min=1), help="Candidates to sample and measure (search.trials).")
+@click.option("--hours", type=click.FloatRange(min=0.0, min_open=True),
+              help="Stop starting trials after this much search time (search.hours).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value by dotted key, e.g. --set search.max_epochs=6 (repeatable).")
+@click.option("--smoke", is_flag=True, help="Shrink the recipe to seconds (few samples, one or two epochs a trial).")
+@click.option("--runs", "runs_dir", default="runs", show_default=True, type=click.Path(path_type=Path),
+              help="Folder of runs/<name>/ (the teacher) and the shared teacher cache.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for search.json, table.md, pareto.png and recipe.yaml; default runs/<name>/search.")
+def search(recipe: Path, board: str | None, budget: str | None, trials: int | None, hours: float | None,
+           overrides: tuple[str, ...], smoke: bool, runs_dir: Path, out_dir: Path | None) -> None:
+    """Search for the student of RECIPE that fits a budget: measure candidates untrained, distil the feasible ones
+    with successive halving, and write a recipe with the winner. Run it again to resume."""
+    from tinykd import config
+    from tinykd.errors import ConfigError
+
+    settings = config.parse_overrides(overrides)
+    options = {}  # the override each option became -> how the user wrote it, for error messages
+    for pair in (budget.split(",") if budget else []):
+        key, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or key not in ("latency_ms", "flash_bytes", "ram_bytes"):
+            raise ConfigError(f"--budget {pair!r}: expected latency_ms=N, flash_bytes=N or ram_bytes=N, "
+                              "comma-separated, e.g. --budget latency_ms=5,flash_bytes=200000")
+        settings[f"search.{key}"] = value
+        options[f"--set search.{key}={value}: search.{key}"] = f"--budget {key}={value}: {key}"
+    for key, value in (("board", board), ("trials", trials), ("hours", hours)):
+        if value is not None:
+            settings[f"search.{key}"] = str(value)
+            options[f"--set search.{key}={value}: search.{key}"] = f"--{key} {value}"
+    try:
+        cfg = config.load(recipe, settings, smoke=smoke)
+    except ConfigError as error:
+        message = str(error)
+        for written, given in options.items():
+            message = given + message[len(written):] if message.startswith(written) else message
+        raise ConfigError(message) from None
+    data_dirs = tuple(Path(p) for p in os.environ.get("TINYKD_DATA", "").split(os.pathsep) if p)
+    started = time.time()
+
+    def log(message: str) -> None:
+        click.echo(f"{time.time() - started:7.1f}s {message}")
+
+    from tinykd.search import SearchOptions, search as run_search
+
+    result = run_search(cfg, runs_dir, SearchOptions(out_dir=out_dir, data_dirs=data_dirs, log=log,
+                                                     source=str(recipe)))
+    click.echo((result.out_dir / "table.md").read_text(encoding="utf-8"))
+    chosen = result.summary["winner"]
+    if chosen is None:
+        log(f"no trial finished within the time budget; candidates: {result.out_dir / 'table.md'}")
+        return
+    log(f"winner: candidate {chosen['index']} ({chosen['name']}), int8 val {chosen['int8_val_accuracy']:.2%} after "
+        f"{chosen['epochs']} epochs, {chosen['latency_ms']:.3f} ms, {chosen['flash_bytes']:,} B flash, "
+        f"{chosen['ram_bytes']:,} B RAM; search {result.summary['search_seconds']:.0f} s")
+    log(f"plot: {result.out_dir / 'pareto.png'}; recipe: {result.recipe} (tinykd build {result.recipe})")
+
+
+@cli.command()
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--boards", "boards_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A YAML file of your own boards (same keys as tinykd/boards.yaml), added to the list.")

@@ -30,6 +30,8 @@ SMOKE_OVERRIDES = {
     "cluster.epochs": 1,
     "quantize.epochs": 1,
     "convert.representative_samples": 32,
+    "search.min_epochs": 1,
+    "search.max_epochs": 2,
 }
 
 # Data formats tinykd.data has a reader for (tinykd.data.READERS, one per name).
@@ -584,6 +586,65 @@ class FrontendConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """`tinykd search`: the students it samples, the budget they must meet, and the successive-halving schedule.
+
+    A space key left out (null) takes the default for the data (tinykd.search.space.DEFAULTS): images get CNNs and
+    DS-CNNs of 2-3 blocks, audio DS-CNNs and CNNs of 3-5 blocks with a strided first convolution. Each sampled
+    student has `blocks` blocks whose channel counts are drawn from `filters` and sorted (never narrower deeper).
+    Budget keys left out do not constrain; the recipe's student is always candidate 0, the reference.
+    """
+
+    archs: tuple[str, ...] | None = None
+    blocks: tuple[int, ...] | None = None
+    filters: tuple[int, ...] | None = None
+    convs_per_block: tuple[int, ...] | None = None
+    first_kernels: tuple[tuple[int, ...], ...] | None = None
+    first_strides: tuple[tuple[int, ...], ...] | None = None
+    pool_between_blocks: tuple[bool, ...] | None = None
+    heads: tuple[str, ...] | None = None
+    latency_ms: float | None = None
+    flash_bytes: int | None = None
+    ram_bytes: int | None = None
+    board: str | None = None  # whose estimates the budget is checked on; default target.board
+    trials: int = 24  # candidates sampled and measured (before the budget drops any)
+    min_epochs: int = 2  # the first rung trains every feasible candidate this long
+    max_epochs: int = 18  # the last rung
+    eta: int = 3  # each rung keeps the best 1/eta and trains eta times longer
+    hours: float | None = None  # stop starting trials after this much search time
+    seed: int = 0  # the sampling of the space
+
+    def __post_init__(self):
+        _require(self.archs is None or (self.archs and set(self.archs) <= {"cnn", "ds_cnn"}), "archs",
+                 "must be a non-empty list of cnn and/or ds_cnn")
+        _require(self.blocks is None or (self.blocks and min(self.blocks) >= 1), "blocks",
+                 "must be a non-empty list of block counts, each at least 1, e.g. [2, 3]")
+        _require(self.filters is None or (self.filters and min(self.filters) >= 1), "filters",
+                 "must be a non-empty list of channel counts to draw each block's from, e.g. [8, 16, 32]")
+        _require(self.convs_per_block is None or (self.convs_per_block and min(self.convs_per_block) >= 1),
+                 "convs_per_block", "must be a non-empty list of counts, each at least 1, e.g. [1, 2]")
+        for key in ("first_kernels", "first_strides"):
+            value = getattr(self, key)
+            _require(value is None or (value and all(len(v) == 2 and min(v) >= 1 for v in value)), key,
+                     "must be a non-empty list of [height, width] pairs, e.g. [[3, 3], [5, 5]]")
+        _require(self.pool_between_blocks is None or len(self.pool_between_blocks) > 0, "pool_between_blocks",
+                 "must be a non-empty list of true/false")
+        _require(self.heads is None or (self.heads and set(self.heads) <= set(HEADS)), "heads",
+                 f"must be a non-empty list of {', '.join(HEADS)}")
+        for key in ("latency_ms", "flash_bytes", "ram_bytes", "hours"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, key, "must be positive, or null for no limit")
+        if self.board is not None:
+            from tinykd.boards import load_boards
+
+            _require(self.board in load_boards(), "board", "unknown board (list them with `tinykd boards`)")
+        _require(self.trials >= 1, "trials", "must be at least 1 (the recipe's own student is one of them)")
+        _require(1 <= self.min_epochs <= self.max_epochs, "min_epochs", "must be from 1 to max_epochs")
+        _require(self.eta >= 2, "eta", "must be at least 2 (each rung keeps 1/eta of the candidates)")
+        _require(self.seed >= 0, "seed", "must be 0 or more")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole recipe. `prune: none` and `quantize: none` skip those stages (no QAT means post-training quantization).
 
@@ -606,6 +667,7 @@ class Config:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)  # tinykd search only
 
     def __post_init__(self):
         _require(self.name.replace("_", "").replace("-", "").isalnum(), "name",

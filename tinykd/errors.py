@@ -36,3 +36,7 @@ class ReproducibilityError(TinykdError):
 class FirmwareError(TinykdError):
     """The firmware harness cannot run: a missing TFLM tree, cross-compiler or QEMU (says how to get it), or a
     build that failed (names the file and the compiler's words)."""
+
+
+class SearchError(TinykdError):
+    """`tinykd search` cannot go on: no candidate meets the budget (names the smallest one's figures)."""

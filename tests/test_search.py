@@ -1,0 +1,163 @@
+"""tinykd search on the smoke recipe: a few candidates, one or two epochs a trial, real conversion, report and TFLM."""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE_RECIPE, tinykd_process
+from tinykd import config
+from tinykd.errors import SearchError
+from tinykd.search import SearchOptions, halving, search, space
+
+
+def _smoke(**search_keys) -> config.Config:
+    return config.load(SMOKE_RECIPE, {f"search.{k}": str(v) for k, v in search_keys.items()}, smoke=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("search") / "runs"
+
+
+@pytest.fixture(scope="module")
+def searched(runs, tmp_path_factory):
+    """A search of 4 candidates under a latency budget just above the recipe's own student's."""
+    from tinykd.boards import get_board
+    from tinykd.data import load
+    from tinykd.report.arena import Worker
+    from tinykd.search.measure import measure
+
+    cfg = _smoke(trials=4)
+    data = load(cfg.data, cfg.data.seed)
+    with Worker() as worker:
+        reference = measure(cfg.distill.student, data, cfg, get_board(cfg.target.board), worker)
+    cfg = replace(cfg, search=replace(cfg.search, latency_ms=reference.latency_ms * 1.01))
+    return search(cfg, runs, SearchOptions(out_dir=tmp_path_factory.mktemp("searched")))
+
+
+def test_rungs_grow_by_eta_up_to_max_epochs():
+    assert halving.rungs(config.SearchConfig(min_epochs=2, max_epochs=18, eta=3)) == (2, 6, 18)
+    assert halving.rungs(config.SearchConfig(min_epochs=1, max_epochs=2, eta=3)) == (1, 2)
+    assert halving.rungs(config.SearchConfig(min_epochs=4, max_epochs=4)) == (4,)
+
+
+def test_space_has_defaults_per_data_kind_and_samples_fit_the_input(smoke_cfg):
+    kws = config.load(Path(SMOKE_RECIPE).parent / "kws_dscnn.yaml")
+    assert space.data_kind(smoke_cfg) == "image" and space.data_kind(kws) == "audio"
+    audio = space.resolve(kws.search, "audio")
+    assert audio.archs[0] == "ds_cnn" and audio.pool_between_blocks == (False,)
+    image = space.resolve(replace(smoke_cfg.search, blocks=(4,)), "image")
+    assert image.blocks == (4,) and image.archs == space.DEFAULTS["image"].archs
+    students = space.sample(image, 6, seed=0, reference=smoke_cfg.distill.student, input_shape=(28, 28, 1))
+    assert students[0] == smoke_cfg.distill.student and len(set(students)) == len(students) == 6
+    # four blocks pooled between them after a stride-2 first conv leave 28 -> 14 -> 7 -> 3 -> 1: no room for the
+    # pool_flatten head's pooling
+    assert all(len(s.filters) == 4 for s in students[1:])
+    assert all(s.head != "pool_flatten" for s in students[1:] if s.first_strides == (2, 2))
+    assert not space.fits_input(replace(students[0], filters=(8, 8, 8, 8), first_strides=(2, 2)), (28, 28, 1))
+    assert all(space.fits_input(s, (28, 28, 1)) for s in students)
+
+
+def test_pareto_keeps_the_trials_nothing_beats_on_accuracy_and_every_cost():
+    from tinykd.search.results import pareto
+
+    def trial(index, accuracy, latency, flash=100, ram=100):
+        return {"index": index, "int8_val_accuracy": accuracy, "latency_ms": latency, "flash_bytes": flash,
+                "ram_bytes": ram}
+
+    trials = [trial(0, 0.8, 10), trial(1, 0.7, 5), trial(2, 0.7, 12), trial(3, 0.6, 20, flash=50)]
+    assert [t["index"] for t in pareto(trials)] == [0, 1, 3]  # 2 is slower than 0 and no more accurate
+
+def test_search_section_errors_name_the_key():
+    with pytest.raises(config.ConfigError, match=r"search\.heads: must be a non-empty list of gap"):
+        _smoke(heads="[gapp]")
+    with pytest.raises(config.ConfigError, match=r"search\.min_epochs: must be from 1 to max_epochs"):
+        config.load(SMOKE_RECIPE, {"search.min_epochs": "5", "search.max_epochs": "2"})
+
+
+def test_over_budget_candidates_are_never_trained(searched):
+    summary = searched.summary
+    limit = summary["budget"]["latency_ms"]
+    over = {c["index"] for c in summary["candidates"] if c["over_budget"]}
+    assert over, "the budget should drop at least one of the sampled candidates"
+    assert all(c["cost"]["latency_ms"] > limit for c in summary["candidates"] if c["index"] in over)
+    trained = {json.loads(p.read_text())["index"] for p in (searched.out_dir / "trials").glob("*.json")}
+    assert 0 in trained and not trained & over
+    assert all(t["latency_ms"] <= limit for t in summary["trials"])
+    assert "over budget: latency_ms" in (searched.out_dir / "table.md").read_text()
+
+
+def test_search_writes_table_plot_and_winner(searched):
+    summary = searched.summary
+    assert summary["rungs"] == [1, 2]
+    assert (searched.out_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    table = (searched.out_dir / "table.md").read_text()
+    assert all(c["name"] in table for c in summary["candidates"])
+    winner = summary["winner"]
+    top = [t for t in summary["trials"] if t["rung"] == max(t["rung"] for t in summary["trials"])]
+    assert winner["int8_val_accuracy"] == max(t["int8_val_accuracy"] for t in top)
+    assert winner["index"] in summary["pareto"]
+
+
+def test_written_recipe_builds(searched, runs):
+    from tinykd.pipeline import build
+
+    written = config.load(searched.recipe, smoke=True)
+    winner = searched.summary["winner"]
+    assert config.as_dict(written.distill.student) == winner["student"]
+    assert written.name.endswith("-searched-smoke")
+    result = build(written, runs)
+    assert 0.0 <= result.tflm_accuracy <= 1.0 and result.tflite_bytes > 0
+    # the same stages as the searched recipe: a section that is off stays off under --smoke
+    assert [s["stage"] for s in result.report["stages"]][:4] == ["teacher", "distill", "prune", "quantize"]
+
+
+def test_impossible_budget_names_the_smallest_candidate(runs, tmp_path):
+    cfg = _smoke(trials=2, latency_ms=0.001)
+    with pytest.raises(SearchError, match=r"no candidate of the 2 measured meets the budget \(latency_ms <= 0\.001"
+                                          r"\) on nucleo-l4r5zi: the smallest, candidate \d \(.*\), needs [0-9.]+ ms, "
+                                          r"[0-9,]+ B flash and [0-9,]+ B RAM") as raised:
+        search(cfg, runs, SearchOptions(out_dir=tmp_path / "out"))
+    measured = json.loads((tmp_path / "out" / "candidates.json").read_text())["candidates"]
+    smallest = min(measured, key=lambda c: c["cost"]["latency_ms"])
+    assert f"{smallest['cost']['flash_bytes']:,} B flash" in str(raised.value)
+    assert not (tmp_path / "out" / "trials").exists()
+
+
+def test_killed_search_resumes_without_redoing_finished_trials(runs, tmp_path):
+    out = tmp_path / "out"
+    args = ("search", str(SMOKE_RECIPE), "--smoke", "--trials", "3", "--runs", str(runs), "-o", str(out))
+    process = tinykd_process(*args)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "[trial c001-e1] rung 0" in line:  # the second trial has started, the first one is finished
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    first = (out / "trials" / "c000-e1.json").read_text()
+    assert not (out / "trials" / "c001-e1.json").exists()
+
+    process = tinykd_process(*args)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stdout + stderr
+    assert "[trial c000-e1] finished earlier, reusing" in stdout
+    assert "[trial c000-e1] rung 0" not in stdout and "[trial c001-e1] rung 0" in stdout
+    assert (out / "trials" / "c000-e1.json").read_text() == first  # same record: same timestamps, not redone
+    assert json.loads((out / "search.json").read_text())["winner"] is not None
+    assert (out / "recipe.yaml").exists()
+
+
+def test_cli_budget_errors_name_the_option():
+    for args, expected in ((("--budget", "latency_ms=-3"), "error: --budget latency_ms=-3: latency_ms: must be "),
+                           (("--budget", "latncy_ms=3"), "error: --budget 'latncy_ms=3': expected latency_ms=N"),
+                           (("--board", "nope"), "error: --board nope: unknown board")):
+        process = tinykd_process("search", str(SMOKE_RECIPE), *args)
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 2 and stderr.startswith(expected), stdout + stderr

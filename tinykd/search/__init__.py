@@ -1,0 +1,137 @@
+"""`tinykd search`: sample students from the zoo, drop those over the budget before any training, distil the rest
+from the cached teacher with successive halving, and write the table, a Pareto plot and a recipe with the winner.
+
+    space (space.py) -> measure untrained, int8, on the board (measure.py) -> successive halving (halving.py)
+    -> search.json, table.md, pareto.png, recipe.yaml (results.py)
+
+Everything lands in the output folder (default runs/<name>/search/); the teacher is the build's own stage, in
+runs/<name>/teacher/ with the shared teacher cache, so a later `tinykd build` of the written recipe reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from tinykd import artifacts, config, data as data_layer, teacher
+from tinykd.artifacts import Run
+from tinykd.boards import Board, get_board
+from tinykd.search import halving, results, space
+from tinykd.search.measure import BUDGET_KEYS, check_feasible, measure, over_budget
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchOptions:
+    """How to run a search, as opposed to what to search (the recipe's `search:` section)."""
+
+    out_dir: Path | None = None  # default runs/<name>/search
+    data_dirs: tuple[Path, ...] = ()
+    log: Callable[[str], None] = lambda message: None
+    source: str = "RECIPE"  # the recipe's path, for the written recipe's header
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A finished search: its folder and the contents of its search.json."""
+
+    out_dir: Path
+    summary: dict
+
+    @property
+    def recipe(self) -> Path:
+        return self.out_dir / "recipe.yaml"
+
+
+def search(cfg: config.Config, runs_dir: Path, options: SearchOptions = SearchOptions()) -> SearchResult:
+    """Search the recipe's space for the best student within its budget; resumes from the trials on disk.
+
+    Raises:
+        SearchError: no candidate meets the budget (names the smallest candidate's latency, flash and RAM).
+    """
+    started = time.perf_counter()
+    run = Run(Path(runs_dir) / cfg.name, log=options.log)
+    out = Path(options.out_dir) if options.out_dir is not None else run.root / "search"
+
+    # 1. data, as the build loads it
+    data = data_layer.load(cfg.data, cfg.data.seed, options.data_dirs, frontend=cfg.frontend)
+
+    # 2. candidates: the recipe's student and seeded draws from the space, each measured untrained on the board
+    board = get_board(cfg.search.board or cfg.target.board)
+    candidates, measure_seconds = _candidates(cfg, data, board, out, options.log)
+
+    # 3. the budget drops candidates before any training; none left is an error naming the smallest
+    budget = {key: getattr(cfg.search, key) for key in BUDGET_KEYS}
+    for candidate in candidates:
+        candidate["over_budget"] = over_budget(candidate["cost"], budget)
+    check_feasible(candidates, budget, board.id)
+    feasible = [c for c in candidates if not c["over_budget"]]
+    options.log(f"[search] {len(feasible)} of {len(candidates)} candidates within the budget on {board.id}")
+
+    # 4. the teacher and its soft targets: the build's teacher stage, cached across runs
+    teachers = teacher.stage(run, cfg, data)
+
+    # 5. successive halving: many candidates briefly, the best ones longer; one record per finished trial
+    trials = halving.Trials(folder=out / "trials", cfg=cfg, data=data, teaching=teachers.teaching,
+                            teacher_id=teachers.run_id, log=options.log)
+    records, stopped = halving.run(trials, feasible, measure_seconds)
+
+    # 6. results: search.json, the table, the Pareto plot and the recipe with the winner
+    summary = _write(cfg, out, candidates, records, budget, board, options.source)
+    summary |= {"stopped_by_time_budget": stopped, "measure_seconds": round(measure_seconds, 1),
+                "search_seconds": round(measure_seconds + sum(r["seconds"] for r in records), 1),
+                "wall_seconds_this_run": round(time.perf_counter() - started, 1)}
+    artifacts.write_json(out / "search.json", summary)
+    return SearchResult(out, summary)
+
+
+def _candidates(cfg: config.Config, data, board: Board, out: Path, log) -> tuple[list[dict], float]:
+    """Sample and measure the candidates, or reuse candidates.json when the space, board and data are unchanged."""
+    from tinykd.report.arena import Worker
+
+    chosen_space = space.resolve(cfg.search, space.data_kind(cfg))
+    key = artifacts.key("candidates", asdict(chosen_space), cfg.search.trials, cfg.search.seed,
+                        config.as_dict(cfg.distill.student), cfg.seed, board.id, data.fingerprint)
+    path = out / "candidates.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            log(f"[search] reusing the {len(saved['candidates'])} candidates measured in {path}")
+            return saved["candidates"], saved["seconds"]
+    except (OSError, ValueError):
+        pass
+    started = time.perf_counter()
+    students = space.sample(chosen_space, cfg.search.trials, cfg.search.seed, cfg.distill.student,
+                            tuple(data.input_shape))
+    log(f"[search] measuring {len(students)} untrained candidates as int8 models on {board.id}")
+    candidates = []
+    with Worker() as worker:
+        for index, student in enumerate(students):
+            cost = measure(student, data, cfg, board, worker)
+            candidates.append({"index": index, "name": space.describe(student),
+                               "student": config.as_dict(student), "cost": asdict(cost)})
+            log(f"[candidate {index}] {space.describe(student)}: {cost.latency_ms:.3f} ms, {cost.flash_bytes:,} B "
+                f"flash, {cost.ram_bytes:,} B RAM")
+    seconds = time.perf_counter() - started
+    artifacts.write_json(path, {"key": key, "candidates": candidates, "seconds": seconds})
+    return candidates, seconds
+
+
+def _write(cfg, out: Path, candidates: list[dict], records: list[dict], budget: dict, board: Board,
+           source: str) -> dict:
+    summary = {"recipe": cfg.name, "board": board.id, "budget": budget, "space": asdict(
+        space.resolve(cfg.search, space.data_kind(cfg))), "rungs": list(halving.rungs(cfg.search)),
+        "candidates": candidates, "trials": records, "winner": None}
+    artifacts.write_text(out / "table.md", results.table(candidates, records))
+    if not records:
+        return summary
+    chosen = results.winner(records)
+    student = candidates[chosen["index"]]["student"]
+    summary["winner"] = chosen | {"student": student}
+    summary["pareto"] = [p["index"] for p in results.pareto(list(results.best_trials(records).values()))]
+    results.plot(records, chosen, out / "pareto.png", f"{cfg.name}: searched students on {board.id}")
+    text = results.recipe(cfg, chosen, student, board.id, source)
+    artifacts.write_text(out / "recipe.yaml", text.replace("{path}", str(out / "recipe.yaml")))
+    return summary
