@@ -584,6 +584,22 @@ class FrontendConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistributeConfig:
+    """Where training runs (tinykd.distribute): `default` one process as usual; `mirrored` every local GPU (one
+    replica on a CPU-only machine); `multi_worker` TensorFlow's MultiWorkerMirroredStrategy across the machines
+    TF_CONFIG names. Each training section's `batch_size` is then the global batch size over every replica."""
+
+    strategy: str = "default"
+
+    def __post_init__(self):
+        _require(self.strategy in DISTRIBUTE_STRATEGIES, "strategy",
+                 f"must be one of {', '.join(DISTRIBUTE_STRATEGIES)} (multi_worker reads TF_CONFIG on each worker)")
+
+
+DISTRIBUTE_STRATEGIES = ("default", "mirrored", "multi_worker")  # tinykd.distribute.STRATEGIES
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole recipe. `prune: none` and `quantize: none` skip those stages (no QAT means post-training quantization).
 
@@ -606,6 +622,7 @@ class Config:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
 
     def __post_init__(self):
         _require(self.name.replace("_", "").replace("-", "").isalnum(), "name",
