@@ -253,16 +253,19 @@ def ensemble(teachers, weights, temperature: float):
     return keras.Model(inputs, logits, name="ensemble")
 
 
-def distill(teaching: Teaching, student, data: Dataset, schedule: Schedule, callbacks=()):
+def distill(teaching: Teaching, student, data: Dataset, schedule: Schedule, callbacks=(), copy=None):
     """Train `student` (a fresh or a TFMOT-wrapped model) against `teaching`'s teacher; returns the trained student.
 
     The teacher is not modified. `student` is trained in place, as Keras does; callers pass a clone
     (TFMOT's prune and quantize wrappers already are clones). Unlabelled inputs (`data.unlabeled`) join the
-    training split whenever the teacher teaches.
+    training split whenever the teacher teaches. Under a distribution strategy (`schedule.strategy`) a copy of
+    `student` trains inside the strategy's scope: `copy() -> model` makes it, untrained, where Keras' clone_model
+    cannot (cluster-preserving QAT wrappers do not survive their own config); the default is clone_model.
     """
     cfg = teaching.config
     keras.utils.set_random_seed(schedule.seed)
-    with _replicas(schedule, student, teaching.teacher, teaching.feature_teacher) as (trained, teacher, features):
+    with _replicas(schedule, (student, copy), teaching.teacher, teaching.feature_teacher) as \
+            (trained, teacher, features):
         distiller = Distiller(trained, teacher, temperature=cfg.temperature, alpha=cfg.alpha, hints=cfg.hints,
                               attention=cfg.attention, feature_teacher=features)
         train_name, train_split = training_split(data) if cfg.teaches else ("train", data.train)
@@ -292,7 +295,7 @@ def training_split(data: Dataset) -> tuple[str, Split]:
 def train_on_labels(model, data: Dataset, schedule: Schedule):
     """Plain supervised training with cross-entropy (teachers, and students when alpha is 0)."""
     keras.utils.set_random_seed(schedule.seed)
-    with _replicas(schedule, model) as (trained,):
+    with _replicas(schedule, (model, None)) as (trained,):
         trained.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(data.train))),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
@@ -304,29 +307,32 @@ def train_on_labels(model, data: Dataset, schedule: Schedule):
 
 
 @contextlib.contextmanager
-def _replicas(schedule: Schedule, student, *teachers):
+def _replicas(schedule: Schedule, student_and_copy: tuple, *teachers):
     """The models to train with, built under `schedule.strategy` (tinykd.distribute): the models themselves for
     the default strategy; otherwise copies made inside `strategy.scope()` (Keras and TFMOT create mirrored
-    variables only there), whose trained weights go back into `student` when the block ends. So the caller keeps
-    a plain model, and nothing after training runs a collective op."""
+    variables only there), whose trained weights go back into the student when the block ends. So the caller keeps
+    a plain model, and nothing after training runs a collective op. `student_and_copy`: the student and its
+    `copy` function (see `distill`), or None for Keras' clone_model."""
+    student, copy = student_and_copy
     strategy = distribute.strategy_of(schedule.strategy)
     if strategy is None:
         yield (student, *teachers)
         return
     with strategy.scope():
-        copies = {}
-        for model in (student, *teachers):
+        copies = {id(student): _replica(student, copy)}
+        for model in teachers:
             if model is not None and id(model) not in copies:
                 copies[id(model)] = _replica(model)
         yield tuple(copies[id(model)] if model is not None else None for model in (student, *teachers))
     student.set_weights(copies[id(student)].get_weights())
 
 
-def _replica(model):
-    """A copy of `model`, weights included, also when TFMOT wrapped it (pruning, clustering, QAT wrappers).
+def _replica(model, copy=None):
+    """A copy of `model`, weights included, also when TFMOT wrapped it (pruning, clustering, QAT wrappers);
+    `copy() -> model` makes the untrained copy where Keras' clone_model cannot.
 
     Raises:
-        ConfigError: when Keras cannot copy the model (its layers do not survive their own config).
+        ConfigError: when the copy fails (its layers do not survive their own config).
     """
     scopes = (tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope(),
               tfmot.clustering.keras.cluster_scope())
@@ -334,12 +340,12 @@ def _replica(model):
         with contextlib.ExitStack() as stack:
             for scope in scopes:
                 stack.enter_context(scope)
-            copy = keras.models.clone_model(model)
-        copy.set_weights(model.get_weights())
+            replica = copy() if copy is not None else keras.models.clone_model(model)
+        replica.set_weights(model.get_weights())
     except (TypeError, ValueError) as error:
         raise ConfigError(f"distribute.strategy: cannot copy {model.name} into the strategy's scope ({error}); "
                           "train this recipe with distribute.strategy: default") from None
-    return copy
+    return replica
 
 
 def model_metrics(model, data: Dataset) -> dict:

@@ -55,7 +55,7 @@ class Cluster:
             return "default: one process, no tf.distribute strategy"
         where = ", ".join(self.devices)
         if self.strategy == "mirrored":
-            note = "" if self.replicas > 1 else " (no GPU: one replica, so training is the same as default)"
+            note = "" if self.replicas > 1 else " (no GPU here: one replica, no faster than default)"
             return f"mirrored: {self.replicas} replica(s) on {where}{note}"
         role = "chief, writes the run" if self.chief else "trains with the chief, writes a temporary folder"
         return (f"multi_worker: {self.workers} workers, {self.replicas} replicas in sync; this is "
