@@ -76,6 +76,45 @@ def test_mirrored_on_a_cpu_builds_the_smoke_recipe_with_one_replica_and_says_so(
     assert 0.0 <= result.tflm_accuracy <= 1.0
 
 
+# Two logical CPUs give MirroredStrategy two replicas in one process; they must be made before TensorFlow starts.
+TWO_REPLICAS = """
+import numpy as np
+from tinykd.keras_shim import keras, tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tinykd.distill import Distiller
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(8, 4)).astype("float32")
+labels = rng.integers(0, 3, size=8)
+logits = rng.normal(size=(8, 3)).astype("float32")
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    distiller = Distiller(student, keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), temperature=4.0,
+                          alpha=0.5)
+batch = next(iter(strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices((x, (labels, logits))).batch(8))))
+per_replica = strategy.run(lambda b: distiller.compute_loss(b[0], b[1], student(b[0])), args=(batch,))
+plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])  # the same student, outside any strategy
+plain.set_weights(student.get_weights())
+one = Distiller(plain, keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), temperature=4.0, alpha=0.5)
+print(strategy.num_replicas_in_sync, float(strategy.reduce("SUM", per_replica, axis=None)),
+      float(one.compute_loss(x, (labels, logits), plain(x))))
+"""
+
+
+def test_the_distillation_loss_of_each_replica_sums_to_the_global_batch_mean():
+    """Keras sums the replicas' gradients, so each replica's loss must be its share of the global batch mean; an
+    unscaled loss would sum to twice the mean on two replicas (and train with twice the gradient)."""
+    done = subprocess.run([sys.executable, "-c", TWO_REPLICAS], env=os.environ | {"PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    replicas, summed, whole = done.stdout.split()[-3:]
+    assert int(replicas) == 2
+    assert float(summed) == pytest.approx(float(whole), rel=1e-5)
+
+
 def _free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:
