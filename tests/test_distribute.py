@@ -62,9 +62,18 @@ def test_a_good_tf_config_gives_the_chief():
     assert layout["task"]["index"] == 1
 
 
+def test_the_chief_is_worker_0_unless_the_cluster_has_a_chief_task():
+    assert distribute.Cluster("multi_worker", workers=2, task_index=0).chief
+    assert not distribute.Cluster("multi_worker", workers=2, task_index=1).chief
+    assert not distribute.Cluster("multi_worker", workers=3, task_index=0, has_chief_task=True).chief
+    assert distribute.Cluster("multi_worker", workers=3, task_type="chief", has_chief_task=True).chief
+
+
 def test_mirrored_on_a_cpu_builds_the_smoke_recipe_with_one_replica_and_says_so(tmp_path):
     log = []
-    cfg = config.load(SMOKE_RECIPE, FEW_STEPS | {"distribute.strategy": "mirrored"})
+    # With clustering too: its cluster-preserving QAT wrappers are the ones Keras cannot clone into the scope.
+    clustered = {"cluster.clusters": "8", "cluster.epochs": "1", "cluster.batch_size": "64"}
+    cfg = config.load(SMOKE_RECIPE, FEW_STEPS | clustered | {"distribute.strategy": "mirrored"})
     from tinykd.pipeline import BuildOptions, build
 
     result = build(cfg, tmp_path, BuildOptions(log=log.append))
@@ -73,6 +82,8 @@ def test_mirrored_on_a_cpu_builds_the_smoke_recipe_with_one_replica_and_says_so(
         "no faster than default)"]
     assert (result.run_dir / "convert" / "model.tflite").read_bytes()[4:8] == b"TFL3"
     assert result.report["recipe"]["distribute"] == {"strategy": "mirrored"}
+    assert [stage["stage"] for stage in result.report["stages"]] == ["teacher", "distill", "prune", "cluster",
+                                                                     "quantize", "int8"]
     assert 0.0 <= result.tflm_accuracy <= 1.0
 
 

@@ -39,15 +39,14 @@ class Cluster:
     task_index: int = 0
     replicas: int = 1
     devices: tuple[str, ...] = ()
+    has_chief_task: bool = False  # TF_CONFIG's cluster has a "chief" job besides the workers
 
     @property
     def chief(self) -> bool:
         """The worker that writes the run folder: the `chief` task if the cluster has one, else worker 0 (as TF's
         MultiWorkerMirroredStrategy decides)."""
         return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0
-                                              and not self._has_chief)
-
-    _has_chief: bool = False
+                                              and not self.has_chief_task)
 
     def describe(self) -> str:
         """One line for the build log."""
@@ -119,7 +118,7 @@ def start(strategy: str) -> Cluster:
     cluster = layout["cluster"]
     return Cluster(strategy, workers=sum(len(a) for a in cluster.values()), task_type=layout["task"]["type"],
                    task_index=layout["task"].get("index", 0), replicas=made.num_replicas_in_sync, devices=devices,
-                   _has_chief="chief" in cluster)
+                   has_chief_task="chief" in cluster)
 
 
 def strategy_of(strategy: str):
