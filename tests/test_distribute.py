@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -78,8 +77,8 @@ def test_mirrored_on_a_cpu_builds_the_smoke_recipe_with_one_replica_and_says_so(
 
     result = build(cfg, tmp_path, BuildOptions(log=log.append))
     assert [line for line in log if line.startswith("[distribute]")] == [
-        "[distribute] mirrored: 1 replica(s) on /job:localhost/replica:0/task:0/device:CPU:0 (no GPU here: one replica, "
-        "no faster than default)"]
+        "[distribute] mirrored: 1 replica(s) on /job:localhost/replica:0/task:0/device:CPU:0 (no GPU here: one "
+        "replica, no faster than default)"]
     assert (result.run_dir / "convert" / "model.tflite").read_bytes()[4:8] == b"TFL3"
     assert result.report["recipe"]["distribute"] == {"strategy": "mirrored"}
     assert [stage["stage"] for stage in result.report["stages"]] == ["teacher", "distill", "prune", "cluster",
