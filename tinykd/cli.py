@@ -79,6 +79,9 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
         return
     log(f"building {cfg.name} from {recipe} into {runs_dir / cfg.name}")
     result = run_build(cfg, runs_dir, options)
+    if not result.chief:
+        log("done: this worker trained every training stage with the others; the chief writes the run")
+        return
     log(f"done: teacher {result.teacher_accuracy:.2%} -> int8 student {result.tflm_accuracy:.2%} in TFLite Micro, "
         f"{result.tflite_bytes:,} B .tflite, {result.arena_bytes:,} B arena; "
         f"report: {result.run_dir / 'report.md'}")

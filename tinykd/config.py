@@ -645,6 +645,22 @@ class SearchConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistributeConfig:
+    """Where training runs (tinykd.distribute): `default` one process as usual; `mirrored` every local GPU (one
+    replica on a CPU-only machine); `multi_worker` TensorFlow's MultiWorkerMirroredStrategy across the machines
+    TF_CONFIG names. Each training section's `batch_size` is then the global batch size over every replica."""
+
+    strategy: str = "default"
+
+    def __post_init__(self):
+        _require(self.strategy in DISTRIBUTE_STRATEGIES, "strategy",
+                 f"must be one of {', '.join(DISTRIBUTE_STRATEGIES)} (multi_worker reads TF_CONFIG on each worker)")
+
+
+DISTRIBUTE_STRATEGIES = ("default", "mirrored", "multi_worker")  # tinykd.distribute.STRATEGIES
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole recipe. `prune: none` and `quantize: none` skip those stages (no QAT means post-training quantization).
 
@@ -668,6 +684,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     search: SearchConfig = field(default_factory=SearchConfig)  # tinykd search only
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
 
     def __post_init__(self):
         _require(self.name.replace("_", "").replace("-", "").isalnum(), "name",

@@ -12,16 +12,17 @@ teacher per batch.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from tinykd import artifacts, config, models
+from tinykd import artifacts, config, distribute, models
 from tinykd.artifacts import Run
 from tinykd.config import AugmentConfig, DistillConfig
 from tinykd.data import Dataset, Split
 from tinykd.errors import ConfigError
-from tinykd.keras_shim import keras, native_logs, tf
+from tinykd.keras_shim import keras, native_logs, tf, tfmot
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,17 +35,21 @@ class Schedule:
     seed: int
     verbose: int = 0
     augment: AugmentConfig | None = None
+    strategy: str = "default"  # distribute.strategy: batch_size is then the global batch over every replica
 
     @classmethod
-    def of(cls, section, *, seed: int, verbose: int = 0, augment: AugmentConfig | None = None) -> "Schedule":
+    def of(cls, section, *, seed: int, verbose: int = 0, augment: AugmentConfig | None = None,
+           strategy: str = "default") -> "Schedule":
         """The schedule a recipe section (teacher, distill, prune, quantize) describes."""
         return cls(epochs=section.epochs, batch_size=section.batch_size, learning_rate=section.learning_rate,
-                   seed=seed, verbose=verbose, augment=augment)
+                   seed=seed, verbose=verbose, augment=augment, strategy=strategy)
 
     @classmethod
     def of_recipe(cls, section, cfg: config.Config, run: Run) -> "Schedule":
-        """The schedule of a recipe section in a build: the recipe's seed and augmentation, the run's verbosity."""
-        return cls.of(section, seed=cfg.seed, verbose=run.verbose, augment=cfg.data.augment)
+        """The schedule of a recipe section in a build: the recipe's seed, augmentation and distribution strategy,
+        the run's verbosity."""
+        return cls.of(section, seed=cfg.seed, verbose=run.verbose, augment=cfg.data.augment,
+                      strategy=cfg.distribute.strategy)
 
     @property
     def augmenting(self) -> bool:
@@ -206,7 +211,11 @@ class Distiller(keras.Model):
                 difference = attention_map(student_map, size) - attention_map(teacher_map)
                 loss += pair.weight / 2.0 * tf.reduce_mean(tf.square(difference))
         self.loss_tracker.update_state(loss)
-        return loss
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        # Keras sums the replicas' gradients; dividing each replica's mean loss by their number makes that sum the
+        # gradient of the mean over the global batch (Keras' compiled losses do the same).
+        return loss / replicas if replicas > 1 else loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight):
         labels, _ = _unpack(y)
@@ -244,28 +253,32 @@ def ensemble(teachers, weights, temperature: float):
     return keras.Model(inputs, logits, name="ensemble")
 
 
-def distill(teaching: Teaching, student, data: Dataset, schedule: Schedule, callbacks=()):
+def distill(teaching: Teaching, student, data: Dataset, schedule: Schedule, callbacks=(), copy=None):
     """Train `student` (a fresh or a TFMOT-wrapped model) against `teaching`'s teacher; returns the trained student.
 
     The teacher is not modified. `student` is trained in place, as Keras does; callers pass a clone
     (TFMOT's prune and quantize wrappers already are clones). Unlabelled inputs (`data.unlabeled`) join the
-    training split whenever the teacher teaches.
+    training split whenever the teacher teaches. Under a distribution strategy (`schedule.strategy`) a copy of
+    `student` trains inside the strategy's scope: `copy() -> model` makes it, untrained, where Keras' clone_model
+    cannot (cluster-preserving QAT wrappers do not survive their own config); the default is clone_model.
     """
     cfg = teaching.config
     keras.utils.set_random_seed(schedule.seed)
-    distiller = Distiller(student, teaching.teacher, temperature=cfg.temperature, alpha=cfg.alpha, hints=cfg.hints,
-                          attention=cfg.attention, feature_teacher=teaching.feature_teacher)
-    train_name, train_split = training_split(data) if cfg.teaches else ("train", data.train)
-    distiller.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(train_split))))
-    # Precomputed logits would describe the un-augmented images; with augmentation the teacher runs per batch.
-    use_teacher_logits = cfg.alpha > 0.0 and not schedule.augmenting
-    train = _dataset(train_split, teaching.logits(train_name, train_split.x) if use_teacher_logits else None,
-                     schedule, training=True)
-    val = _dataset(data.val, teaching.logits("val", data.val.x) if use_teacher_logits else None, schedule,
-                   training=False)
-    with native_logs():
-        distiller.fit(train, validation_data=val, epochs=schedule.epochs, verbose=schedule.verbose,
-                      callbacks=list(callbacks))
+    with _replicas(schedule, (student, copy), teaching.teacher, teaching.feature_teacher) as \
+            (trained, teacher, features):
+        distiller = Distiller(trained, teacher, temperature=cfg.temperature, alpha=cfg.alpha, hints=cfg.hints,
+                              attention=cfg.attention, feature_teacher=features)
+        train_name, train_split = training_split(data) if cfg.teaches else ("train", data.train)
+        distiller.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(train_split))))
+        # Precomputed logits would describe the un-augmented images; with augmentation the teacher runs per batch.
+        use_teacher_logits = cfg.alpha > 0.0 and not schedule.augmenting
+        train = _dataset(train_split, teaching.logits(train_name, train_split.x) if use_teacher_logits else None,
+                         schedule, training=True)
+        val = _dataset(data.val, teaching.logits("val", data.val.x) if use_teacher_logits else None, schedule,
+                       training=False)
+        with native_logs():
+            distiller.fit(train, validation_data=val, epochs=schedule.epochs, verbose=schedule.verbose,
+                          callbacks=list(callbacks))
     return student
 
 
@@ -282,14 +295,57 @@ def training_split(data: Dataset) -> tuple[str, Split]:
 def train_on_labels(model, data: Dataset, schedule: Schedule):
     """Plain supervised training with cross-entropy (teachers, and students when alpha is 0)."""
     keras.utils.set_random_seed(schedule.seed)
-    model.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(data.train))),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    with native_logs():
-        model.fit(_dataset(data.train, None, schedule, training=True),
-                  validation_data=_dataset(data.val, None, schedule, training=False),
-                  epochs=schedule.epochs, verbose=schedule.verbose)
+    with _replicas(schedule, (model, None)) as (trained,):
+        trained.compile(optimizer=keras.optimizers.Adam(_cosine(schedule, len(data.train))),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        with native_logs():
+            trained.fit(_dataset(data.train, None, schedule, training=True),
+                        validation_data=_dataset(data.val, None, schedule, training=False),
+                        epochs=schedule.epochs, verbose=schedule.verbose)
     return model
+
+
+@contextlib.contextmanager
+def _replicas(schedule: Schedule, student_and_copy: tuple, *teachers):
+    """The models to train with, built under `schedule.strategy` (tinykd.distribute): the models themselves for
+    the default strategy; otherwise copies made inside `strategy.scope()` (Keras and TFMOT create mirrored
+    variables only there), whose trained weights go back into the student when the block ends. So the caller keeps
+    a plain model, and nothing after training runs a collective op. `student_and_copy`: the student and its
+    `copy` function (see `distill`), or None for Keras' clone_model."""
+    student, copy = student_and_copy
+    strategy = distribute.strategy_of(schedule.strategy)
+    if strategy is None:
+        yield (student, *teachers)
+        return
+    with strategy.scope():
+        copies = {id(student): _replica(student, copy)}
+        for model in teachers:
+            if model is not None and id(model) not in copies:
+                copies[id(model)] = _replica(model)
+        yield tuple(copies[id(model)] if model is not None else None for model in (student, *teachers))
+    student.set_weights(copies[id(student)].get_weights())
+
+
+def _replica(model, copy=None):
+    """A copy of `model`, weights included, also when TFMOT wrapped it (pruning, clustering, QAT wrappers);
+    `copy() -> model` makes the untrained copy where Keras' clone_model cannot.
+
+    Raises:
+        ConfigError: when the copy fails (its layers do not survive their own config).
+    """
+    scopes = (tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope(),
+              tfmot.clustering.keras.cluster_scope())
+    try:
+        with contextlib.ExitStack() as stack:
+            for scope in scopes:
+                stack.enter_context(scope)
+            replica = copy() if copy is not None else keras.models.clone_model(model)
+        replica.set_weights(model.get_weights())
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"distribute.strategy: cannot copy {model.name} into the strategy's scope ({error}); "
+                          "train this recipe with distribute.strategy: default") from None
+    return replica
 
 
 def model_metrics(model, data: Dataset) -> dict:
@@ -312,6 +368,12 @@ def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, traini
     """
     targets = split.y if logits is None else (split.y, logits)
     dataset = tf.data.Dataset.from_tensor_slices((split.x, targets))
+    if schedule.strategy != "default":
+        # In-memory arrays have no files to split, so workers split the elements (and Keras splits each global batch
+        # of `batch_size` among the replicas).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(options)
     if training:
         dataset = dataset.shuffle(len(split), seed=schedule.seed, reshuffle_each_iteration=True)
         if schedule.augmenting:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tinykd import build_report, cluster, compress, config, convert, data as data_layer, distill, export, measure
-from tinykd import manifest, prune, quantize, teacher, verify
+from tinykd import build_report, cluster, compress, config, convert, data as data_layer, distill, distribute, export
+from tinykd import manifest, measure, prune, quantize, teacher, verify
 from tinykd.artifacts import Run
 from tinykd.errors import ConfigError, ReproducibilityError
 
@@ -39,6 +39,7 @@ class BuildResult:
 
     run_dir: Path
     report: dict
+    chief: bool = True  # False on a multi_worker worker that only trained: its run_dir is gone, its report empty
 
     @property
     def teacher_accuracy(self) -> float:
@@ -59,12 +60,38 @@ class BuildResult:
 
 
 def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptions()) -> BuildResult:
-    """Run every stage of the recipe, reusing finished ones; the report is also in runs/<name>/report.json."""
+    """Run every stage of the recipe, reusing finished ones; the report is also in runs/<name>/report.json.
+
+    With `distribute.strategy: multi_worker` every worker calls this with the same recipe: each trains every
+    training stage afresh (no stage or cached teacher is reused, so no worker skips a collective another waits in);
+    the chief writes runs/<name>/ and goes on alone with the stages that do not train, the others write into a
+    temporary folder that is removed when they are done.
+    """
     unknown = set(options.force) - set(STAGES)
     if unknown:
         raise ConfigError(f"--force {', '.join(sorted(unknown))}: no such stage; stages are {', '.join(STAGES)}")
-    run = Run(Path(runs_dir) / cfg.name, options.force, log=options.log, verbose=options.verbose)
+    # 0. distribute: the strategy for every training run; multi_worker waits here until TF_CONFIG's workers join
+    where = distribute.start(cfg.distribute.strategy)
+    if cfg.distribute.strategy != "default":
+        options.log(f"[distribute] {where.describe()}")
+    if cfg.distribute.strategy != "multi_worker":
+        return _build(cfg, Run(Path(runs_dir) / cfg.name, options.force, log=options.log, verbose=options.verbose),
+                      options, where)
+    if where.chief:
+        result = _build(cfg, Run(Path(runs_dir) / cfg.name, STAGES, log=options.log, verbose=options.verbose),
+                        options, where)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"tinykd-{where.task_type}{where.task_index}-") as scratch:
+            result = _build(cfg, Run(Path(scratch) / cfg.name, STAGES, log=options.log, verbose=options.verbose),
+                            options, where)
+    # Every worker waits here for the chief's last stage, so the job ends when the build does and no worker leaves
+    # while TensorFlow's coordination service still counts on it (the chief would log it as crashed).
+    distribute.barrier(cfg.distribute.strategy)
+    return result
 
+
+def _build(cfg: config.Config, run: Run, options: BuildOptions, where: distribute.Cluster) -> BuildResult:
+    """The stages in order; a multi_worker worker that is not the chief stops after the last training stage."""
     # 1. data: every split in memory, with a fingerprint of the files and the split
     data = data_layer.load(cfg.data, cfg.data.seed, options.data_dirs, frontend=cfg.frontend)
     options.log(f"[data] {data.source}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test, "
@@ -90,6 +117,14 @@ def build(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
     # 6. quantize: INT8 quantization-aware training, still distilling (keeping zeros and clusters)
     if cfg.quantize is not None:
         student = quantize.stage(run, cfg, data, teachers.teaching, student)
+
+    if cfg.distribute.strategy == "multi_worker":
+        # Every worker logs what it trained, so identical weights on every worker can be checked from the logs.
+        trained = {"teacher": teachers.teaching.teacher} | {name: done.model for name, done in floats.items()}
+        for name, model in (trained | {"final": student.model}).items():
+            options.log(f"[distribute] {name} weights sha256 {distribute.fingerprint(model)}")
+        if not where.chief:
+            return BuildResult(run.root, {}, chief=False)
 
     # 7. convert: full-int8 .tflite, calibrated on training samples; fails naming any float op
     model = convert.stage(run, cfg, data, student)
@@ -123,6 +158,9 @@ def check(cfg: config.Config, runs_dir: Path, options: BuildOptions = BuildOptio
     Raises:
         ReproducibilityError: naming every artifact or input that differs.
     """
+    if cfg.distribute.strategy == "multi_worker":
+        raise ConfigError("build --check: a check rebuilds on this machine alone; run it with "
+                          "--set distribute.strategy=default")
     path = Path(runs_dir) / cfg.name / manifest.NAME
     expected = manifest.read(path)
     with tempfile.TemporaryDirectory(prefix="tinykd-check-") as folder:

@@ -53,7 +53,9 @@ def quantize(student, teaching: Teaching, data: Dataset, schedule: Schedule, sch
     None is the plain default 8-bit scheme.
     """
     qat = quantization_aware(student, scheme)
-    distill(teaching, qat, data, schedule)
+    # Under a distribution strategy the trained copy is made the same way, not cloned from its config, which
+    # cluster-preserving quantizers do not survive.
+    distill(teaching, qat, data, schedule, copy=lambda: quantization_aware(student, scheme))
     return qat
 
 

@@ -39,7 +39,7 @@ class Teachers:
 
 def stage(run: Run, cfg: config.Config, data: Dataset) -> Teachers:
     """The main teacher, and with `distill.ensemble` the extra teachers, as a `Teaching` for every training stage."""
-    key = teacher_key(cfg.teacher, data)
+    key = teacher_key(cfg.teacher, data, cfg.distribute.strategy)
     cache = run.root.parent / CACHE
     main = run.step("teacher", key, lambda: _one_teacher(run, cfg.teacher, data, cfg, "teacher",
                                                           run.dir("teacher") / "teacher.keras"),
@@ -51,19 +51,21 @@ def stage(run: Run, cfg: config.Config, data: Dataset) -> Teachers:
                              soft_targets=soft_targets), main.run_id)
 
 
-def teacher_key(teacher_cfg, data: Dataset) -> str:
-    """What a trained teacher depends on: its config (an ensemble member's weight aside) and the data."""
+def teacher_key(teacher_cfg, data: Dataset, strategy: str = "default") -> str:
+    """What a trained teacher depends on: its config (an ensemble member's weight aside), the data, and the
+    distribution strategy it trains under when not the default (replicas add gradients in another order)."""
     source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
     settings = config.as_dict(teacher_cfg)
     settings.pop("weight", None)
-    return artifacts.key("teacher", settings, data.fingerprint, _source_stamp(source) if source else None)
+    parts = ("teacher", settings, data.fingerprint, _source_stamp(source) if source else None)
+    return artifacts.key(*parts, *(() if strategy == "default" else (strategy,)))
 
 
 def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done) -> Teachers:
     """The main teacher and `distill.ensemble`'s teachers as one model whose soft targets at the recipe's
     temperature are their weighted mean; each extra teacher is cached like the main one."""
     members = cfg.distill.ensemble
-    keys = [teacher_key(member, data) for member in members]
+    keys = [teacher_key(member, data, cfg.distribute.strategy) for member in members]
     weights = [cfg.distill.teacher_weight] + [member.weight for member in members]
     key = artifacts.key("ensemble", keys, weights, cfg.distill.temperature, main.run_id)
     names = [f"teacher{i + 1}.keras" for i in range(len(members))]
@@ -90,7 +92,7 @@ def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done)
 
 def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label: str, path: Path):
     """Load, reuse from the cache or train one teacher into `path`; returns it and its metrics."""
-    key = teacher_key(teacher_cfg, data)
+    key = teacher_key(teacher_cfg, data, cfg.distribute.strategy)
     cache = run.root.parent / CACHE
     source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
     cached = cache / f"teacher-{key}.keras"
@@ -106,7 +108,8 @@ def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label
         run.log(f"[{label}] training {teacher_cfg.model.arch} for {teacher_cfg.epochs} epochs")
         started = time.time()
         model = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher", seed=teacher_cfg.seed)
-        schedule = Schedule.of(teacher_cfg, seed=teacher_cfg.seed, verbose=run.verbose, augment=cfg.data.augment)
+        schedule = Schedule.of(teacher_cfg, seed=teacher_cfg.seed, verbose=run.verbose, augment=cfg.data.augment,
+                               strategy=cfg.distribute.strategy)
         artifacts.save_model(train_on_labels(model, data, schedule), path)
         trained_seconds = round(time.time() - started, 1)
         artifacts.copy_file(path, cached)
