@@ -408,6 +408,7 @@ def data_streaming_table(results: dict) -> str:
     """data.stream: distillation steps/s streamed against in memory, and the peak RSS of a 60,000-image build."""
     r = results["data_streaming"]
     rows = []
+    speeds = r["steps_per_second"]
     for key, label in (("fashion_mnist_image_folder", "Fashion-MNIST as PNG image folder"),
                        ("keywords", "keyword set (`tinykd data keywords`), with the front-end")):
         speed = r["steps_per_second"][key]
@@ -422,7 +423,9 @@ def data_streaming_table(results: dict) -> str:
                       f"{memory['peak_rss_bytes'] / 2 ** 20:,.0f} MiB", f"{memory['seconds'] / 60:.1f} min"],
                      [f"streamed ({streamed['train_images']:,} training images)",
                       f"{streamed['peak_rss_bytes'] / 2 ** 20:,.0f} MiB", f"{streamed['seconds'] / 60:.1f} min"]])
-            + f"\nMedian of {r['repeats']} one-epoch runs of {r['samples_per_timed_epoch']:,} training inputs, the "
+            + f"\nSteps/s: median of {r['repeats']} one-epoch runs (each run's figures in the JSON) on the first "
+            f"{speeds['fashion_mnist_image_folder']['in_memory']['train_samples']:,} Fashion-MNIST training images "
+            f"and all {speeds['keywords']['in_memory']['train_samples']:,} training clips of the keyword set, the "
             f"first {r['warmup_steps']} steps untimed. {r['machine_note']} " + machine(r))
 
 
