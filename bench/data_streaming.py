@@ -71,8 +71,8 @@ def main() -> None:
     result["steps_per_second"]["keywords"] = speeds(REPO / "pipelines" / "kws_dscnn.yaml",
                                                     [f"data.path={keywords}", "data.synthesize=false"], args)
     result["machine_note"] = ("2 cores shared with other jobs (tests and benchmarks of 5 other helpers ran "
-                              "meanwhile, this one under nice -n 10): absolute speeds are low and noisy; the "
-                              "streamed/in-memory ratios are the result. " + args.note).strip()
+                              "meanwhile, this one under nice -n 10): absolute speeds are low and noisy, and so are "
+                              "the streamed/in-memory ratios (compare the runs). " + args.note).strip()
     _write_result(result, args.out, "bench/data_streaming.py")
 
 
