@@ -485,6 +485,41 @@ def search_table(results: dict) -> str:
     if missing:
         notes.append(f"Not run yet: {', '.join(missing)}.")
     return table(header, rows) + "\n" + "".join(f"{note}\n" for note in notes) + "\n" + machine(r)
+def data_streaming_table(results: dict) -> str:
+    """data.stream: distillation steps/s streamed against in memory, and the peak RSS of a 60,000-image build."""
+    r = results["data_streaming"]
+    rows = []
+    speeds = r["steps_per_second"]
+    for key, label in (("fashion_mnist_image_folder", "Fashion-MNIST as PNG image folder"),
+                       ("keywords", "keyword set (`tinykd data keywords`), with the front-end")):
+        speed = r["steps_per_second"][key]
+        rows.append([label, f"{speed['in_memory']['steps_per_second']:.1f}",
+                     f"{speed['streamed']['steps_per_second']:.1f}", f"{speed['streamed_over_in_memory']:.2f}x"])
+    rss = r["peak_rss"]
+    memory, streamed = rss["false"], rss["true"]
+    return (table(["distillation, batch of the recipe", "in memory (steps/s)", "streamed (steps/s)",
+                   "streamed / in memory"], rows) + "\n"
+            + table(["smoke build on every image of the folder", "peak RSS", "wall time"],
+                    [[f"in memory ({memory['train_images']:,} training images)",
+                      f"{memory['peak_rss_bytes'] / 2 ** 20:,.0f} MiB", f"{memory['seconds'] / 60:.1f} min"],
+                     [f"streamed ({streamed['train_images']:,} training images)",
+                      f"{streamed['peak_rss_bytes'] / 2 ** 20:,.0f} MiB", f"{streamed['seconds'] / 60:.1f} min"]])
+            + f"\nSteps/s: median of {r['repeats']} one-epoch runs (each run's figures in the JSON) on the first "
+            f"{speeds['fashion_mnist_image_folder']['in_memory']['train_samples']:,} Fashion-MNIST training images "
+            f"and all {speeds['keywords']['in_memory']['train_samples']:,} training clips of the keyword set, the "
+            f"first {r['warmup_steps']} steps untimed. {r['machine_note']} " + machine(r))
+
+
+def readme_data_streaming(results: dict) -> str:
+    r = results["data_streaming"]
+    speed = r["steps_per_second"]
+    rss = r["peak_rss"]
+    return (f"Streamed, distillation ran at {speed['fashion_mnist_image_folder']['streamed_over_in_memory']:.2f}x "
+            f"the in-memory steps/s on Fashion-MNIST images and {speed['keywords']['streamed_over_in_memory']:.2f}x "
+            f"on the keyword set; a build on {rss['true']['train_images']:,} training images peaked at "
+            f"{rss['true']['peak_rss_bytes'] / 2 ** 20:,.0f} MiB streamed against "
+            f"{rss['false']['peak_rss_bytes'] / 2 ** 20:,.0f} MiB in memory (2 shared cores; "
+            "[bench/README.md](bench/README.md)).\n")
 
 
 def readme_headline(results: dict) -> str:
@@ -510,6 +545,8 @@ REGIONS = {
     "kws-notes": kws_notes,
     "kws_stream": kws_stream_table,
     "search": search_table,
+    "data_streaming": data_streaming_table,
+    "readme-data_streaming": readme_data_streaming,
     "kd_ablation-fashion_mnist": lambda results: kd_ablation_table(results, "fashion_mnist"),
     "kd_ablation-kws_dscnn": lambda results: kd_ablation_table(results, "kws_dscnn"),
     "kd_ablation-notes": kd_ablation_notes,

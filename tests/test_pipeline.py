@@ -165,14 +165,16 @@ def test_cached_teacher_keeps_its_logits_and_they_are_its_outputs(first, runs):
     from tinykd import data as data_layer
     from tinykd.quantize import load_model
 
-    saved = list((runs / ".teacher_cache").glob("teacher-*.logits.npz"))
+    from tinykd.data import shards
+
+    saved = list((runs / ".teacher_cache").glob("teacher-*.logits"))
     assert len(saved) == 1
     cfg = config.load(SMOKE_RECIPE)
     data = data_layer.load(cfg.data, cfg.data.seed)
-    teacher = load_model(saved[0].with_name(saved[0].name.replace(".logits.npz", ".keras")))
-    with np.load(saved[0]) as logits:
-        assert logits["train"].shape == (len(data.train), data.num_classes)
-        np.testing.assert_allclose(logits["val"], teacher.predict(data.val.x, verbose=0), rtol=1e-5, atol=1e-5)
+    teacher = load_model(saved[0].with_name(saved[0].name.replace(".logits", ".keras")))
+    logits = shards.read(saved[0])
+    assert logits["train"].shape == (len(data.train), data.num_classes)
+    np.testing.assert_allclose(logits["val"], teacher.predict(data.val.x, verbose=0), rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_force_stage_is_refused(runs):

@@ -36,6 +36,8 @@ SMOKE_OVERRIDES = {
 
 # Data formats tinykd.data has a reader for (tinykd.data.READERS, one per name).
 DATA_FORMATS = ("fashion_mnist", "image_folder", "arrays", "speech_commands")
+STREAM_MODES = ("auto", "always", "never")  # data.stream (true is always, false never): see tinykd.data.streaming
+STREAMED_FORMATS = ("image_folder", "speech_commands")
 
 # The architecture zoo (tinykd.models) and its classifier heads.
 ARCHITECTURES = ("cnn", "ds_cnn", "mlp")
@@ -122,9 +124,23 @@ class DataConfig:
     # rest of the training split the unlabelled data.
     unlabeled: str | None = None
     labeled_samples: int | None = None
+    # Data that does not fit in memory (image_folder, speech_commands): true (or always) streams the training split
+    # from disk through tf.data, false (never) reads it into arrays, auto streams when its decoded float32 inputs
+    # would exceed tinykd.data.streaming.THRESHOLD_BYTES (1 GiB). Stored as auto, always or never.
+    stream: bool | str = "auto"
 
     def __post_init__(self):
         _require(self.seed >= 0, "seed", "must be 0 or more (it seeds the split)")
+        if isinstance(self.stream, bool):
+            object.__setattr__(self, "stream", "always" if self.stream else "never")
+        _require(self.stream in STREAM_MODES, "stream", "must be true, false or auto (true streams the training "
+                 "split from disk, auto only when it would pass 1 GiB)")
+        _require(self.stream != "always" or self.format in STREAMED_FORMATS, "stream",
+                 f"true works for {' and '.join(STREAMED_FORMATS)}; {self.format} is read into memory, so use "
+                 "auto or false")
+        _require(self.stream != "always" or not (self.skip_unreadable or self.unlabeled or self.labeled_samples),
+                 "stream", "true cannot be combined with skip_unreadable, unlabeled or labeled_samples (they "
+                 "need every input read first); use stream: false")
 
         _require(self.format in DATA_FORMATS, "format", f"must be one of {', '.join(sorted(DATA_FORMATS))}")
         _require(self.format == "fashion_mnist" or bool(self.path), "path",
@@ -875,6 +891,10 @@ def _convert(hint, value, file: str, key: str):
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if bool in options:  # true/false, or a word (data.stream: true | false | auto)
+            if isinstance(value, bool):
+                return value
+            options = [a for a in options if a is not bool]
         if value is None or value == "none":
             if type(None) in typing.get_args(hint):
                 return None

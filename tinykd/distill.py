@@ -20,7 +20,7 @@ import numpy as np
 from tinykd import artifacts, config, distribute, models
 from tinykd.artifacts import Run
 from tinykd.config import AugmentConfig, DistillConfig
-from tinykd.data import Dataset, Split
+from tinykd.data import Dataset, Split, streaming
 from tinykd.errors import ConfigError
 from tinykd.keras_shim import keras, native_logs, tf, tfmot
 
@@ -357,25 +357,30 @@ def model_metrics(model, data: Dataset) -> dict:
 def accuracy(model, split: Split, batch_size: int = 256) -> float:
     """Top-1 accuracy of a Keras model that outputs logits."""
     with native_logs():
-        logits = model.predict(split.x, batch_size=batch_size, verbose=0)
+        logits = model.predict(streaming.model_input(split.x, batch_size), batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == split.y))
 
 
 def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, training: bool):
     """Batches of (x, labels) or, given the teacher's logits, (x, (labels, teacher logits)).
 
-    Training batches are shuffled and, when the recipe asks, augmented; evaluation batches never are.
+    Training batches are shuffled and, when the recipe asks, augmented; evaluation batches never are. A streamed
+    split (tinykd.data.streaming) is read from disk in the pipeline, its order shuffled with the same seed.
     """
     targets = split.y if logits is None else (split.y, logits)
-    dataset = tf.data.Dataset.from_tensor_slices((split.x, targets))
+    if streaming.is_streamed(split.x):
+        dataset = split.x.examples(targets, schedule.seed if training else None)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((split.x, targets))
+        if training:
+            dataset = dataset.shuffle(len(split), seed=schedule.seed, reshuffle_each_iteration=True)
     if schedule.strategy != "default":
-        # In-memory arrays have no files to split, so workers split the elements (and Keras splits each global batch
-        # of `batch_size` among the replicas).
+        # Workers split the elements (in-memory arrays have no files to split), and Keras splits each global batch
+        # of `batch_size` among the replicas.
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dataset = dataset.with_options(options)
     if training:
-        dataset = dataset.shuffle(len(split), seed=schedule.seed, reshuffle_each_iteration=True)
         if schedule.augmenting:
             augment = _augmenter(schedule.augment, tuple(split.x.shape[1:]), schedule.seed)
             dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -383,9 +388,9 @@ def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, traini
 
 
 def teacher_logits(teacher, x: np.ndarray) -> np.ndarray:
-    """The teacher's logits on `x`."""
+    """The teacher's logits on `x` (an array, or a streamed split read in order)."""
     with native_logs():
-        return teacher.predict(x, batch_size=512, verbose=0)
+        return teacher.predict(streaming.model_input(x, 512), batch_size=512, verbose=0)
 
 
 def _augmenter(augment: AugmentConfig, shape: tuple[int, int, int], seed: int):

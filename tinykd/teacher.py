@@ -4,12 +4,12 @@ with `distill.ensemble`, more teachers, cached the same way, whose soft targets 
 Ensemble members live here rather than in tinykd.distill because each one is obtained exactly like the main
 teacher (loaded, reused from the cache or trained); tinykd.distill.ensemble only combines finished models into
 one soft-target teacher. The stage hands on a `Teaching`, with the teacher's logits on the training and
-validation splits saved beside the cached teacher, so a rebuild does not run the teacher again.
+validation splits saved beside the cached teacher (`teacher-<key>.logits/`, .npy shards and an index, see
+tinykd.data.shards), so a rebuild, another student, a sweep or a pruning step does not run the teacher again.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ import numpy as np
 from tinykd import artifacts, config, models
 from tinykd.artifacts import Run
 from tinykd.convert import convert_float
-from tinykd.data import Dataset
+from tinykd.data import Dataset, shards
 from tinykd.distill import Schedule, Teaching, accuracy, ensemble, model_metrics, teacher_logits, train_on_labels
 from tinykd.distill import training_split
 from tinykd.errors import ModelError
@@ -46,7 +46,7 @@ def stage(run: Run, cfg: config.Config, data: Dataset) -> Teachers:
                     load=lambda folder: load_model(folder / "teacher.keras"), artifact="teacher.keras")
     if cfg.distill.ensemble:
         return _ensemble(run, cfg, data, main)
-    soft_targets = _soft_targets(main.value, data, cache / f"teacher-{key}.logits.npz") if _uses_logits(cfg) else {}
+    soft_targets = _soft_targets(main.value, data, cache / f"teacher-{key}.logits") if _uses_logits(cfg) else {}
     return Teachers(Teaching(teacher=main.value, config=cfg.distill, feature_teacher=main.value,
                              soft_targets=soft_targets), main.run_id)
 
@@ -85,7 +85,7 @@ def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done)
                     artifact=names[-1])
     combined = ensemble([main.value] + done.value, weights, cfg.distill.temperature)
     cache = run.root.parent / CACHE
-    soft_targets = _soft_targets(combined, data, cache / f"ensemble-{key}.logits.npz") if _uses_logits(cfg) else {}
+    soft_targets = _soft_targets(combined, data, cache / f"ensemble-{key}.logits") if _uses_logits(cfg) else {}
     return Teachers(Teaching(teacher=combined, config=cfg.distill, feature_teacher=main.value,
                              extra_teachers=tuple(done.value), soft_targets=soft_targets), done.run_id)
 
@@ -131,19 +131,20 @@ def _uses_logits(cfg: config.Config) -> bool:
     return cfg.distill.alpha > 0.0 and not augmenting
 
 
-def _soft_targets(model, data: Dataset, path: Path) -> dict[str, np.ndarray]:
-    """The teacher's logits on every split it teaches on, saved beside the cached teacher so a rebuild skips them."""
+def _soft_targets(model, data: Dataset, folder: Path) -> dict[str, np.ndarray]:
+    """The teacher's logits on every split it teaches on, stored in shards beside the cached teacher so a rebuild
+    skips them; a streamed training split is read from disk once, a shard at a time."""
     splits = {"train": data.train.x, "val": data.val.x}
     name, split = training_split(data)
     splits[name] = split.x
-    if path.exists():
-        with np.load(path) as saved:
-            if all(name in saved and saved[name].shape[0] == len(x) for name, x in splits.items()):
-                return {name: saved[name] for name in splits}
-    logits = {name: teacher_logits(model, x) for name, x in splits.items()}
-    buffer = io.BytesIO()
-    np.savez(buffer, **logits)
-    artifacts.write_bytes(path, buffer.getvalue())
+    stored = shards.read(folder)
+    logits = {}
+    for name, x in splits.items():
+        if name in stored and stored[name].shape[0] == len(x):
+            logits[name] = stored[name]
+        else:
+            logits[name] = shards.write(folder, name, len(x), lambda start, stop, x=x: teacher_logits(model,
+                                                                                                      x[start:stop]))
     return logits
 
 

@@ -90,8 +90,8 @@ def _as_int16(clips: np.ndarray, first_clip: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _batch_function(cfg: FrontendConfig):
-    """A traced function running the op over a batch of clips; one per config, as the op's settings are attrs."""
+def clip_features(cfg: FrontendConfig):
+    """The op on one 1-D int16 clip tensor -> uint16 features (frames, channels), usable inside tf.data."""
     from tinykd.keras_shim import tf
 
     op = _load_op()
@@ -105,13 +105,27 @@ def _batch_function(cfg: FrontendConfig):
         enable_log=cfg.enable_log, scale_shift=cfg.scale_shift,
         # No context stacking or frame skipping, and no division: the output is FrontendOutput.values as is.
         left_context=0, right_context=0, frame_stride=1, zero_padding=False, out_scale=1, out_type=tf.uint16)
+
+    def run(clip):
+        features = op.audio_microfrontend(clip, **settings)
+        features.set_shape(cfg.feature_shape)
+        return features
+
+    return run
+
+
+@functools.lru_cache(maxsize=8)
+def _batch_function(cfg: FrontendConfig):
+    """A traced function running the op over a batch of clips; one per config, as the op's settings are attrs."""
+    from tinykd.keras_shim import tf
+
+    one = clip_features(cfg)
     output_spec = tf.TensorSpec(cfg.feature_shape, tf.uint16)
 
     @tf.function(input_signature=[tf.TensorSpec([None, cfg.clip_samples], tf.int16)])
     def run(clips):
         # The op reads one 1-D clip; parallel iterations let TensorFlow spread clips over the cores.
-        return tf.map_fn(lambda clip: op.audio_microfrontend(clip, **settings), clips,
-                         fn_output_signature=output_spec, parallel_iterations=16)
+        return tf.map_fn(one, clips, fn_output_signature=output_spec, parallel_iterations=16)
 
     return run
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tinykd.config import UNLABELED_REST, DataConfig
+from tinykd.data import streaming
 from tinykd.data.dataset import Dataset, Preprocessing, Split, split_stratified, split_train_val
 from tinykd.errors import ConfigError
 
@@ -94,6 +95,8 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
     def normalised(split: Split) -> Split:
         if preprocessing.raw_scale == 1.0 and preprocessing.raw_offset == 0.0:
             return split  # raw units are the model's units: no copy (46k clips of audio are 3 GB)
+        if streaming.is_streamed(split.x):  # applied per sample in the pipeline, in the same float32 arithmetic
+            return Split(x=split.x.normalised(preprocessing.raw_scale, preprocessing.raw_offset), y=split.y)
         return Split(x=split.x * preprocessing.raw_scale + preprocessing.raw_offset, y=split.y)
 
     unlabeled = None
@@ -160,6 +163,8 @@ def _through_frontend(raw: Dataset, frontend) -> Dataset:
     from tinykd.audio import INPUT_SCALE, INPUT_ZERO_POINT, features, to_int8
 
     def split_features(split: Split) -> Split:
+        if streaming.is_streamed(split.x):  # the same op and settings, per clip in the pipeline
+            return Split(x=split.x.through_frontend(frontend), y=split.y)
         return Split(x=to_int8(features(split.x, frontend)).astype(np.float32)[..., np.newaxis], y=split.y)
 
     # The int8 feature dequantized with the model's fixed input parameters: (q - zero_point) * scale.

@@ -9,7 +9,11 @@ import numpy as np
 
 @dataclass(frozen=True, kw_only=True)
 class Split:
-    """Model inputs `x` (float32, normalised) and integer labels `y`."""
+    """Model inputs `x` (float32, normalised) and integer labels `y`.
+
+    A streamed training split's `x` is a tinykd.data.streaming.StreamedInputs, read from disk when iterated; it
+    has the array's length, shape and slicing.
+    """
 
     x: np.ndarray
     y: np.ndarray

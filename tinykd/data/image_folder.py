@@ -3,6 +3,9 @@
 Without those sub-trees the images are split with a seed, each class keeping its share in every split. Every image
 is converted to the recipe's colour and resized to `data.image_size` with Pillow's bilinear filter (antialiased
 when shrinking): the firmware should scale its camera frames the same way, or train on frames of the device's size.
+
+With `data.stream` the training images stay on disk and are decoded per batch (tinykd.data.streaming): the files
+are listed and split exactly as here, then only validation and test are decoded into arrays.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tinykd.config import DataConfig
+from tinykd.data import streaming
 from tinykd.data.dataset import Dataset, Preprocessing, Split, split_stratified, split_train_val
 from tinykd.errors import DataError
 
@@ -35,7 +39,14 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
         folder = root / split if split != "all" else root
         if split != "all" and not folder.is_dir():
             continue
-        pools[split] = _read_images(folder, labels, cfg, skipped, digest)
+        pools[split] = _list_images(folder, labels, digest)
+    height, width = cfg.image_size
+    channels = 1 if cfg.color == "grayscale" else 3
+    pool = pools["train" if has_splits else "all"]
+    fractions = 1.0 if has_splits else 1.0 - cfg.val_fraction - cfg.test_fraction
+    stream = streaming.wanted(cfg, int(len(pool) * fractions), height * width * channels * 4)
+    if not stream:  # decoded before the split, so unreadable files skipped leave the others' split unchanged
+        pools = {name: _decode(files, cfg, skipped) for name, files in pools.items()}
     if has_splits:
         train = pools["train"]
         if "test" not in pools:
@@ -46,12 +57,15 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
     else:
         train, val, test = split_stratified(pools["all"].x, pools["all"].y, val_fraction=cfg.val_fraction,
                                             test_fraction=cfg.test_fraction, seed=seed)
+    if stream:  # the same files in the same order as in memory; val and test are decoded (bounded shares)
+        train = Split(x=streaming.StreamedInputs(sources=tuple(str(p) for p in train.x), read=_Reader(cfg),
+                                                 raw_shape=(height, width, channels)), y=train.y)
+        val, test = _decode(val, cfg, skipped), _decode(test, cfg, skipped)
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
             raise DataError(f"data.path: {root}: the {name} split has no images; add images (every class needs "
                             f"at least {int(np.ceil(1 / min(cfg.val_fraction, cfg.test_fraction)))} for a "
                             f"{cfg.val_fraction:.0%}/{cfg.test_fraction:.0%} split) or give {name}/ its own folder")
-    height, width = cfg.image_size
     channels = "1 channel (luma, Pillow's ITU-R 601-2 conversion)" if cfg.color == "grayscale" else \
         "3 channels in the order R, G, B"
     return Dataset(
@@ -59,7 +73,8 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
         preprocessing=Preprocessing(raw_scale=1.0 / 255.0, raw_offset=0.0,
                                     description=f"{cfg.color} pixel 0..255, {height}x{width}, {channels}, "
                                                 "row-major HWC; images resized with Pillow bilinear"),
-        source=f"image folder {root} ({'train/val/test sub-folders' if has_splits else 'seeded split'})",
+        source=f"image folder {root} ({'train/val/test sub-folders' if has_splits else 'seeded split'}"
+               + ("; training images streamed from disk)" if stream else ")"),
         fingerprint=digest.hexdigest()[:16],
         skipped=tuple(skipped),
     )
@@ -73,15 +88,14 @@ def _classes(folder: Path) -> tuple[str, ...]:
     return classes
 
 
-def _read_images(folder: Path, labels: tuple[str, ...], cfg: DataConfig, skipped: list, digest) -> Split:
-    from PIL import Image
-
+def _list_images(folder: Path, labels: tuple[str, ...], digest) -> Split:
+    """Every image file under `folder`'s class folders, in a stable order, as a Split of paths and labels."""
     found = set(_classes(folder)) if folder.is_dir() else set()
     unknown = found - set(labels)
     if unknown:
         raise DataError(f"{folder}: class folder(s) {', '.join(sorted(unknown))} are not in train/; every split "
                         f"must use the classes {', '.join(labels)}")
-    images, targets = [], []
+    paths, targets = [], []
     for index, label in enumerate(labels):
         if not (folder / label).is_dir():
             continue  # a val/ or test/ tree may lack a class; train/ (where labels come from) never does
@@ -90,16 +104,39 @@ def _read_images(folder: Path, labels: tuple[str, ...], cfg: DataConfig, skipped
             raise DataError(f"{folder / label}: no images (.png, .jpg, .jpeg, .bmp); add some or remove the folder")
         for path in files:
             digest.update(f"{path.relative_to(folder.parent)}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-            pixels = _load(path, cfg, Image)
-            if pixels is None:
-                skipped.append(str(path))
-                continue
-            images.append(pixels)
+            paths.append(str(path))
             targets.append(index)
+    return Split(x=np.array(paths, dtype=object), y=np.array(targets, dtype=np.int32))
+
+
+def _decode(files: Split, cfg: DataConfig, skipped: list) -> Split:
+    """The images of a Split of paths as float pixels (N, H, W, C); unreadable ones skipped or raising."""
+    from PIL import Image
+
+    images, targets = [], []
+    for path, target in zip(files.x, files.y):
+        pixels = _load(Path(path), cfg, Image)
+        if pixels is None:
+            skipped.append(str(path))
+            continue
+        images.append(pixels)
+        targets.append(target)
     height, width = cfg.image_size
     shape = (0, height, width, 1 if cfg.color == "grayscale" else 3)
     x = np.stack(images).astype(np.float32) if images else np.zeros(shape, np.float32)
     return Split(x=x, y=np.array(targets, dtype=np.int32))
+
+
+class _Reader:
+    """One image file as the in-memory path decodes it (a picklable callable for StreamedInputs)."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+
+    def __call__(self, path: str) -> np.ndarray:
+        from PIL import Image
+
+        return _load(Path(path), self.cfg, Image)
 
 
 def _load(path: Path, cfg: DataConfig, image_module):

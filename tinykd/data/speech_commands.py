@@ -16,6 +16,10 @@ Bad audio: an unreadable or corrupt WAV stops the load naming the file (or, with
 out and listed in `Dataset.skipped`); an empty one is always left out and listed. Other sample rates are resampled
 (`wav.resample`, Kaiser-windowed sinc), several channels averaged to one, short clips zero-padded at the end and long
 ones cut to their loudest window; `Dataset.repairs` counts each. Values stay raw int16 samples; features come later.
+
+With `data.stream` the training clips stay on disk (tinykd.data.streaming): the same clips, silence cuts and order
+are chosen here, and each is read, repaired and cut when the pipeline asks for it. Repairs are then counted on the
+validation and test clips only, and an empty file is left out when listed (as in memory).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from tinykd.config import DataConfig
-from tinykd.data import wav
+from tinykd.data import streaming, wav
 from tinykd.data.dataset import Dataset, Preprocessing, Split
 from tinykd.errors import DataError
 
@@ -68,21 +72,27 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
     skipped: list[str] = []
     noise = _background(root, cfg, repairs, skipped, digest)
     splits = {}
+    share = 1.0 + cfg.unknown_fraction + cfg.silence_fraction
+    stream = streaming.wanted(cfg, int(len(pools["train"][0]) * share), _length(cfg) * 4)
     for number, name in enumerate(SPLITS):
         keyword_clips, unknown_clips = pools[name]
         if not keyword_clips:
             raise DataError(f"data.path: {root}: the {name} split has no keyword clips; "
                             + ("list some in " + LIST_FILES[name] if name in LIST_FILES and listed is not None else
                                "add clips from more speakers"))
-        splits[name] = _split(keyword_clips, unknown_clips, noise, cfg, np.random.default_rng([seed, number]),
-                              (repairs, skipped))
+        entries = _entries(keyword_clips, unknown_clips, noise, cfg, np.random.default_rng([seed, number]))
+        if stream and name == "train":
+            splits[name] = _streamed(entries, noise, cfg, skipped)
+        else:
+            splits[name] = _split(entries, noise, cfg, (repairs, skipped))
     rate_khz = cfg.sample_rate_hz / 1000
     return Dataset(
         train=splits["train"], val=splits["val"], test=splits["test"],
         labels=(SILENCE, UNKNOWN, *cfg.keywords),
         preprocessing=Preprocessing(raw_scale=1.0, raw_offset=0.0, description=f"{rate_khz:g} kHz mono int16 PCM"),
         source=f"Speech Commands layout in {root} ({len(words)} word folders, {len(noise)} background files; splits "
-               f"from {'the list files' if listed is not None else 'hashed speaker names'})",
+               f"from {'the list files' if listed is not None else 'hashed speaker names'}"
+               + ("; training clips streamed from disk)" if stream else ")"),
         fingerprint=digest.hexdigest()[:16],
         skipped=tuple(skipped),
         repairs=tuple((kind, repairs[kind]) for kind in REPAIRS),
@@ -152,24 +162,60 @@ def _background(root: Path, cfg: DataConfig, repairs: Counter, skipped: list, di
     return noise
 
 
-def _split(keyword_clips: list, unknown_clips: list, noise: list[np.ndarray], cfg: DataConfig,
-           rng: np.random.Generator, log: tuple[Counter, list]) -> Split:
-    """The keyword clips, a seeded share of unknown clips and of silence, read in a seeded random order."""
+def _entries(keyword_clips: list, unknown_clips: list, noise: list[np.ndarray], cfg: DataConfig,
+             rng: np.random.Generator) -> list[tuple[object, int]]:
+    """The keyword clips, a seeded share of unknown clips and of silence, in a seeded random order, as
+    (source, label): a clip's path, or a silence cut (noise index, start, gain), or None for digital silence."""
     count = len(keyword_clips)
     picked = np.sort(rng.permutation(len(unknown_clips))[: math.ceil(count * cfg.unknown_fraction)])
     entries = keyword_clips + [(unknown_clips[i], UNKNOWN_INDEX) for i in picked]
     entries += [(None, SILENCE_INDEX)] * math.ceil(count * cfg.silence_fraction)
     entries = [entries[i] for i in rng.permutation(len(entries))]
+    # Cuts drawn in order after the shuffle, as the clips used to be read: the same draws, the same silence.
+    return [(_silence_cut(noise, _length(cfg), rng) if path is None else path, label) for path, label in entries]
+
+
+def _split(entries: list, noise: list[np.ndarray], cfg: DataConfig, log: tuple[Counter, list]) -> Split:
+    """The entries read into memory; unreadable (when skipped) and empty clips left out."""
     x = np.empty((len(entries), _length(cfg)), np.float32)
     kept = np.ones(len(entries), dtype=bool)
-    for row, (path, _) in enumerate(entries):
-        samples = _silence(noise, _length(cfg), rng) if path is None else _clip(path, cfg, *log)
+    for row, (source, _) in enumerate(entries):
+        samples = _silence(noise, _length(cfg), source) if not isinstance(source, Path) else _clip(source, cfg, *log)
         if samples is None:
             kept[row] = False
             continue
         x[row] = np.clip(np.rint(samples), -32768, 32767)
     y = np.array([label for _, label in entries], dtype=np.int32)
     return Split(x=x if kept.all() else x[kept], y=y[kept])
+
+
+def _streamed(entries: list, noise: list[np.ndarray], cfg: DataConfig, skipped: list) -> Split:
+    """The entries as a streamed split: empty files are left out now, as reading them in memory would."""
+    kept = []
+    for source, label in entries:
+        if isinstance(source, Path) and source.stat().st_size == 0:
+            skipped.append(str(source))
+        else:
+            kept.append((source, label))
+    inputs = streaming.StreamedInputs(sources=tuple(source for source, _ in kept), read=_Reader(cfg, noise),
+                                      raw_shape=(_length(cfg),))
+    return Split(x=inputs, y=np.array([label for _, label in kept], dtype=np.int32))
+
+
+class _Reader:
+    """One entry's samples as the in-memory path reads them (repairs not counted)."""
+
+    def __init__(self, cfg: DataConfig, noise: list[np.ndarray]):
+        self.cfg, self.noise = cfg, noise
+
+    def __call__(self, source) -> np.ndarray:
+        if isinstance(source, Path):
+            samples = _clip(source, self.cfg, Counter(), [])
+            if samples is None:  # a header with no samples: empty, which the listing cannot see
+                samples = np.zeros(_length(self.cfg))
+        else:
+            samples = _silence(self.noise, _length(self.cfg), source)
+        return np.clip(np.rint(samples), -32768, 32767).astype(np.float32)
 
 
 def _clip(path: Path, cfg: DataConfig, repairs: Counter, skipped: list) -> np.ndarray | None:
@@ -204,12 +250,20 @@ def _mono(path: Path, cfg: DataConfig, repairs: Counter, skipped: list) -> np.nd
     return samples
 
 
-def _silence(noise: list[np.ndarray], length: int, rng: np.random.Generator) -> np.ndarray:
+def _silence_cut(noise: list[np.ndarray], length: int, rng: np.random.Generator) -> tuple | None:
+    """A seeded silence clip: (background file index, start sample, gain), or None when there is no noise."""
     if not noise:
+        return None
+    index = int(rng.integers(len(noise)))
+    start = int(rng.integers(len(noise[index]) - length + 1))
+    return index, start, 10 ** (rng.uniform(*SILENCE_GAIN_DB) / 20)
+
+
+def _silence(noise: list[np.ndarray], length: int, cut: tuple | None) -> np.ndarray:
+    if cut is None:
         return np.zeros(length)
-    source = noise[rng.integers(len(noise))]
-    start = rng.integers(len(source) - length + 1)
-    return source[start:start + length] * 10 ** (rng.uniform(*SILENCE_GAIN_DB) / 20)
+    index, start, gain = cut
+    return noise[index][start:start + length] * gain
 
 
 def _length(cfg: DataConfig) -> int:

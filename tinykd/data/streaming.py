@@ -1,0 +1,154 @@
+"""Training inputs that stay on disk: `StreamedInputs` reads each sample when a tf.data pipeline asks for it.
+
+A reader that streams (image_folder, speech_commands with `data.stream`) puts a `StreamedInputs` where an array
+would be, in the training split only: validation and test are a bounded share of the data (`val_fraction`,
+`test_fraction`) and are read into arrays, because verify, measure, export and the accuracy checks read them
+whole. It behaves like the array it replaces where the pipeline touches it: `len`, `.shape`, slicing with `[:n]`,
+picking rows with an index array (convert's calibration sample decodes only those files) and `np.asarray` (reads
+everything: only for small data and tests).
+
+Each sample is read by the same Python function the in-memory path uses (Pillow's decode and bilinear resize for
+images, the WAV reader, repairs and silence cuts for audio), run in the pipeline through `tf.numpy_function`,
+then the audio front-end runs as the same TensorFlow op with the same settings, so a streamed sample is the
+in-memory one bit for bit (tests/test_data_streaming.py). TensorFlow's own decode_image/resize are not used:
+their bilinear resize is not Pillow's, and the firmware contract in model_settings.h names Pillow's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+THRESHOLD_BYTES = 1 << 30  # data.stream: auto streams a training split whose float32 inputs would pass 1 GiB
+
+
+def wanted(cfg, samples: int, sample_bytes: int) -> bool:
+    """Whether `data.stream` asks to stream a training split of `samples` inputs of `sample_bytes` each.
+
+    `auto` never streams with skip_unreadable, unlabeled or labeled_samples: those read every input first.
+    """
+    if cfg.stream != "auto":
+        return cfg.stream == "always"
+    if cfg.skip_unreadable or cfg.unlabeled is not None or cfg.labeled_samples is not None:
+        return False
+    return samples * sample_bytes > THRESHOLD_BYTES
+
+
+def is_streamed(x) -> bool:
+    return isinstance(x, StreamedInputs)
+
+
+def model_input(x, batch_size: int):
+    """What Keras `predict` takes for `x`: the array itself, or batches of a streamed split in order."""
+    return x.batches(batch_size) if is_streamed(x) else x
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamedInputs:
+    """Model inputs `read(source)` one at a time, optionally through the audio front-end, then `* scale + offset`.
+
+    `sources` are what `read` takes (a file path, or a silence cut); `raw_shape` is the shape `read` returns.
+    """
+
+    sources: tuple
+    read: Callable[[object], np.ndarray]
+    raw_shape: tuple[int, ...]
+    frontend: object | None = None  # tinykd.audio.FrontendConfig: clips become int8 features (model input units)
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.raw_shape if self.frontend is None else (*self.frontend.feature_shape, 1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.sample_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.sample_shape)
+
+    dtype = np.dtype(np.float32)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return replace(self, sources=self.sources[index])
+        picks = np.atleast_1d(np.asarray(index))
+        rows = self._read_rows([int(i) for i in picks])
+        return rows[0] if np.ndim(index) == 0 else rows
+
+    def __array__(self, dtype=None, copy=None):
+        rows = self._read_rows(list(range(len(self))))
+        return rows if dtype is None else rows.astype(dtype)
+
+    def normalised(self, scale: float, offset: float) -> "StreamedInputs":
+        """The same inputs as `x * scale + offset` (the data layer's normalisation, applied per sample)."""
+        return replace(self, scale=scale, offset=offset)
+
+    def through_frontend(self, frontend) -> "StreamedInputs":
+        """Clips as the front-end's int8 features, (frames, channels, 1) float32, as tinykd.data does in memory."""
+        return replace(self, frontend=frontend)
+
+    def samples(self, order=None):
+        """A tf.data pipeline of single inputs: in order, or in the order of the int64 dataset `order`."""
+        from tinykd.keras_shim import tf
+
+        indices = tf.data.Dataset.range(len(self)) if order is None else order
+        return indices.map(self._sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def examples(self, targets, seed: int | None):
+        """(input, targets[i]) pairs; shuffled afresh each epoch from `seed` when given, in order otherwise.
+
+        `targets` is an array or a tuple of arrays with one row per input (labels, teacher logits).
+        """
+        from tinykd.keras_shim import tf
+
+        order = tf.data.Dataset.range(len(self))
+        if seed is not None:
+            order = order.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        table = tf.nest.map_structure(tf.constant, targets)
+        return order.map(lambda i: (self._sample(i), tf.nest.map_structure(lambda t: tf.gather(t, i), table)),
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def batches(self, batch_size: int):
+        """Batches of inputs in order, prefetched (what `predict` reads)."""
+        from tinykd.keras_shim import tf
+
+        return self.samples().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _read_rows(self, picks: list[int]) -> np.ndarray:
+        from tinykd.keras_shim import tf
+
+        if not picks:
+            return np.zeros((0, *self.sample_shape), np.float32)
+        order = tf.data.Dataset.from_tensor_slices(np.asarray(picks, np.int64))
+        return np.concatenate(list(self.samples(order).batch(256).as_numpy_iterator()))
+
+    def _sample(self, index):
+        from tinykd.keras_shim import tf
+
+        sources, read = self.sources, self.read
+        raw = tf.numpy_function(lambda i: np.asarray(read(sources[int(i)]), np.float32), [index], tf.float32,
+                                stateful=False)
+        raw.set_shape(self.raw_shape)
+        x = raw if self.frontend is None else _features(raw, self.frontend)
+        if self.scale == 1.0 and self.offset == 0.0:
+            return x
+        return x * tf.constant(self.scale, tf.float32) + tf.constant(self.offset, tf.float32)
+
+
+def _features(clip, frontend):
+    """One clip (float32 in int16 units) -> the front-end's int8 feature as float32 (frames, channels, 1)."""
+    from tinykd.audio import frontend as audio_frontend
+    from tinykd.keras_shim import tf
+
+    values = tf.cast(audio_frontend.clip_features(frontend)(tf.cast(clip, tf.int16)), tf.int64)
+    scaled = (values * audio_frontend.INT8_MULTIPLIER + audio_frontend.INT8_DIVISOR // 2) \
+        // audio_frontend.INT8_DIVISOR + audio_frontend.INT8_OFFSET
+    return tf.cast(tf.clip_by_value(scaled, -128, 127), tf.float32)[..., tf.newaxis]
