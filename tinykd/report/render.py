@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from pathlib import Path
 
+from tinykd import artifacts
 from tinykd.report import Report
 
 TERMINAL_COLUMNS = 100
@@ -79,7 +81,9 @@ def save_plots(made: list, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "latency_per_layer.png", folder / "memory_per_board.png"]
     for figure, path in zip(made, paths):
-        figure.savefig(path, dpi=110)
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=110)
+        artifacts.write_bytes(path, png.getvalue())  # a reader never sees half a file
     return paths
 
 
