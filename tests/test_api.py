@@ -24,7 +24,7 @@ def tinykd_cli(*args, **kwargs) -> subprocess.CompletedProcess:
 def test_every_public_name_is_documented_and_import_stays_free_of_tensorflow(shared_models):
     for name in tinykd.__all__:
         value = getattr(tinykd, name)
-        assert callable(value) and (value.__doc__ or "").strip(), name
+        assert (callable(value) or name == "keras") and (value.__doc__ or "").strip(), name
         if name in CALLABLE_MODULES:  # the module's docstring, and the call's own
             assert (type(value).__call__.__doc__ or "").strip(), name
     code = ("import sys, tinykd; r = tinykd.report(sys.argv[1], 'nucleo-l4r5zi'); "

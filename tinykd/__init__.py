@@ -8,9 +8,11 @@ The public API, with the names the `tinykd` command uses (docs/api.md):
     print(tinykd.report_text(reports))                               # the table `tinykd report` prints
     tinykd.export(result.run_dir / "convert/model.tflite", "fw")     # TFLite Micro C++ files
     distiller = tinykd.Distiller(student, teacher, temperature=4.0)  # the loss in your own Keras training
+    tflite = tinykd.convert(student, x_train[:256])                  # full-int8 .tflite bytes
 
+`tinykd.keras` is the Keras tinykd works with (Keras 2: tf_keras, as TFMOT needs); build your own models with it.
 Library functions return values and print nothing. `import tinykd` does not import TensorFlow: `build`,
-`convert` and `Distiller` import it when first used; `report`, `report_text`, `report_plots` and `export` never do.
+`convert`, `Distiller` and `keras` import it when first used; `report`, `report_text`, `report_plots` and `export` never do.
 `report`, `export` and `convert` are the modules of those stages, made callable (calling one calls
 `tinykd.report.report_model`, `tinykd.export.export_model`, `tinykd.convert.convert`), so that importing a stage
 module can never replace the public function of the same name.
@@ -24,12 +26,13 @@ from pathlib import Path
 
 if typing.TYPE_CHECKING:  # the names __getattr__ gives on first use, for type checkers and editors
     from tinykd import convert, export, report
+    from tinykd.keras_shim import keras
     from tinykd.config import Config
     from tinykd.distill import Distiller
     from tinykd.pipeline import BuildResult
 
 __version__ = "0.1.0"
-__all__ = ["load_recipe", "build", "report", "report_text", "report_plots", "convert", "export", "Distiller"]
+__all__ = ["load_recipe", "build", "report", "report_text", "report_plots", "convert", "export", "Distiller", "keras"]
 
 _LAZY_MODULES = ("report", "export", "convert")  # callable stage modules, imported on first use
 
@@ -131,6 +134,10 @@ def __getattr__(name: str):
         from tinykd.distill import Distiller
 
         return Distiller
+    if name == "keras":  # Keras 2 (tf_keras), the one tinykd's stages use, with TensorFlow's start-up noise quieted
+        from tinykd.keras_shim import keras
+
+        return keras
     raise AttributeError(f"module 'tinykd' has no attribute {name!r}")
 
 

@@ -135,7 +135,7 @@ class Distiller(keras.Model):
     `feature_teacher` (the main teacher; by default `teacher`). Labels below 0 mark unlabelled samples: they add
     to the teacher terms only. The teacher never changes; projections are the Distiller's own, never the student's.
 
-    Also the public `tinykd.Distiller`: both models (tf_keras, `from tinykd.keras_shim import keras`) output
+    Also the public `tinykd.Distiller`: both models (Keras 2: `tinykd.keras`, which is tf_keras) output
     logits; `compile(optimizer=...)` needs no loss, `fit(x, labels)` runs the teacher on each batch, and after
     fit `student` holds the trained weights. `hints` and `attention` take HintConfig / AttentionConfig or plain
     `(student_layer, teacher_layer)` name pairs (optionally with a third item, the weight).
