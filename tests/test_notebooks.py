@@ -2,10 +2,13 @@
 
 The kernel is this Python (jupyter_client starts `python -m ipykernel_launcher` with sys.executable) with the
 notebook's folder as working directory, as Jupyter opens it; builds and exports go to a temporary folder through
-TINYKD_NOTEBOOK_RUNS, so a test run writes nothing into the repository.
+TINYKD_NOTEBOOK_RUNS, so a test run writes nothing into the repository. The quickstart's runs folder starts as a
+copy of the session's CLI smoke build, so its `tinykd.build` finds every stage done (a fresh build through
+`tinykd.build` is tests/test_api.py's, and the CLI build is shared with other tests).
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -30,7 +33,9 @@ def test_the_notebooks_are_there_stored_without_outputs_and_described():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch, request):
+    if name == "quickstart.ipynb":
+        shutil.copytree(request.getfixturevalue("smoke_cli_build").runs, tmp_path / "runs")
     # The kernel inherits this environment: the checkout first on its path, the runs folder in tmp_path.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("TINYKD_NOTEBOOK_RUNS", str(tmp_path / "runs"))
