@@ -12,7 +12,8 @@ The public API, with the names the `tinykd` command uses (docs/api.md):
 
 `tinykd.keras` is the Keras tinykd works with (Keras 2: tf_keras, as TFMOT needs); build your own models with it.
 Library functions return values and print nothing. `import tinykd` does not import TensorFlow: `build`,
-`convert`, `Distiller` and `keras` import it when first used; `report`, `report_text`, `report_plots` and `export` never do.
+`convert`, `Distiller` and `keras` import it when first used; `report`, `report_text`, `report_plots` and
+`export` never do.
 `report`, `export` and `convert` are the modules of those stages, made callable (calling one calls
 `tinykd.report.report_model`, `tinykd.export.export_model`, `tinykd.convert.convert`), so that importing a stage
 module can never replace the public function of the same name.
@@ -26,9 +27,9 @@ from pathlib import Path
 
 if typing.TYPE_CHECKING:  # the names __getattr__ gives on first use, for type checkers and editors
     from tinykd import convert, export, report
-    from tinykd.keras_shim import keras
     from tinykd.config import Config
     from tinykd.distill import Distiller
+    from tinykd.keras_shim import keras
     from tinykd.pipeline import BuildResult
 
 __version__ = "0.1.0"
@@ -52,7 +53,8 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | typing.Iterable[st
     from tinykd import config
 
     if overrides is None or isinstance(overrides, dict):
-        pairs = {key: value if isinstance(value, str) else _yaml_text(value) for key, value in (overrides or {}).items()}
+        pairs = {key: value if isinstance(value, str) else _yaml_text(value)
+                 for key, value in (overrides or {}).items()}
     else:
         pairs = config.parse_overrides([overrides] if isinstance(overrides, str) else overrides)
     return config.load(path, pairs, smoke=smoke)
@@ -84,7 +86,7 @@ def build(recipe: str | Path | Config, runs_dir: str | Path = "runs", *,
     if isinstance(recipe, config.Config):
         if overrides or smoke:
             raise ConfigError("overrides and smoke apply when the recipe is loaded: pass them to "
-                                     "tinykd.load_recipe, or give build() the recipe's path")
+                              "tinykd.load_recipe, or give build() the recipe's path")
         cfg = recipe
     else:
         cfg = load_recipe(recipe, overrides, smoke=smoke)

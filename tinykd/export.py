@@ -27,10 +27,9 @@ from tinykd.artifacts import Run
 from tinykd.audio import FrontendConfig
 from tinykd.data import Dataset
 from tinykd.audio import stream as audio_stream
-from tinykd.errors import ExportError, ModelError
-from tinykd.report import arena
 from tinykd.boards import Board
-from tinykd.report import model_and_source, reports, resolve_board
+from tinykd.errors import ExportError, ModelError
+from tinykd.report import arena, model_and_source, reports, resolve_board
 
 # Arena margin: the arena from `tinykd report` plus 25%, rounded up to 16 bytes (why: model_settings.h.in).
 ARENA_MARGIN_PERCENT = 25
