@@ -187,7 +187,7 @@ def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir
     """Flash, RAM and latency of MODEL (.tflite) on Cortex-M boards, and whether it fits. No TensorFlow needed."""
     from tinykd.boards import load_boards
     from tinykd.errors import ConfigError
-    from tinykd.report import read_model, render, reports
+    from tinykd.report import render, report_model
 
     known = load_boards(boards_file)
     unknown = [b for b in board_ids if b not in known]
@@ -201,7 +201,7 @@ def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir
         from tinykd.report.coefficients import FIT
 
         fit = latency.calibrate(FIT, calibration.load_measurements(calibration_csv, known))
-    results = reports(read_model(model), chosen, fit, source=str(model))
+    results = report_model(model, chosen, fit=fit)
     if output_format == "json":
         click.echo(render.as_json(results))
     elif output_format == "md":
@@ -229,26 +229,22 @@ def export_command(model: Path, out_dir: Path, name: str | None, labels_file: Pa
     """Write TFLite Micro C++ files for MODEL (an int8 .tflite): model data, settings, op resolver, example."""
     from tinykd.boards import load_boards
     from tinykd.errors import ConfigError
-    from tinykd.export import (FirmwareSpec, arena_with_margin, c_identifier, default_labels, export, read_labels,
-                               seeded_inputs)
-    from tinykd.report import read_model, reports
+    from tinykd.export import arena_with_margin, c_identifier, export, firmware_spec, read_labels, seeded_inputs
+    from tinykd.report import read_model
 
     tflite = read_model(model)
-    labels = read_labels(labels_file) if labels_file is not None else default_labels(tflite, str(model))
+    labels = read_labels(labels_file) if labels_file is not None else None
     known = load_boards()
     if board_id is not None and board_id not in known:
         raise ConfigError(f"--board: unknown board {board_id!r}; known boards: {', '.join(sorted(known))}")
-    chosen = [known[board_id]] if board_id is not None else list(known.values())
-    # Each board's arena is the 32-bit figure of `tinykd report`; they differ only by CMSIS-NN scratch.
-    sized = max(reports(tflite, chosen, source=str(model)), key=lambda result: result.arena_bytes)
-    spec = FirmwareSpec(name=name if name is not None else c_identifier(model.stem), labels=labels,
-                        arena_bytes=sized.arena_bytes)
-    # A model tinykd did not build comes without data: its golden vectors use seeded inputs.
+    spec, sized_board = firmware_spec(tflite, str(model), name=name if name is not None else c_identifier(model.stem),
+                                      labels=labels, board=board_id)
+    # The same steps as tinykd.export (export_model), split so the command can say which board sized the arena.
     paths = export(tflite, spec, out_dir, layout, golden_inputs=seeded_inputs(tflite))
     for path in paths:
         click.echo(f"wrote {path}")
-    click.echo(f"{spec.name}: {len(labels)} classes, arena {arena_with_margin(spec.arena_bytes):,} B "
-               f"({spec.arena_bytes:,} B for {sized.board} from `tinykd report`, plus the margin)")
+    click.echo(f"{spec.name}: {len(spec.labels)} classes, arena {arena_with_margin(spec.arena_bytes):,} B "
+               f"({spec.arena_bytes:,} B for {sized_board} from `tinykd report`, plus the margin)")
 
 
 @cli.group()

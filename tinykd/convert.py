@@ -1,8 +1,13 @@
-"""Keras -> full-int8 .tflite (int8 input and output), and a check that no float op is left."""
+"""Keras -> full-int8 .tflite (int8 input and output), and a check that no float op is left.
+
+This module is also the public `tinykd.convert(model, representative)`: calling it calls `convert`.
+"""
 
 from __future__ import annotations
 
 import gzip
+import sys
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -189,3 +194,15 @@ def check_full_int8(tflite: bytes, source: str) -> None:
                     f"{source}: op {op['op_name']} (node {op['index']}) still computes in float "
                     f"(tensor {tensor['name']!r}); TFLite Micro's int8 kernels cannot run it. Replace the layer "
                     "that produces it with one that has an int8 kernel.")
+
+
+class _CallableModule(types.ModuleType):
+    # `tinykd.convert` is this module (the stage's home) and the public verb at once: a plain function of that
+    # name in tinykd/__init__.py would be replaced by the module the first time anything imports it.
+    def __call__(self, model, representative: np.ndarray) -> bytes:
+        return convert(model, representative)
+
+    __call__.__doc__ = convert.__doc__
+
+
+sys.modules[__name__].__class__ = _CallableModule

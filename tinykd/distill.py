@@ -139,10 +139,21 @@ class Distiller(keras.Model):
     `teacher` gives the soft targets (one model, or an `ensemble`); hints and attention read the layers of
     `feature_teacher` (the main teacher; by default `teacher`). Labels below 0 mark unlabelled samples: they add
     to the teacher terms only. The teacher never changes; projections are the Distiller's own, never the student's.
+
+    Also the public `tinykd.Distiller`: both models (Keras 2: `tinykd.keras`, which is tf_keras) output
+    logits; `compile(optimizer=...)` needs no loss, `fit(x, labels)` runs the teacher on each batch, and after
+    fit `student` holds the trained weights. `hints` and `attention` take HintConfig / AttentionConfig or plain
+    `(student_layer, teacher_layer)` name pairs (optionally with a third item, the weight).
     """
 
-    def __init__(self, student, teacher, *, temperature: float, alpha: float, hints=(), attention=(),
+    def __init__(self, student, teacher, *, temperature: float = 4.0, alpha: float = 0.9, hints=(), attention=(),
                  feature_teacher=None):
+        if not temperature >= 1.0:
+            raise ConfigError(f"temperature: {temperature} must be at least 1 (1 means no softening)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha: {alpha} must be in [0, 1] (0 trains on labels only)")
+        hints = _layer_pairs("hints", hints, config.HintConfig)
+        attention = _layer_pairs("attention", attention, config.AttentionConfig)
         super().__init__(name="distiller")
         self.student = student
         self.teacher = teacher
@@ -458,6 +469,24 @@ def _projection(student_shape, teacher_shape, key: str, name: str):
             projection.add(keras.layers.Resizing(teacher_shape[1], teacher_shape[2], interpolation="bilinear"))
     projection.build(tuple(student_shape))  # its weights exist before training, so the optimizer sees them
     return projection
+
+
+def _layer_pairs(key: str, pairs, kind: type) -> tuple:
+    """`pairs` as `kind` configs: each one already is, or is (student_layer, teacher_layer[, weight])."""
+    converted = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, config.LayerPairConfig):
+            converted.append(pair)
+            continue
+        if (not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3)
+                or not all(isinstance(name, str) for name in pair[:2])):
+            raise ConfigError(f"{key}[{i}]: expected a (student_layer, teacher_layer) pair of layer names, "
+                              f"optionally with a weight, or a {kind.__name__}; got {pair!r}")
+        weight = {} if len(pair) == 2 else {"weight": pair[2]}
+        if weight and (not isinstance(pair[2], (int, float)) or pair[2] <= 0):
+            raise ConfigError(f"{key}[{i}]: weight {pair[2]!r} must be a positive number")
+        converted.append(kind(student_layer=pair[0], teacher_layer=pair[1], **weight))
+    return tuple(converted)
 
 
 def _check_attention_shapes(student_shape, teacher_shape, key: str) -> None:

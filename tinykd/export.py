@@ -3,13 +3,18 @@
 Every file is rendered from a `string.Template` in tinykd/templates/, and the settings come from the same
 .tflite bytes that become the C array, so the C side cannot disagree with the model. Only two templates call
 TFLM (example.cc.in and op_resolver.h.in); both name the TFLM version they follow (TFLM_VERSION).
+
+This module is also the public `tinykd.export(model, out_dir, ...)` (`tinykd export`): calling it calls
+`export_model`.
 """
 
 import math
 import os
 import re
 import shutil
+import sys
 import tempfile
+import types
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,8 +27,9 @@ from tinykd.artifacts import Run
 from tinykd.audio import FrontendConfig
 from tinykd.data import Dataset
 from tinykd.audio import stream as audio_stream
+from tinykd.boards import Board
 from tinykd.errors import ExportError, ModelError
-from tinykd.report import arena
+from tinykd.report import arena, model_and_source, reports, resolve_board
 
 # Arena margin: the arena from `tinykd report` plus 25%, rounded up to 16 bytes (why: model_settings.h.in).
 ARENA_MARGIN_PERCENT = 25
@@ -211,6 +217,49 @@ def export(tflite: bytes, spec: FirmwareSpec, out_dir: Path, layout: str = "plai
     if len(vectors):
         sources |= _golden_model_sources(tflite, model, spec, sources, vectors)
     return _write_atomically(_lay_out(sources, spec, layout), Path(out_dir))
+
+
+def export_model(model: bytes | str | Path, out_dir: str | Path, *, name: str | None = None,
+                 labels: str | Path | list[str] | tuple[str, ...] | None = None, layout: str = "plain",
+                 board: str | Board | None = None) -> list[Path]:
+    """`tinykd.export` (`tinykd export`): TFLite Micro C++ files for any int8 .tflite, with golden vectors.
+
+    Args:
+        model: a .tflite file's path, or its bytes.
+        out_dir: folder for the files; created if missing; files of other names in it are kept.
+        name: prefix of every file and C identifier; default: the model file name as a C identifier ("model"
+            for bytes).
+        labels: the class names in output order, or a UTF-8 file of them, one per line; default class0 ...
+        layout: "plain", "cmake" or "arduino" (see `export`).
+        board: size the arena for this board (id or Board); default: the largest over every board.
+
+    Returns:
+        The written paths, as `export` returns them.
+
+    Raises:
+        ModelError, ExportError, ConfigError: as `tinykd export` reports them.
+    """
+    tflite, source = model_and_source(model)
+    if name is None:
+        name = c_identifier(Path(model).stem) if isinstance(model, (str, Path)) else "model"
+    if isinstance(labels, (str, Path)):
+        labels = read_labels(Path(labels))
+    spec, _ = firmware_spec(tflite, source, name=name, labels=labels, board=board)
+    # A model tinykd did not build comes without data: its golden vectors use seeded inputs.
+    return list(export(tflite, spec, Path(out_dir), layout, golden_inputs=seeded_inputs(tflite)))
+
+
+def firmware_spec(tflite: bytes, source: str, *, name: str, labels: tuple[str, ...] | list[str] | None,
+                  board: str | Board | None) -> tuple[FirmwareSpec, str]:
+    """The FirmwareSpec `tinykd export` writes for any .tflite, and the board whose arena sized it.
+
+    The arena is `tinykd report`'s 32-bit figure for `board`, or the largest over every board (they differ
+    only by CMSIS-NN scratch).
+    """
+    labels = tuple(labels) if labels is not None else default_labels(tflite, source)
+    chosen = [resolve_board(board, "board")] if board is not None else list(boards.load_boards().values())
+    sized = max(reports(tflite, chosen, source=source), key=lambda result: result.arena_bytes)
+    return FirmwareSpec(name=name, labels=labels, arena_bytes=sized.arena_bytes), sized.board
 
 
 def _frontend_sources(tflite: bytes, model: model_file.ModelInfo, spec: FirmwareSpec, sources: dict[str, str],
@@ -550,3 +599,17 @@ def _write_atomically(rendered: dict[str, str], out_dir: Path) -> tuple[Path, ..
         raise ExportError(f"cannot write firmware files to {out_dir}: {error}") from error
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
+
+
+class _CallableModule(types.ModuleType):
+    # `tinykd.export` is this module (the stage's home) and the public verb at once: a plain function of that
+    # name in tinykd/__init__.py would be replaced by the module the first time anything imports it.
+    def __call__(self, model: bytes | str | Path, out_dir: str | Path, *, name: str | None = None,
+                 labels: str | Path | list[str] | tuple[str, ...] | None = None, layout: str = "plain",
+                 board: str | Board | None = None) -> list[Path]:
+        return export_model(model, out_dir, name=name, labels=labels, layout=layout, board=board)
+
+    __call__.__doc__ = export_model.__doc__
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -4,15 +4,19 @@ Works on any .tflite, without TensorFlow: the graph is read with tflite-micro's 
 measured in the pip TFLM interpreter in a child process and corrected to 32 bits (arena), runtime code is added
 to the model bytes (flash), and latency comes from a per-operator cycle model fitted on published boards
 (latency). How each figure is made, and what it does not count, is in tinykd/report/README.md.
+
+This module is also the public `tinykd.report(model, boards=None)`: calling it calls `report_model`.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tinykd.boards import Board, get_board
-from tinykd.errors import ModelError
+from tinykd.boards import Board, get_board, load_boards
+from tinykd.errors import ConfigError, ModelError
 from tinykd.report import arena as arena_module
 from tinykd.report import flash, graph, latency
 
@@ -183,3 +187,57 @@ def read_model(path: Path) -> bytes:
         return Path(path).read_bytes()
     except OSError as error:
         raise ModelError(f"{path}: cannot read the model file ({error.strerror})") from None
+
+
+def report_model(model: bytes | str | Path, boards: str | Board | list | tuple | None = None, *,
+                 fit: latency.Fit | None = None) -> Report | list[Report]:
+    """`tinykd.report`: flash, RAM, latency and fit of a .tflite on Cortex-M boards, without TensorFlow.
+
+    Args:
+        model: a .tflite file's path, or its bytes.
+        boards: one board (an id from `tinykd boards`, or a Board) gives one Report; a list of them gives a list
+            in that order; None (the default) gives a list over every board `tinykd boards` lists.
+        fit: latency coefficients (`tinykd report --calibrate`); None: the shipped fit.
+
+    Raises:
+        ModelError: the file cannot be read, is not a TFLite model, or TFLite Micro cannot run it.
+        ConfigError: a board id is unknown (names the known ones).
+    """
+    tflite, source = model_and_source(model)
+    if isinstance(boards, (str, Board)):
+        return reports(tflite, [resolve_board(boards)], fit, source)[0]
+    chosen = list(load_boards().values()) if boards is None else [resolve_board(board) for board in boards]
+    return list(reports(tflite, chosen, fit, source))
+
+
+def model_and_source(model: bytes | str | Path) -> tuple[bytes, str]:
+    """The .tflite bytes of `model` (a path or the bytes themselves) and the name errors give it."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model), "model"
+    if isinstance(model, (str, Path)):
+        return read_model(Path(model)), str(model)
+    raise ModelError(f"model: expected a .tflite path or its bytes, got {type(model).__name__}")
+
+
+def resolve_board(board: str | Board, key: str = "boards") -> Board:
+    """A Board given as itself or by id; an unknown id is a ConfigError naming `key` and the known ids."""
+    if isinstance(board, Board):
+        return board
+    known = load_boards()
+    if board not in known:
+        raise ConfigError(f"{key}: unknown board {board!r}; known boards: {', '.join(sorted(known))} "
+                          "(or pass a tinykd.boards.Board of your own)")
+    return known[board]
+
+
+class _CallableModule(types.ModuleType):
+    # `tinykd.report` is this module (the stage's home) and the public verb at once: a plain function of that
+    # name in tinykd/__init__.py would be replaced by the module the first time anything imports it.
+    def __call__(self, model: bytes | str | Path, boards: str | Board | list | tuple | None = None, *,
+                 fit: latency.Fit | None = None) -> Report | list[Report]:
+        return report_model(model, boards, fit=fit)
+
+    __call__.__doc__ = report_model.__doc__
+
+
+sys.modules[__name__].__class__ = _CallableModule

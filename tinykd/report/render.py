@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from pathlib import Path
 
+from tinykd import artifacts
 from tinykd.report import Report
 
 TERMINAL_COLUMNS = 100
@@ -70,25 +72,38 @@ def markdown(reports: tuple[Report, ...], source: str) -> str:
 
 def plots(reports: tuple[Report, ...], folder: Path, source: str) -> list[Path]:
     """latency_per_layer.png (first board) and memory_per_board.png; returns the paths written."""
-    import matplotlib
+    return save_plots(figures(reports, source), folder)
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
 
+def save_plots(made: list, folder: Path) -> list[Path]:
+    """The two Figures of `figures` as PNG files in `folder` (created if missing); returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "latency_per_layer.png", folder / "memory_per_board.png"]
+    for figure, path in zip(made, paths):
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=110)
+        artifacts.write_bytes(path, png.getvalue())  # a reader never sees half a file
+    return paths
+
+
+def figures(reports: tuple[Report, ...], source: str) -> list:
+    """The two plots of `plots` as matplotlib Figures (a notebook shows them inline): latency per layer on the
+    first board, and memory per board against its limits."""
+    # Figures made without pyplot belong to no GUI backend and no global state, so a library can return them.
+    from matplotlib.figure import Figure
+
     first = reports[0]
-    figure, axes = pyplot.subplots(figsize=(9, 4.5))
+    latency_figure = Figure(figsize=(9, 4.5))
+    axes = latency_figure.subplots()
     axes.bar([f"{layer.index} {layer.op}" for layer in first.layers],
              [layer.latency_ms for layer in first.layers], color="tab:blue")
     axes.set_ylabel("estimated ms")
     axes.set_title(f"{source} on {first.board} ({first.core} @ {first.clock_mhz:g} MHz): latency per layer")
     axes.tick_params(axis="x", labelrotation=90, labelsize=7)
-    figure.tight_layout()
-    paths = [folder / "latency_per_layer.png", folder / "memory_per_board.png"]
-    figure.savefig(paths[0], dpi=110)
-    pyplot.close(figure)
-    figure, (flash_axes, ram_axes) = pyplot.subplots(1, 2, figsize=(11, 4.5))
+    latency_figure.tight_layout()
+    memory_figure = Figure(figsize=(11, 4.5))
+    flash_axes, ram_axes = memory_figure.subplots(1, 2)
     names = [report.board for report in reports]
     for axes, used, limit, title in ((flash_axes, "flash_bytes", "board_flash_bytes", "flash"),
                                      (ram_axes, "ram_bytes", "board_arena_ram_bytes", "RAM (largest SRAM region)")):
@@ -98,11 +113,9 @@ def plots(reports: tuple[Report, ...], folder: Path, source: str) -> list[Path]:
         axes.set_xlabel("KiB")
         axes.set_title(title)
         axes.legend(loc="lower right", fontsize=8)
-    figure.suptitle(f"{source}: memory per board against its limits")
-    figure.tight_layout()
-    figure.savefig(paths[1], dpi=110)
-    pyplot.close(figure)
-    return paths
+    memory_figure.suptitle(f"{source}: memory per board against its limits")
+    memory_figure.tight_layout()
+    return [latency_figure, memory_figure]
 
 
 def _ms(value: float) -> str:
