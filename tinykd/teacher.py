@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinykd import artifacts, config, models
+from tinykd import artifacts, config, models, own_model
 from tinykd.artifacts import Run
 from tinykd.convert import convert_float
 from tinykd.data import Dataset
@@ -56,7 +56,9 @@ def teacher_key(teacher_cfg, data: Dataset) -> str:
     source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
     settings = config.as_dict(teacher_cfg)
     settings.pop("weight", None)
-    return artifacts.key("teacher", settings, data.fingerprint, _source_stamp(source) if source else None)
+    model_source = own_model.source_stamp(teacher_cfg.model)  # your model file or factory module, by content
+    return artifacts.key("teacher", settings, data.fingerprint, _source_stamp(source) if source else None,
+                         *([model_source] if model_source else []))
 
 
 def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done) -> Teachers:
@@ -103,9 +105,11 @@ def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label
         run.log(f"[{label}] reusing the teacher trained for this config and data ({cached})")
         artifacts.copy_file(cached, path)
     else:
-        run.log(f"[{label}] training {teacher_cfg.model.arch} for {teacher_cfg.epochs} epochs")
+        own = teacher_cfg.model.path or teacher_cfg.model.factory
+        run.log(f"[{label}] training {own or teacher_cfg.model.arch} for {teacher_cfg.epochs} epochs")
         started = time.time()
-        model = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher", seed=teacher_cfg.seed)
+        model = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher", seed=teacher_cfg.seed,
+                             key=_model_key(label))
         schedule = Schedule.of(teacher_cfg, seed=teacher_cfg.seed, verbose=run.verbose, augment=cfg.data.augment)
         artifacts.save_model(train_on_labels(model, data, schedule), path)
         trained_seconds = round(time.time() - started, 1)
@@ -120,6 +124,11 @@ def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label
                                                 "training_seconds": trained_seconds}
         artifacts.write_json(metrics_file, metrics)
     return model, metrics
+
+
+def _model_key(label: str) -> str:
+    """The recipe key of a teacher's model section, from its label ("teacher" or "ensemble N")."""
+    return "teacher.model" if label == "teacher" else f"distill.ensemble[{int(label.split()[-1]) - 1}].model"
 
 
 def _uses_logits(cfg: config.Config) -> bool:
