@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.machinery
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -749,13 +751,24 @@ def _check_paths(cfg: Config, file: str) -> None:
             raise ConfigError(f"{file}: {key}: {value} does not exist; {hint}")
     for key, model in _model_sections(cfg):
         if model.factory is not None:
-            from tinykd.own_model import find_module  # no TensorFlow: it only looks the module up
-
             module = model.factory.partition(":")[0]
             if find_module(module, model.module_dir) is None:
                 raise ConfigError(f"{file}: {key}.factory: no module {module!r} in {model.module_dir} or on "
                                   f"PYTHONPATH; put {module.replace('.', '/')}.py beside the recipe, or set "
                                   f"{key}.module_dir to its folder")
+
+
+def find_module(name: str, module_dir: str | None):
+    """The import spec of a factory's module `name` (dotted) in `module_dir`, else on sys.path / PYTHONPATH; None
+    if absent. Nothing is imported and sys.path is not touched (tinykd.own_model imports it from the spec)."""
+    search = ([str(module_dir)] if module_dir else []) + sys.path
+    spec = None
+    for part in name.split("."):
+        spec = importlib.machinery.PathFinder.find_spec(part, search)
+        if spec is None:
+            return None
+        search = list(spec.submodule_search_locations or [])
+    return spec
 
 
 def _model_sections(cfg: Config) -> list[tuple[str, ModelConfig]]:

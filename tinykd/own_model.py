@@ -6,18 +6,16 @@ a Sequential model becomes a Functional one with the same layers (structured pru
 a model used as a layer (nested) is flattened into its parent, its layers keeping their names, so hints can name
 them and TFMOT, which cannot quantize a model inside a model, sees plain layers; and `check_quantizable` asks TFMOT
 itself, before any training, whether it can make the model quantization-aware.
-
-Nothing here imports tinykd.config (the config loader calls `find_module` to check a factory at load).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
 
+from tinykd.config import find_module
 from tinykd.errors import ModelError
 
 
@@ -65,21 +63,6 @@ def _load(path: Path, key: str):
         raise ModelError(f"{key}.path: cannot load {path} as a tf-keras model ({type(error).__name__}: {error}); "
                          "save it with tf_keras (model.save('model.keras')), or use factory: module:function") \
             from None
-
-
-def find_module(name: str, module_dir: str | None):
-    """The import spec of module `name` (dotted) in `module_dir`, else on sys.path / PYTHONPATH; None if absent.
-
-    Nothing is imported and sys.path is not touched.
-    """
-    search = ([str(module_dir)] if module_dir else []) + sys.path
-    spec = None
-    for part in name.split("."):
-        spec = importlib.machinery.PathFinder.find_spec(part, search)
-        if spec is None:
-            return None
-        search = list(spec.submodule_search_locations or [])
-    return spec
 
 
 def _factory(factory: str, module_dir: str | None, key: str):
