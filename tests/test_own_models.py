@@ -327,3 +327,23 @@ def test_example_recipe_loads_its_factory_from_its_folder():
     assert cfg.distill.student.factory == "own_models:student"
     assert cfg.distill.student.module_dir == str((REPO / "pipelines").resolve())
     assert json.dumps(config.as_dict(cfg))  # the report's copy of the recipe
+
+
+def test_a_custom_layer_tfmot_cannot_prune_is_named(smoke_data, tiny_teacher):
+    from tinykd.config import DistillConfig, PruneConfig
+    from tinykd.distill import Schedule, Teaching
+    from tinykd.keras_shim import keras
+    from tinykd.prune import prune
+
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inputs = keras.Input(shape=smoke_data.input_shape)
+    x = Doubling(name="doubling")(keras.layers.Conv2D(4, 3, strides=2, name="conv")(inputs))
+    x = keras.layers.Conv2D(10, tuple(x.shape[1:3]), name="classifier")(x)
+    student = keras.Model(inputs, keras.layers.Flatten()(x))
+    with pytest.raises(ModelError, match=r"prune: TFMOT cannot prune layer 'doubling' \(Doubling\); give the layer "
+                                         r"a get_prunable_weights\(\) method"):
+        prune(student, Teaching(teacher=tiny_teacher, config=DistillConfig()), smoke_data, PruneConfig(),
+              Schedule(epochs=1, batch_size=64, learning_rate=1e-3, seed=0))
