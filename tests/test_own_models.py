@@ -347,3 +347,9 @@ def test_a_custom_layer_tfmot_cannot_prune_is_named(smoke_data, tiny_teacher):
                                          r"a get_prunable_weights\(\) method"):
         prune(student, Teaching(teacher=tiny_teacher, config=DistillConfig()), smoke_data, PruneConfig(),
               Schedule(epochs=1, batch_size=64, learning_rate=1e-3, seed=0))
+
+
+def test_zoo_keys_stay_as_they_were(smoke_cfg):
+    """The own-model fields, unset, are not in the repr the stage keys hash, so no zoo build reruns for them."""
+    assert "factory" not in repr(smoke_cfg.distill.student) and "module_dir" not in repr(smoke_cfg.teacher)
+    assert own_model.identity(smoke_cfg.distill.student) == []

@@ -184,9 +184,11 @@ class ModelConfig:
     head: str = "gap"
     dense_units: int = 0
     dropout: float = 0.0
-    path: str | None = None
-    factory: str | None = None
-    module_dir: str | None = None
+    # Not in the repr, which stage keys hash: unset (the zoo), they must leave every zoo build's keys as they were;
+    # set, the teacher and distill keys add own_model.identity (the factory's name, the file's content hash).
+    path: str | None = field(default=None, repr=False)
+    factory: str | None = field(default=None, repr=False)
+    module_dir: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
         _require(self.path is None or self.factory is None, "factory",

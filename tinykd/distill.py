@@ -111,9 +111,9 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teachers) -> Student:
         return student, ({"rounds": rounds} if cfg.distill.rounds > 1 else {})
 
     # Your own student's file or factory source is part of the key: edit it and distill reruns.
-    source = own_model.source_stamp(cfg.distill.student)
     return float_stage(run, "distill", artifacts.key("distill", config.plain((cfg.distill, cfg.seed)),
-                                                     teachers.run_id, *([source] if source else [])), data, train)
+                                                     teachers.run_id, *own_model.identity(cfg.distill.student)),
+                       data, train)
 
 
 def float_stage(run: Run, name: str, key: str, data: Dataset, train) -> Student:

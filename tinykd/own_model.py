@@ -98,6 +98,14 @@ def _factory(factory: str, module_dir: str | None, key: str):
     return function
 
 
+def identity(model_cfg) -> list:
+    """What stage keys add for your model: the factory's name and the sha256 of its source or of the model file
+    (not the file's path: a moved file or recipe folder is the same model); [] for the zoo."""
+    if not is_own(model_cfg):
+        return []
+    return [model_cfg.factory, source_stamp(model_cfg)]
+
+
 def source_stamp(model_cfg) -> str | None:
     """What your model's build depends on besides its settings: the sha256 of the model file (every file of a
     SavedModel folder) or of the factory module's source (every .py file of a package); None for the zoo.

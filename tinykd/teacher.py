@@ -56,9 +56,10 @@ def teacher_key(teacher_cfg, data: Dataset) -> str:
     source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
     settings = config.as_dict(teacher_cfg)
     settings.pop("weight", None)
-    model_source = own_model.source_stamp(teacher_cfg.model)  # your model file or factory module, by content
+    for name in ("path", "factory", "module_dir"):  # your model: by own_model.identity (a zoo key stays as it was)
+        settings["model"].pop(name)
     return artifacts.key("teacher", settings, data.fingerprint, _source_stamp(source) if source else None,
-                         *([model_source] if model_source else []))
+                         *own_model.identity(teacher_cfg.model))
 
 
 def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done) -> Teachers:
