@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.machinery
 import math
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -181,7 +184,13 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """An architecture from the zoo (`tinykd.models`); input shape and class count come from the data."""
+    """An architecture from the zoo (`tinykd.models`); input shape and class count come from the data.
+
+    Or your own Keras model, in place of every zoo key (tinykd.own_model): `path`, a model file (.keras, .h5 or a
+    SavedModel folder; untrained, or trained weights to fine-tune), or `factory`, "module:function" with
+    `function(input_shape, num_classes) -> keras.Model`, the module looked for in `module_dir` (by default the
+    recipe's folder) and then on PYTHONPATH.
+    """
 
     arch: str = "cnn"
     filters: tuple[int, ...] = (16, 32, 64)
@@ -193,8 +202,19 @@ class ModelConfig:
     head: str = "gap"
     dense_units: int = 0
     dropout: float = 0.0
+    # Not in the repr, which stage keys hash: unset (the zoo), they must leave every zoo build's keys as they were;
+    # set, the teacher and distill keys add own_model.identity (the factory's name, the file's content hash).
+    path: str | None = field(default=None, repr=False)
+    factory: str | None = field(default=None, repr=False)
+    module_dir: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        _require(self.path is None or self.factory is None, "factory",
+                 "give one of path (a model file) and factory (module:function), not both")
+        _require(self.factory is None or _FACTORY.fullmatch(self.factory) is not None, "factory",
+                 f"must be module:function, e.g. my_models:student (got {self.factory!r})")
+        _require(self.module_dir is None or self.factory is not None, "module_dir",
+                 "is where factory's module is looked for; set factory too, or remove module_dir")
         _require(self.arch in ARCHITECTURES, "arch", f"must be one of {sorted(ARCHITECTURES)}")
         _require(self.head in HEADS, "head", f"must be one of {sorted(HEADS)}")
         _require(len(self.filters) > 0 and all(f > 0 for f in self.filters), "filters",
@@ -208,6 +228,21 @@ class ModelConfig:
                  "must be [height, width] strides of the first convolution, e.g. [2, 2]")
         _require(self.dense_units >= 0, "dense_units", "must be 0 (no hidden dense layer) or more")
         _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+# `factory: module:function`, the module a dotted name (my_models or pkg.my_models).
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+# What replaces the zoo in a ModelConfig: none of the zoo's keys may stand beside them.
+MODEL_SOURCES = ("path", "factory")
+
+
+def _check_model_source(raw: dict, where: str) -> None:
+    """A model section holds zoo keys or one of `path` / `factory` (with factory's `module_dir`), never a mix."""
+    sources = [key for key in MODEL_SOURCES if raw.get(key) is not None]
+    zoo = [key for key in raw if key not in MODEL_SOURCES + ("module_dir",)]
+    if sources and zoo:
+        raise ConfigError(f"{where}{zoo[0]}: a zoo key cannot stand beside {sources[0]} (your own model replaces "
+                          f"the zoo's settings); remove {', '.join(zoo)} or remove {sources[0]}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,6 +259,8 @@ class TeacherConfig:
 
     def __post_init__(self):
         _check_training(self)
+        _require(self.path is None or (self.model.path is None and self.model.factory is None), "path",
+                 "is a trained teacher to load as it is, model.path / model.factory a model to train: give one")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -756,6 +793,7 @@ def load(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool 
         if key in PATH_KEYS and isinstance(value, str) and value != UNLABELED_REST:
             value = str(Path(value).expanduser().resolve())  # paths on the command line: relative to the shell
         _set_dotted(raw, key, value, f"--set {key}={text}")
+    _default_module_dirs(raw, path.parent)
     if smoke:
         for key, value in SMOKE_OVERRIDES.items():
             section = key.split(".")[0]
@@ -801,22 +839,71 @@ def _check_paths(cfg: Config, file: str) -> None:
         named.append(("data.path", cfg.data.path, hint))
     if cfg.data.unlabeled != UNLABELED_REST:
         named.append(("data.unlabeled", cfg.data.unlabeled, "point it at unlabelled data in the format of data.path"))
+    for key, model in _model_sections(cfg):
+        named.append((f"{key}.path", model.path, "give your model's .keras or .h5 file or SavedModel folder (a "
+                                                 "relative path is relative to the recipe's folder)"))
+        named.append((f"{key}.module_dir", model.module_dir, "give the folder holding the factory's module"))
     for key, value, hint in named:
         if value is not None and not Path(value).expanduser().exists():
             raise ConfigError(f"{file}: {key}: {value} does not exist; {hint}")
+    for key, model in _model_sections(cfg):
+        if model.factory is not None:
+            module = model.factory.partition(":")[0]
+            if find_module(module, model.module_dir) is None:
+                raise ConfigError(f"{file}: {key}.factory: no module {module!r} in {model.module_dir} or on "
+                                  f"PYTHONPATH; put {module.replace('.', '/')}.py beside the recipe, or set "
+                                  f"{key}.module_dir to its folder")
 
 
-PATH_KEYS = ("data.path", "data.unlabeled", "teacher.path")
+def find_module(name: str, module_dir: str | None):
+    """The import spec of a factory's module `name` (dotted) in `module_dir`, else on sys.path / PYTHONPATH; None
+    if absent. Nothing is imported and sys.path is not touched (tinykd.own_model imports it from the spec)."""
+    search = ([str(module_dir)] if module_dir else []) + sys.path
+    spec = None
+    for part in name.split("."):
+        spec = importlib.machinery.PathFinder.find_spec(part, search)
+        if spec is None:
+            return None
+        search = list(spec.submodule_search_locations or [])
+    return spec
+
+
+def _model_sections(cfg: Config) -> list[tuple[str, ModelConfig]]:
+    """Every model section of a recipe that may hold your own model, with its dotted key."""
+    return [("teacher.model", cfg.teacher.model), ("distill.student", cfg.distill.student)] + \
+        [(f"distill.ensemble[{i}].model", member.model) for i, member in enumerate(cfg.distill.ensemble)]
+
+
+PATH_KEYS = ("data.path", "data.unlabeled", "teacher.path", "teacher.model.path", "teacher.model.module_dir",
+             "distill.student.path", "distill.student.module_dir")
 UNLABELED_REST = "rest"  # data.unlabeled: the training samples beyond data.labeled_samples, not a path
 
 
 def _resolve_paths(raw: dict, folder: Path) -> None:
-    nodes = [(key.split(".")[0], raw.get(key.split(".")[0]), key.split(".")[1]) for key in PATH_KEYS]
+    nodes = [(_node(raw, key.split(".")[:-1]), key.split(".")[-1]) for key in PATH_KEYS]
     members = raw.get("distill", {}).get("ensemble") if isinstance(raw.get("distill"), dict) else None
-    nodes += [("ensemble", member, "path") for member in (members if isinstance(members, list) else [])]
-    for _, node, name in nodes:
+    for member in members if isinstance(members, list) else []:
+        nodes += [(member, "path"), (_node(member, ["model"]), "path"), (_node(member, ["model"]), "module_dir")]
+    for node, name in nodes:
         if isinstance(node, dict) and isinstance(node.get(name), str) and node[name] != UNLABELED_REST:
             node[name] = str((folder / Path(node[name]).expanduser()).resolve())
+
+
+def _node(raw, parts: list[str]):
+    """The mapping at `parts` inside `raw`, or None."""
+    for part in parts:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _default_module_dirs(raw: dict, folder: Path) -> None:
+    """A factory's module is looked for in the recipe's folder unless its model section names a module_dir."""
+    members = raw.get("distill", {}).get("ensemble") if isinstance(raw.get("distill"), dict) else None
+    models = [_node(raw, ["teacher", "model"]), _node(raw, ["distill", "student"])]
+    models += [_node(member, ["model"]) for member in (members if isinstance(members, list) else [])]
+    for model in models:
+        if isinstance(model, dict) and model.get("factory") is not None and model.get("module_dir") is None:
+            model["module_dir"] = str(folder.resolve())
 
 
 def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, str]:
@@ -878,6 +965,8 @@ def _build(cls, raw, file: str, prefix: str):
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
             raise ConfigError(f"{where}{key}: unknown key{hint}")
         kwargs[key] = _convert(hints[key], value, file, f"{prefix}{key}")
+    if cls is ModelConfig:
+        _check_model_source(raw, where)
     try:
         return cls(**kwargs)
     except _Invalid as error:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from tinykd import artifacts, config, distribute, models
+from tinykd import artifacts, config, distribute, models, own_model
 from tinykd.artifacts import Run
 from tinykd.config import AugmentConfig, DistillConfig
 from tinykd.data import Dataset, Split, streaming
@@ -97,7 +97,9 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teachers) -> Student:
     def train():
         schedule = Schedule.of_recipe(cfg.distill, cfg, run)
         student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student",
-                               seed=schedule.seed)
+                               seed=schedule.seed, key="distill.student")
+        if own_model.is_own(cfg.distill.student) and cfg.quantize is not None:
+            own_model.check_quantizable(student, "distill.student")  # before any training, not after pruning
         distill(teachers.teaching, student, data, schedule)
         rounds = [{"round": 1, "val_accuracy": accuracy(student, data.val),
                    "test_accuracy": accuracy(student, data.test)}]
@@ -106,15 +108,17 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teachers) -> Student:
             run.log(f"[distill] born-again round {number} of {cfg.distill.rounds}: the round {number - 1} student "
                     "teaches a fresh one")
             student = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student",
-                                   seed=schedule.seed + number - 1)
+                                   seed=schedule.seed + number - 1, key="distill.student")
             distill(Teaching(teacher=previous, config=replace(cfg.distill, hints=(), attention=())), student, data,
                     replace(schedule, seed=schedule.seed + number - 1))
             rounds.append({"round": number, "val_accuracy": accuracy(student, data.val),
                            "test_accuracy": accuracy(student, data.test)})
         return student, ({"rounds": rounds} if cfg.distill.rounds > 1 else {})
 
+    # Your own student's file or factory source is part of the key: edit it and distill reruns.
     return float_stage(run, "distill", artifacts.key("distill", config.plain((cfg.distill, cfg.seed)),
-                                                     teachers.run_id), data, train)
+                                                     teachers.run_id, *own_model.identity(cfg.distill.student)),
+                       data, train)
 
 
 def float_stage(run: Run, name: str, key: str, data: Dataset, train) -> Student:

@@ -15,7 +15,7 @@ import json
 import platform
 from pathlib import Path
 
-from tinykd import artifacts, config
+from tinykd import artifacts, config, own_model
 from tinykd.errors import ReproducibilityError
 
 NAME = "manifest.json"
@@ -91,7 +91,7 @@ def _reproducible(name: str) -> bool:
 
 
 def _data_files(cfg: config.Config, data_dirs: tuple[Path, ...]) -> list[Path]:
-    """Every file the build read data or a teacher from."""
+    """Every file the build read data, a teacher or your own model from."""
     found = []
     if cfg.data.format == "fashion_mnist":
         from tinykd.data import fashion_mnist
@@ -104,6 +104,8 @@ def _data_files(cfg: config.Config, data_dirs: tuple[Path, ...]) -> list[Path]:
     for source in [cfg.teacher.path] + [member.path for member in cfg.distill.ensemble]:
         if source:
             found += _files_at(Path(source).expanduser())
+    for model in [cfg.teacher.model, cfg.distill.student] + [member.model for member in cfg.distill.ensemble]:
+        found += own_model.source_files(model)  # your model file or factory module
     return found
 
 

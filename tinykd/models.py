@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinykd import own_model
 # The names a recipe may give live with the recipe's schema, which checks them at load.
 from tinykd.config import ARCHITECTURES, HEADS, ModelConfig  # noqa: F401 - part of tinykd.models' API
 
@@ -16,8 +17,12 @@ from tinykd.config import ARCHITECTURES, HEADS, ModelConfig  # noqa: F401 - part
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name: str, seed: int | None = None):
+def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name: str, seed: int | None = None,
+          key: str = "model"):
     """A fresh, untrained Keras model that maps `input_shape` inputs to `num_classes` logits.
+
+    With `path` or `factory` in `cfg` it is your own model instead (tinykd.own_model; it keeps its own name, and
+    errors name the recipe section `key`, e.g. "distill.student").
 
     The input's rank picks the layers: `(features,)` gets dense layers (`filters` are their widths),
     `(steps, channels)` 1-D convolutions (as (3, 1) kernels), `(height, width, channels)` 2-D convolutions.
@@ -26,6 +31,8 @@ def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, name
     """
     from tinykd.keras_shim import keras
 
+    if own_model.is_own(cfg):
+        return own_model.build(cfg, input_shape, num_classes, key, seed)
     if seed is not None:
         keras.utils.set_random_seed(seed)
 

@@ -16,6 +16,7 @@ from tinykd.artifacts import Run
 from tinykd.config import PruneConfig
 from tinykd.data import Dataset
 from tinykd.distill import Schedule, Student, Teaching, accuracy, distill, float_stage
+from tinykd.errors import ModelError
 from tinykd.keras_shim import tfmot
 from tinykd.models import clone  # noqa: F401 - part of tinykd.prune's API
 
@@ -71,7 +72,15 @@ def prune(student, teaching: Teaching, data: Dataset, cfg: PruneConfig, schedule
         initial_sparsity=cfg.initial_sparsity, final_sparsity=cfg.target_sparsity, begin_step=0,
         end_step=end_step, frequency=min(cfg.frequency_steps, end_step))
     student = clone(student)  # TFMOT wraps the given layer objects, so training would change the caller's model
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(student, pruning_schedule=sparsity_schedule)
+    try:
+        pruned = tfmot.sparsity.keras.prune_low_magnitude(student, pruning_schedule=sparsity_schedule)
+    except ValueError as error:  # TFMOT names only the class of a layer it does not know (a custom one)
+        named = [layer for layer in student.layers if f"{type(layer).__module__}.{type(layer).__qualname__}'"
+                 in str(error)]
+        what = f"layer {named[0].name!r} ({type(named[0]).__name__})" if named else f"a layer ({error})"
+        raise ModelError(f"prune: TFMOT cannot prune {what}; give the layer a get_prunable_weights() method "
+                         "returning the weights to prune ([] for none), replace it with built-in Keras layers, or "
+                         "set prune: none") from None
     distill(teaching, pruned, data, schedule, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(pruned)
 

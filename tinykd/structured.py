@@ -27,14 +27,34 @@ _PER_CHANNEL = ("ReLU", "Activation", "MaxPooling2D", "AveragePooling2D", "Globa
 
 
 def prunable_layers(model) -> list[str]:
-    """Layers whose output channels can go: convolutions and dense layers that do not produce a model output."""
+    """Layers whose output channels can go: convolutions and dense layers that do not produce a model output and
+    whose channels reach only layers `thin` can cut through (not a residual add, say: its branches must agree)."""
+    return [layer.name for layer in _candidates(model) if _blocker(model, layer) is None]
+
+
+def _candidates(model) -> list:
     outputs = {id(t) for t in model.outputs}
-    names = []
-    for layer in model.layers:
-        if type(layer).__name__ in ("Conv2D", "Dense") and id(layer.output) not in outputs \
-                and not _feeds_output_directly(model, layer):
-            names.append(layer.name)
-    return names
+    return [layer for layer in model.layers if type(layer).__name__ in ("Conv2D", "Dense")
+            and id(layer.output) not in outputs and not _feeds_output_directly(model, layer)]
+
+
+def _blocker(model, layer):
+    """The first layer that `layer`'s channels reach and `thin` cannot cut through, or None: the channels pass
+    through per-channel layers, batch norms, flatten and depthwise convolutions to the next convolution or dense."""
+    outputs = {id(t) for t in model.outputs}
+    frontier = [layer]
+    while frontier:
+        current = frontier.pop()
+        for after in _consumers(model, current):
+            kind = type(after).__name__
+            if kind in ("Conv2D", "Dense"):
+                continue
+            passes = kind in _PER_CHANNEL + ("BatchNormalization", "Flatten") or \
+                kind == "DepthwiseConv2D" and after.get_config().get("depth_multiplier", 1) == 1
+            if not passes or id(after.output) in outputs:
+                return after
+            frontier.append(after)
+    return None
 
 
 def plan(model, fraction: float, score: str = "l1", scope: str = "layer") -> dict[str, np.ndarray]:
@@ -57,6 +77,14 @@ def plan(model, fraction: float, score: str = "l1", scope: str = "layer") -> dic
     if score not in SCORES or scope not in ("layer", "global"):
         raise ValueError(f"score must be one of {SCORES} and scope 'layer' or 'global'")
     scores = {name: channel_scores(model, name, score) for name in prunable_layers(model)}
+    if not scores:
+        blocked = [(layer.name, _blocker(model, layer)) for layer in _candidates(model)]
+        reasons = "; ".join(f"{name}'s channels reach layer {after.name!r} ({type(after).__name__})"
+                            for name, after in blocked if after is not None)
+        raise ModelError(f"prune.method structured: no layer of {model.name} can lose filters"
+                         + (f" ({reasons}), and it cannot cut through those layers" if reasons else "")
+                         + "; use prune.method: magnitude, or give the model convolutions or dense layers that "
+                         "feed the next convolution or dense layer through activations, pooling or batch norms")
     if scope == "layer":
         return {name: _top(s, max(1, math.ceil(len(s) * (1.0 - fraction)))) for name, s in scores.items()}
     pooled = np.concatenate([s / (s.mean() or 1.0) for s in scores.values()])
@@ -160,8 +188,9 @@ def _thinned_layer(layer, kind: str, masks: list, keep, inputs):
         return type(layer).from_config(config), None, mask
     if mask is None:
         return type(layer).from_config(config), weights or None, None
-    raise ModelError(f"{layer.name}: structured pruning cannot carry removed channels through a {kind} layer; "
-                     "leave the layers before it out of the plan")
+    raise ModelError(f"layer {layer.name!r} ({kind}): structured pruning cannot carry removed channels through "
+                     f"a {kind} layer; use prune.method: magnitude, or replace the layer with ones it can cut "
+                     f"through ({', '.join(_PER_CHANNEL[:4])}, Flatten, BatchNormalization)")
 
 
 def _consumers(model, layer) -> list:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinykd import artifacts, config, models
+from tinykd import artifacts, config, models, own_model
 from tinykd.artifacts import Run
 from tinykd.convert import convert_float
 from tinykd.data import Dataset, shards
@@ -57,7 +57,10 @@ def teacher_key(teacher_cfg, data: Dataset, strategy: str = "default") -> str:
     source = Path(teacher_cfg.path).expanduser() if teacher_cfg.path else None
     settings = config.as_dict(teacher_cfg)
     settings.pop("weight", None)
-    parts = ("teacher", settings, data.fingerprint, _source_stamp(source) if source else None)
+    for name in ("path", "factory", "module_dir"):  # your model: by own_model.identity (a zoo key stays as it was)
+        settings["model"].pop(name)
+    parts = ("teacher", settings, data.fingerprint, _source_stamp(source) if source else None,
+             *own_model.identity(teacher_cfg.model))
     return artifacts.key(*parts, *(() if strategy == "default" else (strategy,)))
 
 
@@ -105,9 +108,11 @@ def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label
         run.log(f"[{label}] reusing the teacher trained for this config and data ({cached})")
         artifacts.copy_file(cached, path)
     else:
-        run.log(f"[{label}] training {teacher_cfg.model.arch} for {teacher_cfg.epochs} epochs")
+        own = teacher_cfg.model.path or teacher_cfg.model.factory
+        run.log(f"[{label}] training {own or teacher_cfg.model.arch} for {teacher_cfg.epochs} epochs")
         started = time.time()
-        model = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher", seed=teacher_cfg.seed)
+        model = models.build(teacher_cfg.model, data.input_shape, data.num_classes, "teacher", seed=teacher_cfg.seed,
+                             key=_model_key(label))
         schedule = Schedule.of(teacher_cfg, seed=teacher_cfg.seed, verbose=run.verbose, augment=cfg.data.augment,
                                strategy=cfg.distribute.strategy)
         artifacts.save_model(train_on_labels(model, data, schedule), path)
@@ -123,6 +128,11 @@ def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label
                                                 "training_seconds": trained_seconds}
         artifacts.write_json(metrics_file, metrics)
     return model, metrics
+
+
+def _model_key(label: str) -> str:
+    """The recipe key of a teacher's model section, from its label ("teacher" or "ensemble N")."""
+    return "teacher.model" if label == "teacher" else f"distill.ensemble[{int(label.split()[-1]) - 1}].model"
 
 
 def _uses_logits(cfg: config.Config) -> bool:

@@ -65,7 +65,8 @@ def stage(run: Run, cfg: config.Config, data: Dataset, model) -> Verified:
             f"{metrics['samples']} test inputs (largest output difference {metrics['max_lsb_diff']} LSB), so "
             f"the accuracy of {run.root / 'convert' / 'model.tflite'} depends on the runtime. TFLite's "
             "reference FULLY_CONNECTED and MEAN kernels round differently from TFLite Micro's: use a student "
-            "head without them (head: flatten or pool_flatten, dense_units: 0), or measure on the board.")
+            "head without them (head: flatten or pool_flatten, dense_units: 0; in your own model, a Conv2D over the "
+            "whole feature map in place of Dense, see docs/own_models.md), or measure on the board.")
     return Verified(metrics["board_report"]["arena_bytes"], done.run_id)
 
 
