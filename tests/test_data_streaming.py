@@ -162,7 +162,6 @@ def predictions(monkeypatch):
     return names
 
 
-@pytest.mark.slow  # two smoke builds: about 2.5 minutes on 2 shared cores
 def test_a_second_student_on_streamed_data_never_runs_the_teacher(tmp_path, predictions):
     root = make_image_folder(tmp_path / "images", per_class=24)
     runs = tmp_path / "runs"

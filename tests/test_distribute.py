@@ -140,7 +140,6 @@ def _fingerprints(output: str) -> dict[str, str]:
     return dict(re.findall(r"\[distribute\] (\w+) weights sha256 ([0-9a-f]{64})", output))
 
 
-@pytest.mark.slow
 def test_two_workers_train_every_stage_together_and_end_with_identical_weights(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
