@@ -14,7 +14,7 @@ from test_speech_commands import RATE, clip_name, sc_cfg, write_wav
 from tinykd import config
 from tinykd.audio import FrontendConfig
 from tinykd.data import load, shards, streaming
-from tinykd.distill import Schedule, _dataset, teacher_logits
+from tinykd.distill import Schedule, _dataset, teacher_features, teacher_logits
 from tinykd.errors import ConfigError
 from tinykd.keras_shim import keras
 from tinykd.pipeline import BuildOptions, build
@@ -99,6 +99,28 @@ def test_streamed_clips_through_the_frontend_are_the_in_memory_features(tmp_path
     np.testing.assert_array_equal(np.asarray(streamed.train.x), memory.train.x)
     np.testing.assert_array_equal(streamed.test_audio, memory.test_audio)
     assert streamed.skipped == memory.skipped and len(memory.skipped) == 1
+
+
+def test_stored_teacher_layers_of_a_streamed_split_are_the_in_memory_ones_in_the_same_order(tmp_path):
+    memory, streamed = both(image_cfg(make_image_folder(tmp_path, per_class=12), normalize=None))
+    model = keras.Sequential([keras.Input((12, 16, 3)), keras.layers.Conv2D(2, 3, name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    # Computed from the streamed split shard by shard, as the teacher stage does, and read back from the shards.
+    shards.write(tmp_path / "features", "train", len(streamed.train),
+                 lambda start, stop: teacher_features(model, "conv", "key", streamed.train.x[start:stop]))
+    stored = shards.read(tmp_path / "features")["train"]
+    np.testing.assert_allclose(stored, teacher_features(model, "conv", "key", memory.train.x), rtol=1e-6, atol=1e-6)
+    schedule = Schedule(epochs=1, batch_size=8, learning_rate=1e-3, seed=5)
+    expected = list(_dataset(memory.train, None, schedule, True, features=(stored,)).as_numpy_iterator())
+    got = list(_dataset(streamed.train, None, schedule, True, features=(stored,)).as_numpy_iterator())
+    assert len(got) == len(expected) == -(-len(memory.train) // 8)
+    for (x, targets), (x_memory, targets_memory) in zip(got, expected):
+        np.testing.assert_array_equal(x, x_memory)
+        np.testing.assert_array_equal(targets["labels"], targets_memory["labels"])
+        np.testing.assert_array_equal(targets["features"][0], targets_memory["features"][0])
+        assert "logits" not in targets
+    x, targets = expected[0]  # each input's own stored row goes with it through the shuffle
+    np.testing.assert_allclose(targets["features"][0], model.get_layer("conv")(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_auto_streams_only_past_the_threshold(tmp_path, monkeypatch):
