@@ -392,14 +392,16 @@ def accuracy(model, split: Split, batch_size: int = 256) -> float:
 
 def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, training: bool, features=None):
     """Batches of (x, labels) or, given the teacher's logits, (x, (labels, teacher logits)); given stored teacher
-    layer outputs (`features`, a tuple of arrays), (x, {"labels", "logits" if given, "features"}).
+    layer outputs (`features`: arrays or tinykd.data.shards.Rows), (x, {"labels", "logits" if given, "features"}),
+    each batch's feature rows read when the batch is made, so stored layers need not fit in memory.
 
     Training batches are shuffled and, when the recipe asks, augmented; evaluation batches never are. A streamed
     split (tinykd.data.streaming) is read from disk in the pipeline, its order shuffled with the same seed.
     """
     targets = split.y if logits is None else (split.y, logits)
-    if features is not None:
-        targets = {"labels": split.y, "features": tuple(features)} | ({} if logits is None else {"logits": logits})
+    if features is not None:  # the row numbers go through the shuffle; their features are read per batch
+        targets = {"labels": split.y, "rows": np.arange(len(split), dtype=np.int64)} | \
+            ({} if logits is None else {"logits": logits})
     if streaming.is_streamed(split.x):
         dataset = split.x.examples(targets, schedule.seed if training else None)
     else:
@@ -416,7 +418,23 @@ def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, traini
         if schedule.augmenting:
             augment = _augmenter(schedule.augment, tuple(split.x.shape[1:]), schedule.seed)
             dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(schedule.batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(schedule.batch_size)
+    if features is not None:
+        dataset = dataset.map(lambda x, y: (x, _with_rows_read(y, features)), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _with_rows_read(targets: dict, features: tuple) -> dict:
+    """A batch's targets with its "rows" replaced by those rows of every stored feature array."""
+    targets = dict(targets)
+    rows = targets.pop("rows")
+    read = []
+    for stored in features:
+        values = tf.numpy_function(lambda picks, stored=stored: np.asarray(stored[picks], np.float32), [rows],
+                                   tf.float32, stateful=False)
+        values.set_shape((None, *stored.shape[1:]))
+        read.append(values)
+    return targets | {"features": tuple(read)}
 
 
 def teacher_logits(teacher, x: np.ndarray) -> np.ndarray:

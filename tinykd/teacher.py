@@ -167,14 +167,12 @@ def _features(model, data: Dataset, prefix: Path, cfg: config.Config) -> dict[st
     features = {split_name: {} for split_name in splits}
     for layer, key in keys.items():
         folder = prefix.parent / f"{prefix.name}.features-{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}"
-        stored = shards.read(folder)
         for split_name, x in splits.items():
-            if split_name in stored and stored[split_name].shape[0] == len(x):
-                features[split_name][layer] = stored[split_name]
-            else:
-                features[split_name][layer] = shards.write(
-                    folder, split_name, len(x),
-                    lambda start, stop, x=x, layer=layer, key=key: teacher_features(model, layer, key, x[start:stop]))
+            if split_name not in shards.rows(folder) or len(shards.rows(folder)[split_name]) != len(x):
+                shards.write(folder, split_name, len(x), lambda start, stop, x=x, layer=layer, key=key:
+                             teacher_features(model, layer, key, x[start:stop]))
+            # Left on disk: training reads each batch's rows from the memory-mapped shards.
+            features[split_name][layer] = shards.rows(folder)[split_name]
     return features
 
 
