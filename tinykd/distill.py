@@ -158,7 +158,8 @@ class Distiller(keras.Model):
     Also the public `tinykd.Distiller`: both models (Keras 2: `tinykd.keras`, which is tf_keras) output
     logits; `compile(optimizer=...)` needs no loss, `fit(x, labels)` runs the teacher on each batch, and after
     fit `student` holds the trained weights. Targets may also be a dict {"labels", "logits" (optional),
-    "features": one teacher layer output per hint then attention pair}: then the teacher's layers are not run. `hints` and `attention` take HintConfig / AttentionConfig or plain
+    "features": one teacher layer output per hint then attention pair}: then the teacher's layers are not run.
+    `hints` and `attention` take HintConfig / AttentionConfig or plain
     `(student_layer, teacher_layer)` name pairs (optionally with a third item, the weight).
     """
 
