@@ -14,7 +14,7 @@ from test_speech_commands import RATE, clip_name, sc_cfg, write_wav
 from tinykd import config
 from tinykd.audio import FrontendConfig
 from tinykd.data import load, shards, streaming
-from tinykd.distill import Schedule, _dataset, teacher_logits
+from tinykd.distill import Schedule, _dataset, teacher_features, teacher_logits
 from tinykd.errors import ConfigError
 from tinykd.keras_shim import keras
 from tinykd.pipeline import BuildOptions, build
@@ -101,6 +101,30 @@ def test_streamed_clips_through_the_frontend_are_the_in_memory_features(tmp_path
     assert streamed.skipped == memory.skipped and len(memory.skipped) == 1
 
 
+def test_stored_teacher_layers_of_a_streamed_split_are_the_in_memory_ones_in_the_same_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "ROWS", 10)  # several shards, read back per batch from disk
+    memory, streamed = both(image_cfg(make_image_folder(tmp_path, per_class=12), normalize=None))
+    model = keras.Sequential([keras.Input((12, 16, 3)), keras.layers.Conv2D(2, 3, name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    # Computed from the streamed split shard by shard, as the teacher stage does, and read back from the shards.
+    shards.write(tmp_path / "features", "train", len(streamed.train),
+                 lambda start, stop: teacher_features(model, "conv", "key", streamed.train.x[start:stop]))
+    stored = shards.rows(tmp_path / "features")["train"]
+    assert len(stored.parts) > 1
+    np.testing.assert_allclose(stored, teacher_features(model, "conv", "key", memory.train.x), rtol=1e-6, atol=1e-6)
+    schedule = Schedule(epochs=1, batch_size=8, learning_rate=1e-3, seed=5)
+    expected = list(_dataset(memory.train, None, schedule, True, features=(stored,)).as_numpy_iterator())
+    got = list(_dataset(streamed.train, None, schedule, True, features=(stored,)).as_numpy_iterator())
+    assert len(got) == len(expected) == -(-len(memory.train) // 8)
+    for (x, targets), (x_memory, targets_memory) in zip(got, expected):
+        np.testing.assert_array_equal(x, x_memory)
+        np.testing.assert_array_equal(targets["labels"], targets_memory["labels"])
+        np.testing.assert_array_equal(targets["features"][0], targets_memory["features"][0])
+        assert "logits" not in targets
+    x, targets = expected[0]  # each input's own stored row goes with it through the shuffle
+    np.testing.assert_allclose(targets["features"][0], model.get_layer("conv")(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_auto_streams_only_past_the_threshold(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path, per_class=12)
     assert not streaming.is_streamed(load(image_cfg(root), seed=0).train.x)  # auto, and far below 1 GiB
@@ -136,9 +160,13 @@ def test_shards_round_trip_and_an_unfinished_array_is_not_read(tmp_path, monkeyp
     index = json.loads((tmp_path / shards.INDEX).read_text())
     assert index["arrays"]["train"]["shards"] == ["train-00000.npy", "train-00001.npy", "train-00002.npy"]
     np.testing.assert_array_equal(shards.read(tmp_path)["train"], values)
+    on_disk = shards.rows(tmp_path)["train"]  # left memory-mapped, read at the rows asked for, across shards
+    assert len(on_disk) == 10 and on_disk.shape == (10, 3)
+    np.testing.assert_array_equal(on_disk[[9, 0, 5, 4, 3]], values[[9, 0, 5, 4, 3]])
+    np.testing.assert_array_equal(np.asarray(on_disk), values)
     with pytest.raises(ZeroDivisionError):  # interrupted after one shard: no index entry, so nothing looks finished
         shards.write(tmp_path, "val", 10, lambda start, stop: values[start:stop] if start == 0 else 1 / 0)
-    assert set(shards.read(tmp_path)) == {"train"}
+    assert set(shards.read(tmp_path)) == set(shards.rows(tmp_path)) == {"train"}
 
 
 def test_streamed_teacher_logits_are_the_in_memory_ones(tmp_path):

@@ -6,8 +6,8 @@ loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alp
 
 The same Distiller fine-tunes the pruned and the quantization-aware student, so every stage keeps learning from
 the teacher; layers are found by name through TFMOT's wrappers. Without augmentation, teacher logits are
-computed once per split (or handed in with the `Teaching`) and fed in with the labels; hints and attention run the
-teacher per batch.
+computed once per split (or handed in with the `Teaching`) and fed in with the labels, and so are the teacher
+layers hints and attention read when the `Teaching` holds them; otherwise the teacher runs per batch.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class Teaching:
 
     `soft_targets` holds the teacher's logits per split name ("train", "val", "train+unlabeled": the training split
     with the unlabelled inputs appended), computed once by the build; a split without them is run through the
-    teacher when a training run needs it.
+    teacher when a training run needs it. `features` holds, per split name, the outputs of the feature teacher's
+    layers that hints and attention name, by layer name; without them Distiller runs the feature teacher per batch.
     """
 
     teacher: object  # gives the soft targets: the main teacher, or the ensemble of it and `extra_teachers`
@@ -70,6 +71,16 @@ class Teaching:
     feature_teacher: object | None = None  # whose layers hints and attention read; default `teacher`
     extra_teachers: tuple = ()  # an ensemble's members besides the main teacher (for the record; `teacher` has them)
     soft_targets: dict[str, np.ndarray] = field(default_factory=dict)
+    features: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def stored_features(self, name: str, x) -> tuple | None:
+        """The stored teacher layers on split `name` (inputs `x`), one per hint then attention pair, in the order
+        Distiller reads them; None when any is missing or of another length (the teacher then runs per batch)."""
+        layers = [pair.teacher_layer for pair in (*self.config.hints, *self.config.attention)]
+        given = self.features.get(name, {})
+        if not layers or any(layer not in given or len(given[layer]) != len(x) for layer in layers):
+            return None
+        return tuple(given[layer] for layer in layers)
 
     def logits(self, name: str, x: np.ndarray) -> np.ndarray:
         """The teacher's logits on split `name` with inputs `x`."""
@@ -146,7 +157,9 @@ class Distiller(keras.Model):
 
     Also the public `tinykd.Distiller`: both models (Keras 2: `tinykd.keras`, which is tf_keras) output
     logits; `compile(optimizer=...)` needs no loss, `fit(x, labels)` runs the teacher on each batch, and after
-    fit `student` holds the trained weights. `hints` and `attention` take HintConfig / AttentionConfig or plain
+    fit `student` holds the trained weights. Targets may also be a dict {"labels", "logits" (optional),
+    "features": one teacher layer output per hint then attention pair}: then the teacher's layers are not run.
+    `hints` and `attention` take HintConfig / AttentionConfig or plain
     `(student_layer, teacher_layer)` name pairs (optionally with a third item, the weight).
     """
 
@@ -196,18 +209,18 @@ class Distiller(keras.Model):
         return self.student(x, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
-        labels, teacher_logits = _unpack(y)
+        labels, teacher_logits, teacher_maps = _unpack(y)
         student_logits, student_maps = (y_pred[0], y_pred[1:]) if self.pairs else (y_pred, [])
         labelled = tf.cast(labels >= 0, tf.float32)
         cross_entropy = keras.losses.sparse_categorical_crossentropy(tf.maximum(labels, 0), student_logits,
                                                                      from_logits=True)
         loss = (1.0 - self.alpha) * tf.reduce_sum(cross_entropy * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
-        teacher_maps = []
-        if self.pairs:
+        if self.pairs and teacher_maps is None:  # no stored features: run the teacher's layers on this batch
             outputs = self.teacher_features(x, training=False)
-            teacher_maps = [tf.stop_gradient(t) for t in outputs[1:]]
+            teacher_maps = outputs[1:]
             if teacher_logits is None and self.feature_teacher is self.teacher:
                 teacher_logits = outputs[0]
+        teacher_maps = [tf.stop_gradient(t) for t in (teacher_maps or [])]
         if self.alpha > 0.0:
             if teacher_logits is None:
                 teacher_logits = self.teacher(x, training=False)
@@ -233,7 +246,7 @@ class Distiller(keras.Model):
         return loss / replicas if replicas > 1 else loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight):
-        labels, _ = _unpack(y)
+        labels, _, _ = _unpack(y)
         self.accuracy.update_state(tf.maximum(labels, 0), y_pred[0] if self.pairs else y_pred,
                                    sample_weight=tf.cast(labels >= 0, tf.float32))
         return {metric.name: metric.result() for metric in self.metrics}
@@ -288,9 +301,11 @@ def distill(teaching: Teaching, student, data: Dataset, schedule: Schedule, call
         # Precomputed logits would describe the un-augmented images; with augmentation the teacher runs per batch.
         use_teacher_logits = cfg.alpha > 0.0 and not schedule.augmenting
         train = _dataset(train_split, teaching.logits(train_name, train_split.x) if use_teacher_logits else None,
-                         schedule, training=True)
+                         schedule, training=True,
+                         features=None if schedule.augmenting else teaching.stored_features(train_name, train_split.x))
         val = _dataset(data.val, teaching.logits("val", data.val.x) if use_teacher_logits else None, schedule,
-                       training=False)
+                       training=False,
+                       features=None if schedule.augmenting else teaching.stored_features("val", data.val.x))
         with native_logs():
             distiller.fit(train, validation_data=val, epochs=schedule.epochs, verbose=schedule.verbose,
                           callbacks=list(callbacks))
@@ -376,13 +391,18 @@ def accuracy(model, split: Split, batch_size: int = 256) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == split.y))
 
 
-def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, training: bool):
-    """Batches of (x, labels) or, given the teacher's logits, (x, (labels, teacher logits)).
+def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, training: bool, features=None):
+    """Batches of (x, labels) or, given the teacher's logits, (x, (labels, teacher logits)); given stored teacher
+    layer outputs (`features`: arrays or tinykd.data.shards.Rows), (x, {"labels", "logits" if given, "features"}),
+    each batch's feature rows read when the batch is made, so stored layers need not fit in memory.
 
     Training batches are shuffled and, when the recipe asks, augmented; evaluation batches never are. A streamed
     split (tinykd.data.streaming) is read from disk in the pipeline, its order shuffled with the same seed.
     """
     targets = split.y if logits is None else (split.y, logits)
+    if features is not None:  # the row numbers go through the shuffle; their features are read per batch
+        targets = {"labels": split.y, "rows": np.arange(len(split), dtype=np.int64)} | \
+            ({} if logits is None else {"logits": logits})
     if streaming.is_streamed(split.x):
         dataset = split.x.examples(targets, schedule.seed if training else None)
     else:
@@ -399,7 +419,23 @@ def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, traini
         if schedule.augmenting:
             augment = _augmenter(schedule.augment, tuple(split.x.shape[1:]), schedule.seed)
             dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(schedule.batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(schedule.batch_size)
+    if features is not None:
+        dataset = dataset.map(lambda x, y: (x, _with_rows_read(y, features)), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _with_rows_read(targets: dict, features: tuple) -> dict:
+    """A batch's targets with its "rows" replaced by those rows of every stored feature array."""
+    targets = dict(targets)
+    rows = targets.pop("rows")
+    read = []
+    for stored in features:
+        values = tf.numpy_function(lambda picks, stored=stored: np.asarray(stored[picks], np.float32), [rows],
+                                   tf.float32, stateful=False)
+        values.set_shape((None, *stored.shape[1:]))
+        read.append(values)
+    return targets | {"features": tuple(read)}
 
 
 def teacher_logits(teacher, x: np.ndarray) -> np.ndarray:
@@ -434,9 +470,21 @@ def _cosine(schedule: Schedule, train_samples: int):
 
 
 def _unpack(y):
+    """(labels, teacher logits or None, teacher layer outputs or None) from a batch's targets."""
+    if isinstance(y, dict):
+        return y["labels"], y.get("logits"), y.get("features")
     if isinstance(y, (tuple, list)):
-        return y[0], y[1]
-    return y, None
+        return y[0], y[1], None
+    return y, None, None
+
+
+def teacher_features(teacher, layer: str, key: str, x) -> np.ndarray:
+    """The output of `teacher`'s layer `layer` on `x` (an array, or a streamed split read in order); `key` names
+    the recipe key in the error when there is no such layer."""
+    with_features = _with_features(teacher, [(key, layer)])
+    model = keras.Model(with_features.inputs, with_features.outputs[1], name=f"{teacher.name}_features")
+    with native_logs():
+        return model.predict(streaming.model_input(x, 512), batch_size=512, verbose=0)
 
 
 def find_layer(model, name: str):

@@ -5,12 +5,15 @@ Ensemble members live here rather than in tinykd.distill because each one is obt
 teacher (loaded, reused from the cache or trained); tinykd.distill.ensemble only combines finished models into
 one soft-target teacher. The stage hands on a `Teaching`, with the teacher's logits on the training and
 validation splits saved beside the cached teacher (`teacher-<key>.logits/`, .npy shards and an index, see
-tinykd.data.shards), so a rebuild, another student, a sweep or a pruning step does not run the teacher again.
+tinykd.data.shards), so a rebuild, another student, a sweep or a pruning step does not run the teacher again;
+when hints or attention are used, the main teacher's layers they name are stored the same way, one folder per
+layer (`teacher-<key>.features-<layer>/`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +24,8 @@ from tinykd import artifacts, config, models, own_model
 from tinykd.artifacts import Run
 from tinykd.convert import convert_float
 from tinykd.data import Dataset, shards
-from tinykd.distill import Schedule, Teaching, accuracy, ensemble, model_metrics, teacher_logits, train_on_labels
-from tinykd.distill import training_split
+from tinykd.distill import Schedule, Teaching, accuracy, ensemble, model_metrics, teacher_features, teacher_logits
+from tinykd.distill import train_on_labels, training_split
 from tinykd.errors import ModelError
 from tinykd.models import load_model
 
@@ -44,11 +47,12 @@ def stage(run: Run, cfg: config.Config, data: Dataset) -> Teachers:
     main = run.step("teacher", key, lambda: _one_teacher(run, cfg.teacher, data, cfg, "teacher",
                                                           run.dir("teacher") / "teacher.keras"),
                     load=lambda folder: load_model(folder / "teacher.keras"), artifact="teacher.keras")
+    features = _features(main.value, data, cache / f"teacher-{key}", cfg) if _uses_features(cfg) else {}
     if cfg.distill.ensemble:
-        return _ensemble(run, cfg, data, main)
+        return _ensemble(run, cfg, data, main, features)
     soft_targets = _soft_targets(main.value, data, cache / f"teacher-{key}.logits") if _uses_logits(cfg) else {}
     return Teachers(Teaching(teacher=main.value, config=cfg.distill, feature_teacher=main.value,
-                             soft_targets=soft_targets), main.run_id)
+                             soft_targets=soft_targets, features=features), main.run_id)
 
 
 def teacher_key(teacher_cfg, data: Dataset, strategy: str = "default") -> str:
@@ -64,9 +68,10 @@ def teacher_key(teacher_cfg, data: Dataset, strategy: str = "default") -> str:
     return artifacts.key(*parts, *(() if strategy == "default" else (strategy,)))
 
 
-def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done) -> Teachers:
+def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done, features: dict) -> Teachers:
     """The main teacher and `distill.ensemble`'s teachers as one model whose soft targets at the recipe's
-    temperature are their weighted mean; each extra teacher is cached like the main one."""
+    temperature are their weighted mean; each extra teacher is cached like the main one. Hints and attention read
+    the main teacher's layers (`features`, stored by `stage`)."""
     members = cfg.distill.ensemble
     keys = [teacher_key(member, data, cfg.distribute.strategy) for member in members]
     weights = [cfg.distill.teacher_weight] + [member.weight for member in members]
@@ -90,7 +95,8 @@ def _ensemble(run: Run, cfg: config.Config, data: Dataset, main: artifacts.Done)
     cache = run.root.parent / CACHE
     soft_targets = _soft_targets(combined, data, cache / f"ensemble-{key}.logits") if _uses_logits(cfg) else {}
     return Teachers(Teaching(teacher=combined, config=cfg.distill, feature_teacher=main.value,
-                             extra_teachers=tuple(done.value), soft_targets=soft_targets), done.run_id)
+                             extra_teachers=tuple(done.value), soft_targets=soft_targets, features=features),
+                    done.run_id)
 
 
 def _one_teacher(run: Run, teacher_cfg, data: Dataset, cfg: config.Config, label: str, path: Path):
@@ -139,6 +145,35 @@ def _uses_logits(cfg: config.Config) -> bool:
     """Whether distillation feeds precomputed teacher logits (no augmentation, alpha above 0)."""
     augmenting = cfg.data.augment is not None and cfg.data.augment.active
     return cfg.distill.alpha > 0.0 and not augmenting
+
+
+def _uses_features(cfg: config.Config) -> bool:
+    """Whether distillation feeds stored teacher layers (hints or attention, no augmentation: stored layers would
+    describe the un-augmented inputs)."""
+    augmenting = cfg.data.augment is not None and cfg.data.augment.active
+    return bool(cfg.distill.hints or cfg.distill.attention) and not augmenting
+
+
+def _features(model, data: Dataset, prefix: Path, cfg: config.Config) -> dict[str, dict[str, np.ndarray]]:
+    """The outputs of `model`'s layers that hints and attention name, on the training and validation splits, by
+    split name then layer name: stored in shards beside the cached teacher (`<prefix>.features-<layer>/`, one folder
+    per layer) so a rebuild skips them; a streamed training split is read from disk a shard at a time."""
+    name, split = training_split(data)
+    splits = {name: split.x, "val": data.val.x}
+    keys = {}  # each layer once, with the first recipe key naming it (for the error when it does not exist)
+    for kind, pairs in (("hints", cfg.distill.hints), ("attention", cfg.distill.attention)):
+        for i, pair in enumerate(pairs):
+            keys.setdefault(pair.teacher_layer, f"distill.{kind}[{i}].teacher_layer")
+    features = {split_name: {} for split_name in splits}
+    for layer, key in keys.items():
+        folder = prefix.parent / f"{prefix.name}.features-{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}"
+        for split_name, x in splits.items():
+            if split_name not in shards.rows(folder) or len(shards.rows(folder)[split_name]) != len(x):
+                shards.write(folder, split_name, len(x), lambda start, stop, x=x, layer=layer, key=key:
+                             teacher_features(model, layer, key, x[start:stop]))
+            # Left on disk: training reads each batch's rows from the memory-mapped shards.
+            features[split_name][layer] = shards.rows(folder)[split_name]
+    return features
 
 
 def _soft_targets(model, data: Dataset, folder: Path) -> dict[str, np.ndarray]:

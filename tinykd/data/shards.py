@@ -36,6 +36,52 @@ def read(folder: Path) -> dict[str, np.ndarray]:
     return found
 
 
+class Rows:
+    """A stored array left on disk: its memory-mapped shards, read only at the rows asked for."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.parts[0].shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.parts[0].dtype
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """The rows at the integer index array `rows`, in that order, read from their shards."""
+        rows = np.asarray(rows, np.int64)
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        found = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        for number in np.unique(shard):
+            picked = shard == number
+            found[picked] = self.parts[number][rows[picked] - self.starts[number]]
+        return found
+
+    def __array__(self, dtype=None, copy=None):
+        array = np.concatenate(self.parts)
+        return array if dtype is None else array.astype(dtype)
+
+
+def rows(folder: Path) -> dict[str, Rows]:
+    """Every finished, non-empty array in `folder` left on disk (see `read`), to read a few rows at a time."""
+    index = folder / INDEX
+    if not index.is_file():
+        return {}
+    found = {}
+    for name, entry in json.loads(index.read_text())["arrays"].items():
+        files = [folder / file for file in entry["shards"]]
+        if files and all(file.is_file() for file in files):
+            found[name] = Rows([np.load(file, mmap_mode="r") for file in files])
+    return found
+
+
 def write(folder: Path, name: str, rows: int, compute: Callable[[int, int], np.ndarray]) -> np.ndarray:
     """Compute array `name` of `rows` rows as `compute(start, stop)` per shard, store it and return it."""
     files, parts = [], []
