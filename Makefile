@@ -47,8 +47,8 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# The same suite plus tests marked slow, of which there are none today: the tests build every recipe in smoke mode
-# (tests/test_pipeline.py); the full recipes are built by `make run` and `make bench`.
+# The same suite plus the tests marked slow: the firmware runs on emulated cores, which need a TFLM tree with its
+# third-party code (tinykd firmware check); the full recipes are built by `make run` and `make bench`.
 test-all: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
