@@ -14,7 +14,11 @@ Writes bench/results/fashion_mnist.json with the machine it ran on and every tar
 
 builds only the recipe's arm: the others' figures are carried from --carry-from (default: the results file being
 replaced) and the JSON names where they came from (`baseline_source`, `no_kd_source`). --previous names the results
-of the recipe this one replaces; the targets then compare the new student's accuracy and latency with it.
+of the recipe this one replaces; the targets then compare the new student's accuracy and latency with it. Both
+take FILE@COMMIT for a results file as an earlier commit left it:
+
+    python bench/fashion_mnist.py --variants kd --carry-from bench/results/fashion_mnist.json@e08b8bb \
+        --previous bench/results/fashion_mnist.json@e08b8bb
 """
 
 from __future__ import annotations
@@ -107,10 +111,10 @@ def previous_default(path: Path | None) -> dict | None:
     """The kd student of an earlier results JSON (the default recipe this one replaces), for the targets."""
     if path is None:
         return None
-    earlier = json.loads(path.read_text())
+    earlier, source = _results(path)
     stages = {s["stage"]: s for s in earlier["runs"]["kd"][0]["stages"]}
     int8 = stages["int8"]
-    return {"source": f"{_source(path)} (finished {earlier['machine']['date']}), seed "
+    return {"source": f"{source} (finished {earlier['machine']['date']}), seed "
                       f"{earlier['runs']['kd'][0]['seed']} for MACs, bytes and latency",
             "prune": earlier.get("prune_method") or f"magnitude (sparsity {stages['prune']['sparsity']})",
             "student_int8_accuracy": earlier["student_int8_accuracy"],
@@ -127,17 +131,30 @@ def _carried(path: Path, built: list[str]) -> dict:
     missing = [name for name in VARIANTS if name not in built]
     if not missing:
         return {}
-    if not path.exists():
+    if "@" not in str(path) and not path.exists():
         sys.exit(f"--variants leaves out {', '.join(missing)} but {path} (--carry-from) does not exist")
-    earlier = json.loads(path.read_text())
+    earlier, source = _results(path)
     carried = {}
     for name in missing:
         keys = [f"{name}_int8_accuracy", f"{name}_int8_accuracy_seeds"] + \
             (["no_kd_float_accuracy_seeds"] if name == "no_kd" and "no_kd_float_accuracy_seeds" in earlier else [])
         carried[name] = {"figures": {key: earlier[key] for key in keys},
                          "runs": earlier.get("runs", {}).get(name, []),
-                         "source": CARRY_NOTE[name].format(path=_source(path), date=earlier["machine"]["date"])}
+                         "source": CARRY_NOTE[name].format(path=source, date=earlier["machine"]["date"])}
     return carried
+
+
+def _results(path: Path) -> tuple[dict, str]:
+    """A results JSON and how the JSON names it. `FILE@COMMIT` reads the file as that commit left it (for results
+    this run will replace, such as the recipe before the one benchmarked)."""
+    name, _, commit = str(path).partition("@")
+    if not commit:
+        return json.loads(path.read_text()), _source(path)
+    relative = str(Path(name).resolve().relative_to(REPO))
+    shown = subprocess.run(["git", "show", f"{commit}:{relative}"], cwd=REPO, capture_output=True, text=True)
+    if shown.returncode:
+        sys.exit(f"{path}: {shown.stderr.strip()}")
+    return json.loads(shown.stdout), f"{relative} as of commit {commit}"
 
 
 def _source(path: Path) -> str:

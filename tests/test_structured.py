@@ -110,6 +110,25 @@ def test_pruning_an_output_is_refused():
         thin(model, {"logits": np.array([0, 1])})
 
 
+def test_the_step_that_would_overshoot_the_budget_removes_only_what_meets_it():
+    """Bisection on the share of filters: the share returned meets the budget, one bisection interval less does
+    not, and it is below the whole step the recipe set."""
+    from tinykd.config import BudgetConfig, PruneConfig
+    from tinykd.prune import _least_fraction, within_budget
+
+    model = trained_like(*ZOO["cnn_pool_flatten"])
+    dense_macs = models.count_macs(model)
+    cfg = PruneConfig(method="structured", step_fraction=0.5, budget=BudgetConfig(macs=int(dense_macs * 0.8)))
+    figures = lambda thinned: {"macs": models.count_macs(thinned)}  # noqa: E731
+
+    def meets(fraction):
+        return within_budget(cfg.budget, figures(thin(model, plan(model, fraction))[0]))
+
+    fraction = _least_fraction(model, cfg, figures)
+    assert 0.0 < fraction < cfg.step_fraction and meets(cfg.step_fraction)
+    assert meets(fraction) and not meets(fraction - cfg.step_fraction / 64)
+
+
 def test_structured_pruning_in_a_build_meets_a_mac_budget(tmp_path):
     """The smoke build with `prune: {method: structured}` toward a MAC budget: filters go, the int8 model the
     build converts is the thinner one, and the report accounts for it."""
@@ -127,6 +146,7 @@ def test_structured_pruning_in_a_build_meets_a_mac_budget(tmp_path):
     steps = json.loads((tmp_path / cfg.name / "prune" / "stage.json").read_text())["metrics"]["steps"]
     assert steps[0]["macs"] == dense_macs and steps[-1]["macs"] <= dense_macs // 2
     assert [s["step"] for s in steps] == list(range(len(steps))) and all(s["kept"] for s in steps)
+    assert all(0.0 < s["fraction"] <= 0.3 for s in steps[1:])
     assert steps[-1]["rewind_epochs"] == 1 and 0.0 <= steps[-1]["rewound_val_accuracy"] <= 1.0
     assert all("rewind_epochs" not in s for s in steps[:-1])
     assert report["stages"][-1]["macs"] == steps[-1]["macs"] < dense_macs

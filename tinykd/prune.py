@@ -34,7 +34,7 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, stude
         pruned, steps = prune_structured(student.model, teaching, data, cfg.prune, schedule,
                                          measure=lambda model: _budget_figures(model, data, cfg, board))
         for step in steps[1:]:
-            run.log(f"[prune] step {step['step']}: {step['macs']:,} MACs, {step['tflite_bytes']:,} B, "
+            run.log(f"[prune] step {step['step']} ({step['fraction']:.1%} of filters): {step['macs']:,} MACs, {step['tflite_bytes']:,} B, "
                     f"{step['latency_ms']:.2f} ms on {board}, val {step['val_accuracy']:.4f}"
                     + ("" if step["kept"] else " (over max_accuracy_drop: undone)")
                     + (f"; after {step['rewind_epochs']} rewind epochs val {step['rewound_val_accuracy']:.4f}"
@@ -105,9 +105,14 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
     for number in range(1, cfg.max_steps + 1):
         if cfg.budget is not None and within_budget(cfg.budget, steps[-1]):
             break
-        thinned, _ = thin(current, plan(current, cfg.step_fraction, cfg.score, cfg.scope))
+        fraction = cfg.step_fraction
+        thinned, _ = thin(current, plan(current, fraction, cfg.score, cfg.scope))
+        if cfg.budget is not None and within_budget(cfg.budget, measure(thinned)):
+            fraction = _least_fraction(current, cfg, measure)
+            thinned, _ = thin(current, plan(current, fraction, cfg.score, cfg.scope))
         distill(teaching, thinned, data, replace(schedule, seed=schedule.seed + number))
-        step = {"step": number, "val_accuracy": accuracy(thinned, data.val), **measure(thinned)}
+        step = {"step": number, "fraction": round(fraction, 4), "val_accuracy": accuracy(thinned, data.val),
+                **measure(thinned)}
         step["kept"] = reference - step["val_accuracy"] <= cfg.max_accuracy_drop
         steps.append(step)
         if not step["kept"]:
@@ -122,6 +127,26 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
         kept["rewind_epochs"] = cfg.rewind_epochs
         kept["rewound_val_accuracy"] = accuracy(current, data.val)
     return current, steps
+
+
+def _least_fraction(model, cfg: PruneConfig, measure, halvings: int = 6) -> float:
+    """The smallest share of channels, at most `cfg.step_fraction`, whose removal from `model` meets the budget.
+
+    The last step removes only what the budget needs, so the board gets the most filters it can afford instead of
+    a whole step's fewer. Bytes, MACs and latency depend on the shapes alone, so the untrained thinned model is
+    measured (a conversion and an estimate each, seconds); bisection to 1/64 of a step.
+    """
+    from tinykd.structured import plan, thin
+
+    low, high = 0.0, cfg.step_fraction  # removing `low` misses the budget, removing `high` meets it
+    for _ in range(halvings):
+        middle = (low + high) / 2
+        thinned, _ = thin(model, plan(model, middle, cfg.score, cfg.scope))
+        if within_budget(cfg.budget, measure(thinned)):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def within_budget(budget, measured: dict) -> bool:
