@@ -169,6 +169,20 @@ def test_shards_round_trip_and_an_unfinished_array_is_not_read(tmp_path, monkeyp
     assert set(shards.read(tmp_path)) == set(shards.rows(tmp_path)) == {"train"}
 
 
+def test_large_rows_go_to_smaller_shards_and_the_array_stays_on_disk(tmp_path, monkeypatch):
+    """Rows of 4 KiB (a hint layer's, not a logit's) with 16 KiB shards: the first shard has FIRST_ROWS rows, the
+    later ones 4; what write returns is read from the memory-mapped shards, and rows come back across them."""
+    monkeypatch.setattr(shards, "FIRST_ROWS", 3)
+    monkeypatch.setattr(shards, "SHARD_BYTES", 16 << 10)
+    values = np.random.default_rng(0).normal(size=(13, 32, 32)).astype(np.float32)
+    asked = []
+    stored = shards.write(tmp_path, "train", 13, lambda start, stop: asked.append((start, stop)) or values[start:stop])
+    assert asked == [(0, 3), (3, 7), (7, 11), (11, 13)]
+    assert isinstance(stored, shards.Rows) and all(isinstance(part, np.memmap) for part in stored.parts)
+    np.testing.assert_array_equal(stored[[12, 0, 3, 6, 7]], values[[12, 0, 3, 6, 7]])
+    np.testing.assert_array_equal(shards.read(tmp_path)["train"], values)
+
+
 def test_streamed_teacher_logits_are_the_in_memory_ones(tmp_path):
     memory, streamed = both(image_cfg(make_image_folder(tmp_path, per_class=12)))
     model = keras.Sequential([keras.Input((12, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])

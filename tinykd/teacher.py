@@ -188,8 +188,8 @@ def _soft_targets(model, data: Dataset, folder: Path) -> dict[str, np.ndarray]:
         if name in stored and stored[name].shape[0] == len(x):
             logits[name] = stored[name]
         else:
-            logits[name] = shards.write(folder, name, len(x), lambda start, stop, x=x: teacher_logits(model,
-                                                                                                      x[start:stop]))
+            logits[name] = np.asarray(shards.write(folder, name, len(x),
+                                                   lambda start, stop, x=x: teacher_logits(model, x[start:stop])))
     return logits
 
 

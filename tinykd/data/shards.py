@@ -18,7 +18,9 @@ import numpy as np
 from tinykd import artifacts
 
 INDEX = "index.json"
-ROWS = 8192  # rows per shard: 8192 logits of 10 classes are 320 KiB
+ROWS = 8192  # rows per shard at most: 8192 logits of 10 classes are 320 KiB
+FIRST_ROWS = 1024  # the first shard's rows, before the size of a row is known
+SHARD_BYTES = 64 << 20  # the later shards' size when rows are large (hint layers)
 
 
 def read(folder: Path) -> dict[str, np.ndarray]:
@@ -82,20 +84,35 @@ def rows(folder: Path) -> dict[str, Rows]:
     return found
 
 
-def write(folder: Path, name: str, rows: int, compute: Callable[[int, int], np.ndarray]) -> np.ndarray:
-    """Compute array `name` of `rows` rows as `compute(start, stop)` per shard, store it and return it."""
-    files, parts = [], []
-    for number, start in enumerate(range(0, rows, ROWS)):
-        part = np.asarray(compute(start, min(rows, start + ROWS)))
+def write(folder: Path, name: str, rows: int, compute: Callable[[int, int], np.ndarray]) -> Rows | np.ndarray:
+    """Compute array `name` of `rows` rows as `compute(start, stop)` per shard and store it; returns it left on disk
+    (`Rows`), so only one shard is ever in memory. A shard holds at most `ROWS` rows and, after the first, about
+    `SHARD_BYTES` (hint layers can be kilobytes a row where logits are 40 bytes)."""
+    files, shape, dtype, start = [], (rows,), np.dtype(np.float32), 0
+    while start < rows or not files and rows == 0:
+        stop = min(rows, start + _shard_rows(shape, dtype, first=not files))
+        part = np.asarray(compute(start, stop))
+        shape, dtype = (rows, *part.shape[1:]), part.dtype
+        if rows == 0:
+            break
         buffer = io.BytesIO()
         np.save(buffer, part, allow_pickle=False)
-        file = f"{name}-{number:05d}.npy"
+        file = f"{name}-{len(files):05d}.npy"
         artifacts.write_bytes(folder / file, buffer.getvalue())
         files.append(file)
-        parts.append(part)
-    array = np.concatenate(parts)
+        start = stop
     index = folder / INDEX
     arrays = json.loads(index.read_text())["arrays"] if index.is_file() else {}
-    arrays[name] = {"rows": rows, "shape": list(array.shape), "dtype": str(array.dtype), "shards": files}
+    arrays[name] = {"rows": rows, "shape": list(shape), "dtype": str(dtype), "shards": files}
     artifacts.write_json(index, {"arrays": arrays, "rows_per_shard": ROWS})
-    return array
+    if not files:
+        return np.zeros(shape, dtype)
+    return Rows([np.load(folder / file, mmap_mode="r") for file in files])
+
+
+def _shard_rows(shape: tuple[int, ...], dtype: np.dtype, first: bool) -> int:
+    """Rows for the next shard: a small first one (the row size is not known yet), then about SHARD_BYTES."""
+    if first:
+        return min(ROWS, FIRST_ROWS)
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    return max(1, min(ROWS, SHARD_BYTES // row_bytes))
