@@ -22,6 +22,8 @@ from tinykd.config import DISTRIBUTE_STRATEGIES
 from tinykd.errors import ConfigError
 
 STRATEGIES = DISTRIBUTE_STRATEGIES
+# The one environment variable read outside the shim and the CLI: TensorFlow's MultiWorkerMirroredStrategy takes
+# its cluster from TF_CONFIG itself, so tinykd checks the same variable it will read, before it hangs on a bad one.
 ENV = "TF_CONFIG"
 EXAMPLE = ('{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
            '"task": {"type": "worker", "index": 0}}')
