@@ -485,6 +485,24 @@ def search_table(results: dict) -> str:
     if missing:
         notes.append(f"Not run yet: {', '.join(missing)}.")
     return table(header, rows) + "\n" + "".join(f"{note}\n" for note in notes) + "\n" + machine(r)
+
+
+def readme_search(results: dict) -> str:
+    """One line per recipe for the README: the searched student against the default, and whether it was claimed."""
+    r = results.get("search", {})
+    parts = []
+    for name, label in (("fashion_mnist", "Fashion-MNIST"), ("kws", "keywords")):
+        if name not in r:
+            parts.append(f"{label}: not run yet")
+            continue
+        x = r[name]
+        parts.append(f"{label} on {x['board']}, searched `{x['searched_student']}` "
+                     f"{pct(x['searched_int8_accuracy'])} vs default {pct(x['default_int8_accuracy'])} int8, "
+                     f"{x['searched_latency_ms']:.1f} vs {x['default_latency_ms']:.1f} ms ({len(x['seeds'])} "
+                     f"seed{'s' if len(x['seeds']) > 1 else ''}{', reduced run' if x.get('reduced') else ''})")
+    return f"Measured ([bench/README.md](bench/README.md)): {'; '.join(parts)}.\n"
+
+
 def data_streaming_table(results: dict) -> str:
     """data.stream: distillation steps/s streamed against in memory, and the peak RSS of a 60,000-image build."""
     r = results["data_streaming"]
@@ -545,6 +563,7 @@ REGIONS = {
     "kws-notes": kws_notes,
     "kws_stream": kws_stream_table,
     "search": search_table,
+    "readme-search": readme_search,
     "data_streaming": data_streaming_table,
     "readme-data_streaming": readme_data_streaming,
     "kd_ablation-fashion_mnist": lambda results: kd_ablation_table(results, "fashion_mnist"),
