@@ -388,8 +388,8 @@ class PruneConfig:
     prunable layer's remaining channels (ranked by `score`; `scope` layer or global), rebuilds a thinner dense model
     and fine-tunes it `epochs`, except that a step which would overshoot the budget removes only the share that
     meets it (found on the untrained thinned model, whose figures depend on its shapes alone); steps stop when
-    `budget` is met, after `max_steps`, or when a step would cost more
-    than `max_accuracy_drop` validation accuracy against the distilled student (that step is undone). Then, with
+    `budget` is met, after `max_steps`, or when a step would cost more than `max_accuracy_drop` validation
+    accuracy against the distilled student (that step is undone). Then, with
     `rewind_epochs`, the kept model retrains that long at the distillation's learning rate (learning-rate
     rewinding, Renda et al. 2020: short fine-tunes at a small rate leave accuracy behind that a fresh schedule
     recovers).

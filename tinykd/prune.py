@@ -34,8 +34,9 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, stude
         pruned, steps = prune_structured(student.model, teaching, data, cfg.prune, schedule,
                                          measure=lambda model: _budget_figures(model, data, cfg, board))
         for step in steps[1:]:
-            run.log(f"[prune] step {step['step']} ({step['fraction']:.1%} of filters): {step['macs']:,} MACs, {step['tflite_bytes']:,} B, "
-                    f"{step['latency_ms']:.2f} ms on {board}, val {step['val_accuracy']:.4f}"
+            run.log(f"[prune] step {step['step']} ({step['fraction']:.1%} of filters): {step['macs']:,} MACs, "
+                    f"{step['tflite_bytes']:,} B, {step['latency_ms']:.2f} ms on {board}, "
+                    f"val {step['val_accuracy']:.4f}"
                     + ("" if step["kept"] else " (over max_accuracy_drop: undone)")
                     + (f"; after {step['rewind_epochs']} rewind epochs val {step['rewound_val_accuracy']:.4f}"
                        if "rewind_epochs" in step else ""))

@@ -88,31 +88,31 @@ def write(folder: Path, name: str, rows: int, compute: Callable[[int, int], np.n
     """Compute array `name` of `rows` rows as `compute(start, stop)` per shard and store it; returns it left on disk
     (`Rows`), so only one shard is ever in memory. A shard holds at most `ROWS` rows and, after the first, about
     `SHARD_BYTES` (hint layers can be kilobytes a row where logits are 40 bytes)."""
-    files, shape, dtype, start = [], (rows,), np.dtype(np.float32), 0
-    while start < rows or not files and rows == 0:
-        stop = min(rows, start + _shard_rows(shape, dtype, first=not files))
+    files, part, start = [], None, 0
+    while start < rows:
+        stop = min(rows, start + _shard_rows(part))
         part = np.asarray(compute(start, stop))
-        shape, dtype = (rows, *part.shape[1:]), part.dtype
-        if rows == 0:
-            break
         buffer = io.BytesIO()
         np.save(buffer, part, allow_pickle=False)
         file = f"{name}-{len(files):05d}.npy"
         artifacts.write_bytes(folder / file, buffer.getvalue())
         files.append(file)
         start = stop
+    if part is None:  # no rows: no shard, but the index still records the shape and dtype `read` gives back
+        part = np.asarray(compute(0, 0))
+    shape = (rows, *part.shape[1:])
     index = folder / INDEX
     arrays = json.loads(index.read_text())["arrays"] if index.is_file() else {}
-    arrays[name] = {"rows": rows, "shape": list(shape), "dtype": str(dtype), "shards": files}
+    arrays[name] = {"rows": rows, "shape": list(shape), "dtype": str(part.dtype), "shards": files}
     artifacts.write_json(index, {"arrays": arrays, "rows_per_shard": ROWS})
     if not files:
-        return np.zeros(shape, dtype)
+        return np.zeros(shape, part.dtype)
     return Rows([np.load(folder / file, mmap_mode="r") for file in files])
 
 
-def _shard_rows(shape: tuple[int, ...], dtype: np.dtype, first: bool) -> int:
+def _shard_rows(previous: np.ndarray | None) -> int:
     """Rows for the next shard: a small first one (the row size is not known yet), then about SHARD_BYTES."""
-    if first:
+    if previous is None:
         return min(ROWS, FIRST_ROWS)
-    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    row_bytes = max(1, previous.nbytes // len(previous))
     return max(1, min(ROWS, SHARD_BYTES // row_bytes))
