@@ -79,19 +79,43 @@ class NormalizeConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
-    """Training-only image augmentation; validation, test, calibration and the device never see it."""
+    """Training-only augmentation; validation, test, calibration and the device never see it.
+
+    Images: flips, shifts and crops of the input. Audio (format speech_commands), as TensorFlow's speech_commands
+    trains: each clip moves by up to `time_shift_ms` either way (zero-padded), and `background_frequency` of the
+    clips get a random cut of a `_background_noise_` recording at a gain drawn from [0, background_volume]; the
+    front-end then runs on the changed clip, so every epoch sees new features (tinykd.audio.augment).
+    """
 
     flip_horizontal: bool = False
     shift_fraction: float = 0.0
     crop_fraction: float = 0.0
+    time_shift_ms: int = 0
+    background_frequency: float = 0.0
+    background_volume: float = 0.0
 
     def __post_init__(self):
         _require(0.0 <= self.shift_fraction < 0.5, "shift_fraction", "must be in [0, 0.5), e.g. 0.1")
         _require(0.0 <= self.crop_fraction < 0.5, "crop_fraction", "must be in [0, 0.5), e.g. 0.1")
+        _require(0 <= self.time_shift_ms <= 500, "time_shift_ms", "must be from 0 to 500 ms, e.g. 100")
+        _require(0.0 <= self.background_frequency <= 1.0, "background_frequency",
+                 "must be in [0, 1]: the share of training clips that get background noise, e.g. 0.8")
+        _require(0.0 <= self.background_volume <= 1.0, "background_volume",
+                 "must be in [0, 1]: the largest gain of the noise recording, e.g. 0.1")
+        _require((self.background_frequency > 0.0) == (self.background_volume > 0.0), "background_volume",
+                 "and background_frequency go together: set both above 0 (e.g. 0.1 and 0.8), or neither")
+
+    @property
+    def image(self) -> bool:
+        return self.flip_horizontal or self.shift_fraction > 0.0 or self.crop_fraction > 0.0
+
+    @property
+    def audio(self) -> bool:
+        return self.time_shift_ms > 0 or self.background_frequency > 0.0
 
     @property
     def active(self) -> bool:
-        return self.flip_horizontal or self.shift_fraction > 0.0 or self.crop_fraction > 0.0
+        return self.image or self.audio
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +187,13 @@ class DataConfig:
         _require(self.unlabeled != UNLABELED_REST or self.labeled_samples is not None, "unlabeled",
                  "'rest' means the training samples beyond labeled_samples; set data.labeled_samples too")
         self._check_keywords()
+        if self.augment is not None and self.augment.audio:
+            _require(self.format == "speech_commands", "augment",
+                     "time_shift_ms, background_frequency and background_volume change audio clips (format "
+                     f"speech_commands); {self.format} gives images: use flip_horizontal, shift_fraction, crop_fraction")
+            _require(not (self.unlabeled or self.labeled_samples), "augment",
+                     "audio augmentation cannot be combined with data.unlabeled or data.labeled_samples yet; "
+                     "remove one of them")
 
     def _check_keywords(self) -> None:
         _require(len(self.keywords) > 0 and len(set(self.keywords)) == len(self.keywords), "keywords",

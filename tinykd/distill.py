@@ -416,7 +416,7 @@ def _dataset(split: Split, logits: np.ndarray | None, schedule: Schedule, traini
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dataset = dataset.with_options(options)
     if training:
-        if schedule.augmenting:
+        if schedule.augmenting and schedule.augment.image:  # audio is augmented before its front-end, in `split.x`
             augment = _augmenter(schedule.augment, tuple(split.x.shape[1:]), schedule.seed)
             dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(schedule.batch_size)

@@ -77,8 +77,8 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
                   test=raw.test.head(cfg.max_test_samples))
     raw = _with_unlabeled(raw, cfg, seed, search_dirs)
     if frontend is not None:
-        raw = _through_frontend(raw, frontend)
-    if cfg.augment is not None and cfg.augment.active and len(raw.input_shape) != 3:
+        raw = _through_frontend(raw, frontend, cfg.augment)
+    if cfg.augment is not None and cfg.augment.image and len(raw.input_shape) != 3:
         raise ConfigError(f"data.augment: flips, shifts and crops need images (height, width, channels), but "
                           f"{raw.source} gives inputs of shape {raw.input_shape}; remove data.augment")
     preprocessing = raw.preprocessing
@@ -88,6 +88,8 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
               "scale": preprocessing.raw_scale, "offset": preprocessing.raw_offset}
     if cfg.labeled_samples is not None:  # added only when used, so other fingerprints (and cached teachers) stay
         limits["labeled"] = cfg.labeled_samples
+    if cfg.augment is not None and cfg.augment.active:  # what every training stage sees, the teacher's too
+        limits["augment"] = dataclasses.asdict(cfg.augment)
     if raw.unlabeled is not None:
         limits["unlabeled"] = hashlib.sha256(np.ascontiguousarray(raw.unlabeled).tobytes()).hexdigest()[:16]
     fingerprint = hashlib.sha256((raw.fingerprint + json.dumps(limits, sort_keys=True)).encode()).hexdigest()[:16]
@@ -154,13 +156,16 @@ def _read_unlabeled(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...]) -
     return [split.x for split in (other.train, other.val, other.test) if len(split)]
 
 
-def _through_frontend(raw: Dataset, frontend) -> Dataset:
+def _through_frontend(raw: Dataset, frontend, augment=None) -> Dataset:
     """Clips -> microfrontend uint16 -> int8 features (the firmware's input) -> the float the model trains on.
 
     The model's input is (int8 + 128) / 256, so `raw` for the firmware is the int8 feature itself and its
     quantized input tensor receives exactly that int8 (tinykd.audio.INPUT_SCALE and INPUT_ZERO_POINT).
+    With audio augmentation (`augment.audio`) the training clips stay clips, in memory or on disk, and the
+    pipeline computes their features from augmented audio every epoch (tinykd.audio.augment).
     """
     from tinykd.audio import INPUT_SCALE, INPUT_ZERO_POINT, features, to_int8
+    from tinykd.audio.augment import waveform_augmenter
 
     def split_features(split: Split) -> Split:
         if streaming.is_streamed(split.x):  # the same op and settings, per clip in the pipeline
@@ -177,6 +182,13 @@ def _through_frontend(raw: Dataset, frontend) -> Dataset:
     unlabeled = None
     if raw.unlabeled is not None:
         unlabeled = split_features(Split(x=raw.unlabeled, y=np.zeros(len(raw.unlabeled), dtype=np.int64))).x
-    return replace(raw, train=split_features(raw.train), val=split_features(raw.val),
+    train = raw.train
+    if augment is not None and augment.audio:
+        if not streaming.is_streamed(train.x):  # rows of the array, read per example like files
+            train = Split(x=streaming.StreamedInputs(sources=tuple(range(len(train))), read=train.x.__getitem__,
+                                                     raw_shape=tuple(train.x.shape[1:])), y=train.y)
+        apply = waveform_augmenter(augment, frontend.sample_rate_hz, frontend.clip_samples, raw.background)
+        train = Split(x=train.x.augmented(apply), y=train.y)
+    return replace(raw, train=split_features(train), val=split_features(raw.val),
                    test=split_features(raw.test), test_audio=raw.test.x, preprocessing=preprocessing,
                    fingerprint=f"{raw.fingerprint}:{settings[:16]}", unlabeled=unlabeled)

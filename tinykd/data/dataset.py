@@ -56,6 +56,7 @@ class Dataset:
     repairs: tuple[tuple[str, int], ...] = ()
     test_audio: np.ndarray | None = None  # the test clips before the front-end (golden vectors, parity checks)
     unlabeled: np.ndarray | None = None  # model inputs without labels (data.unlabeled, data.labeled_samples)
+    background: tuple[np.ndarray, ...] = ()  # audio: the _background_noise_ recordings (data.augment mixes them in)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -96,6 +96,7 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
         fingerprint=digest.hexdigest()[:16],
         skipped=tuple(skipped),
         repairs=tuple((kind, repairs[kind]) for kind in REPAIRS),
+        background=tuple(noise),
     )
 
 
@@ -156,7 +157,8 @@ def _background(root: Path, cfg: DataConfig, repairs: Counter, skipped: list, di
     for path in files:
         stat = path.stat()
         digest.update(f"{BACKGROUND}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-        samples = _mono(path, cfg, repairs, skipped) if cfg.silence_fraction > 0 else None
+        wanted = cfg.silence_fraction > 0 or (cfg.augment is not None and cfg.augment.background_frequency > 0)
+        samples = _mono(path, cfg, repairs, skipped) if wanted else None
         if samples is not None:
             noise.append(samples if len(samples) >= _length(cfg) else wav.fit(samples, _length(cfg))[0])
     return noise

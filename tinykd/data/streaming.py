@@ -56,6 +56,9 @@ class StreamedInputs:
     read: Callable[[object], np.ndarray]
     raw_shape: tuple[int, ...]
     frontend: object | None = None  # tinykd.audio.FrontendConfig: clips become int8 features (model input units)
+    # Training only (`examples` with a seed): `augment(raw, seed) -> raw` changes each read sample before the
+    # front-end (tinykd.audio.augment), with a fresh per-example seed pair every epoch.
+    augment: Callable | None = None
     scale: float = 1.0
     offset: float = 0.0
 
@@ -95,6 +98,10 @@ class StreamedInputs:
         """Clips as the front-end's int8 features, (frames, channels, 1) float32, as tinykd.data does in memory."""
         return replace(self, frontend=frontend)
 
+    def augmented(self, augment: Callable) -> "StreamedInputs":
+        """The same inputs, changed by `augment(raw, seed)` in training pipelines (`examples` with a seed)."""
+        return replace(self, augment=augment)
+
     def samples(self, order=None):
         """A tf.data pipeline of single inputs: in order, or in the order of the int64 dataset `order`."""
         from tinykd.keras_shim import tf
@@ -105,7 +112,9 @@ class StreamedInputs:
     def examples(self, targets, seed: int | None):
         """(input, targets[i]) pairs; shuffled afresh each epoch from `seed` when given, in order otherwise.
 
-        `targets` is an array or a tuple of arrays with one row per input (labels, teacher logits).
+        `targets` is an array or a tuple of arrays with one row per input (labels, teacher logits). With a seed
+        and an `augment`, each input is augmented with a seed pair of (a draw from the recipe's seed that changes
+        every epoch, its index).
         """
         from tinykd.keras_shim import tf
 
@@ -113,8 +122,16 @@ class StreamedInputs:
         if seed is not None:
             order = order.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
         table = tf.nest.map_structure(tf.constant, targets)
-        return order.map(lambda i: (self._sample(i), tf.nest.map_structure(lambda t: tf.gather(t, i), table)),
-                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        def example(i, draw=None):
+            sample = self._sample(i, None if draw is None else tf.stack([draw, i]))
+            return sample, tf.nest.map_structure(lambda t: tf.gather(t, i), table)
+
+        if seed is not None and self.augment is not None:
+            draws = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+            return tf.data.Dataset.zip((order, draws)).map(example, num_parallel_calls=tf.data.AUTOTUNE,
+                                                           deterministic=True)
+        return order.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def batches(self, batch_size: int):
         """Batches of inputs in order, prefetched (what `predict` reads)."""
@@ -130,13 +147,15 @@ class StreamedInputs:
         order = tf.data.Dataset.from_tensor_slices(np.asarray(picks, np.int64))
         return np.concatenate(list(self.samples(order).batch(256).as_numpy_iterator()))
 
-    def _sample(self, index):
+    def _sample(self, index, augment_seed=None):
         from tinykd.keras_shim import tf
 
         sources, read = self.sources, self.read
         raw = tf.numpy_function(lambda i: np.asarray(read(sources[int(i)]), np.float32), [index], tf.float32,
                                 stateful=False)
         raw.set_shape(self.raw_shape)
+        if augment_seed is not None:
+            raw = self.augment(raw, augment_seed)
         x = raw if self.frontend is None else _features(raw, self.frontend)
         if self.scale == 1.0 and self.offset == 0.0:
             return x

@@ -1,0 +1,117 @@
+"""data.augment for keyword clips: time shift and background noise on the waveform, before the real front-end,
+fresh every epoch, never on validation, test or calibration inputs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import SMOKE_RECIPE
+from test_data_streaming import make_clips
+from test_speech_commands import sc_cfg
+from tinykd import config
+from tinykd.audio import FrontendConfig
+from tinykd.audio.augment import waveform_augmenter
+from tinykd.data import load, streaming
+from tinykd.distill import Schedule, _dataset
+from tinykd.errors import ConfigError
+from tinykd.keras_shim import tf
+
+SAMPLES = 1600
+
+
+def run(apply, clip, seed):
+    return apply(tf.constant(clip, tf.float32), tf.constant(seed, tf.int64)).numpy()
+
+
+def test_a_shift_moves_the_clip_by_at_most_time_shift_and_zero_pads_the_gap():
+    apply = waveform_augmenter(config.AugmentConfig(time_shift_ms=10), 16000, SAMPLES, ())  # 160 samples
+    clip = np.zeros(SAMPLES, np.float32)
+    clip[800] = 1000.0
+    moves = set()
+    for seed in range(60):
+        out = run(apply, clip, [seed, 7])
+        (where,) = np.flatnonzero(out)
+        assert out[where] == 1000.0 and abs(where - 800) <= 160
+        moves.add(where - 800)
+    assert len(moves) > 20 and min(moves) < 0 < max(moves)
+    edge = np.full(SAMPLES, 5.0, np.float32)
+    shifted = [run(apply, edge, [seed, 0]) for seed in range(10)]
+    assert any(out[0] == 0.0 or out[-1] == 0.0 for out in shifted)  # padded with silence, not wrapped
+
+
+def test_background_is_a_cut_of_a_recording_at_a_gain_up_to_the_volume_in_the_asked_share_of_clips():
+    ramp = 40.0 * np.arange(5 * SAMPLES, dtype=np.float32)  # a recording whose cuts rise 40 per sample
+    augment = config.AugmentConfig(background_frequency=0.5, background_volume=0.1)
+    apply = waveform_augmenter(augment, 16000, SAMPLES, (ramp,))
+    mixed = 0
+    for seed in range(200):
+        out = run(apply, np.zeros(SAMPLES, np.float32), [seed, 3])
+        if not out.any():
+            continue
+        mixed += 1
+        assert np.all(np.diff(out) >= 0)  # one contiguous cut of the ramp, not wrapped or pieced together
+        gain = (out[-1] - out[0]) / (40.0 * (SAMPLES - 1))
+        assert 0.0 <= gain <= 0.1 + 1e-3
+        assert out[0] / max(gain, 1e-9) <= 40.0 * (4 * SAMPLES) + 1 / max(gain, 1e-9)  # the cut fits the recording
+    assert 70 <= mixed <= 130  # half of 200, binomial spread well inside
+
+
+def test_the_same_seed_gives_the_same_clip_and_values_stay_int16():
+    rng = np.random.default_rng(0)
+    loud = rng.integers(-32768, 32767, SAMPLES).astype(np.float32)
+    augment = config.AugmentConfig(time_shift_ms=20, background_frequency=1.0, background_volume=1.0)
+    apply = waveform_augmenter(augment, 16000, SAMPLES, (rng.normal(0, 20000, 5 * SAMPLES),))
+    first, again, other = run(apply, loud, [1, 2]), run(apply, loud, [1, 2]), run(apply, loud, [2, 2])
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert first.min() >= -32768 and first.max() <= 32767 and np.array_equal(first, np.round(first))
+
+
+def test_noise_without_recordings_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match="data.augment.background_frequency: .*_background_noise_"):
+        waveform_augmenter(config.AugmentConfig(background_frequency=0.8, background_volume=0.1), 16000, SAMPLES, ())
+
+
+@pytest.mark.parametrize("stream", ["never", "always"])
+def test_training_features_change_every_epoch_and_nothing_else_is_augmented(tmp_path, stream):
+    augment = config.AugmentConfig(time_shift_ms=100, background_frequency=0.8, background_volume=0.5)
+    cfg = sc_cfg(make_clips(tmp_path / "sc"), keywords=("yes", "no"), unknown_fraction=0.5, silence_fraction=0.5,
+                 stream=stream)
+    plain = load(cfg, seed=3, frontend=FrontendConfig())
+    data = load(replace(cfg, augment=augment), seed=3, frontend=FrontendConfig())
+    assert streaming.is_streamed(data.train.x) and data.fingerprint != plain.fingerprint
+    # What the pipeline reads outside training (calibration rows, predict) is the clip's own features.
+    np.testing.assert_array_equal(np.asarray(data.train.x), np.asarray(plain.train.x))
+    np.testing.assert_array_equal(data.val.x, plain.val.x)
+    np.testing.assert_array_equal(data.test.x, plain.test.x)
+
+    schedule = Schedule(epochs=2, batch_size=64, learning_rate=1e-3, seed=5, augment=augment)
+    training = _dataset(data.train, None, schedule, training=True)
+    first, second = epoch_rows(training), epoch_rows(training)  # the order is shuffled: compare sorted rows
+    assert not np.array_equal(first, rows(plain.train.x)) and not np.array_equal(first, second)
+    # A new pipeline with the same seed repeats the first epoch.
+    np.testing.assert_array_equal(epoch_rows(_dataset(data.train, None, schedule, training=True)), first)
+
+
+def rows(x) -> np.ndarray:
+    """The inputs as sorted flat rows: the same multiset of inputs gives the same array in any order."""
+    flat = np.asarray(x).reshape(len(x), -1)
+    return flat[np.lexsort(flat.T[::-1])]
+
+
+def epoch_rows(dataset) -> np.ndarray:
+    return rows(np.concatenate([x for x, _ in dataset.as_numpy_iterator()]))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({}, "data.augment: time_shift_ms, .* change audio clips"),  # the smoke recipe is Fashion-MNIST
+    ({"data.format": "speech_commands", "data.path": "x", "data.labeled_samples": "64"},
+     "data.augment: audio augmentation cannot be combined with data.unlabeled or data.labeled_samples"),
+    ({"data.augment": "{background_frequency: 0.8}"}, "data.augment.background_volume: and background_frequency go"),
+])
+def test_audio_augmentation_is_refused_where_it_cannot_apply(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(SMOKE_RECIPE, {"data.augment": "{time_shift_ms: 100}"} | changes)

@@ -1,0 +1,60 @@
+"""Training-only augmentation of keyword clips, before the front-end, as TensorFlow's speech_commands trains.
+
+A device hears a word anywhere in its one-second window, over whatever noise the room has; a clip read from disk
+always holds it at one place over one noise. So each training epoch moves every clip by a random shift of up to
+`time_shift_ms` either way (the gap zero-padded, as TensorFlow's `time_shift_ms`) and mixes a random cut of a
+`_background_noise_` recording into `background_frequency` of them at a gain uniform in [0, background_volume]
+(TensorFlow's `background_frequency` and `background_volume`). The sum is rounded and clipped to int16, then the
+front-end computes the features the model trains on, so every epoch's features are what the device would compute
+from that audio. The teacher runs on the same augmented inputs (no stored soft targets are used).
+
+Randomness is stateless: each clip's draws come from a per-example seed (tinykd.data.streaming makes them from
+the recipe's seed), so a build is repeatable.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from tinykd.config import AugmentConfig
+from tinykd.errors import ConfigError
+
+
+def waveform_augmenter(augment: AugmentConfig, sample_rate_hz: int, clip_samples: int,
+                       background: Sequence[np.ndarray]):
+    """`apply(clip, seed) -> clip`: one float32 clip in int16 units, changed as `augment` says; `seed` is an int64
+    pair for TensorFlow's stateless random ops.
+
+    Raises:
+        ConfigError: background noise is asked for but the data has no `_background_noise_` recordings.
+    """
+    from tinykd.keras_shim import tf
+
+    if augment.background_frequency > 0.0 and not background:
+        raise ConfigError("data.augment.background_frequency: the data set has no _background_noise_ recordings to "
+                          "mix in; add WAV files to <data.path>/_background_noise_ or set background_frequency and "
+                          "background_volume to 0")
+    shift = augment.time_shift_ms * sample_rate_hz // 1000
+    recordings = [np.asarray(r, np.float32) for r in background if len(r) >= clip_samples]
+    noise = tf.constant(np.concatenate(recordings) if recordings else np.zeros(clip_samples, np.float32))
+    starts = tf.constant(np.cumsum([0] + [len(r) for r in recordings[:-1]]), tf.int64)
+    spans = tf.constant([len(r) - clip_samples + 1 for r in recordings] or [1], tf.int64)
+
+    def apply(clip, seed):
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
+        if shift:
+            amount = tf.random.stateless_uniform([], seeds[0], -shift, shift + 1, dtype=tf.int32)
+            padded = tf.pad(clip, [[shift, shift]])
+            clip = tf.slice(padded, [shift - amount], [clip_samples])  # a static length for the front-end
+        if augment.background_frequency > 0.0 and recordings:
+            which = tf.random.stateless_uniform([], seeds[1], 0, len(recordings), dtype=tf.int32)
+            offset = tf.random.stateless_uniform([], seeds[2], 0, tf.int64.max, dtype=tf.int64) % spans[which]
+            start = starts[which] + offset
+            mixed = tf.random.stateless_uniform([], seeds[3]) < augment.background_frequency
+            gain = tf.random.stateless_uniform([], seeds[4], 0.0, augment.background_volume)
+            clip = clip + tf.where(mixed, gain, 0.0) * tf.slice(noise, [start], [clip_samples])
+        return tf.clip_by_value(tf.round(clip), -32768.0, 32767.0)
+
+    return apply
