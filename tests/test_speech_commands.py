@@ -8,6 +8,7 @@ import math
 import os
 import re
 import wave
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -267,3 +268,16 @@ def test_recipe_keys_are_checked_at_load(tmp_path):
     data_section("synthesize: true")
     with pytest.raises(ConfigError, match="data.synthesize: applies only to format speech_commands"):
         config.load(recipe, {"data.format": "fashion_mnist", "data.path": "null"})
+
+
+def test_the_training_split_can_take_more_negatives_while_val_and_test_keep_their_clips(layout):
+    cfg = sc_cfg(layout, unknown_fraction=0.2, silence_fraction=0.2)
+    same = load(cfg, seed=0)
+    more = load(replace(cfg, train_unknown_fraction=1.0, train_silence_fraction=0.5), seed=0)
+    counts = {name: np.bincount(split.y, minlength=3)[:2] for name, split in (("same", same.train), ("more", more.train))}
+    keywords = int((same.train.y >= 2).sum())
+    assert counts["more"][1] > counts["same"][1] and counts["more"][0] == math.ceil(0.5 * keywords)
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(getattr(more, split).x, getattr(same, split).x)
+        np.testing.assert_array_equal(getattr(more, split).y, getattr(same, split).y)
+    assert more.fingerprint != same.fingerprint

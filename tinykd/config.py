@@ -142,6 +142,10 @@ class DataConfig:
     keywords: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
     unknown_fraction: float = 0.1
     silence_fraction: float = 0.1
+    # The training split's own shares (null: the two above). Validation and test keep the evaluation mix above, so
+    # training on more negatives does not change the clips a model is judged on.
+    train_unknown_fraction: float | None = None
+    train_silence_fraction: float | None = None
     sample_rate_hz: int = 16000
     clip_ms: int = 1000
     synthesize: bool = False
@@ -195,6 +199,13 @@ class DataConfig:
                      "audio augmentation cannot be combined with data.unlabeled or data.labeled_samples yet; "
                      "remove one of them")
 
+    def fractions(self, split: str) -> tuple[float, float]:
+        """(unknown, silence) clips per keyword clip in `split` ("train", "val" or "test")."""
+        if split == "train":
+            return (self.unknown_fraction if self.train_unknown_fraction is None else self.train_unknown_fraction,
+                    self.silence_fraction if self.train_silence_fraction is None else self.train_silence_fraction)
+        return self.unknown_fraction, self.silence_fraction
+
     def _check_keywords(self) -> None:
         _require(len(self.keywords) > 0 and len(set(self.keywords)) == len(self.keywords), "keywords",
                  "must be a non-empty list of distinct words, e.g. ['yes', 'no']")
@@ -202,8 +213,8 @@ class DataConfig:
             _require(bool(word) and word[0] not in "_." and "/" not in word, "keywords",
                      f"{word!r} cannot name a word folder: no '/', and no leading '_' or '.' (those folders are "
                      "_silence_, _unknown_ and _background_noise_)")
-        for key in ("unknown_fraction", "silence_fraction"):
-            _require(0.0 <= getattr(self, key) <= 1.0, key,
+        for key in ("unknown_fraction", "silence_fraction", "train_unknown_fraction", "train_silence_fraction"):
+            _require(getattr(self, key) is None or 0.0 <= getattr(self, key) <= 1.0, key,
                      "must be in [0, 1]: clips per keyword clip in each split (0.1 as in TensorFlow's speech_commands)")
         _require(4000 <= self.sample_rate_hz <= 48000, "sample_rate_hz", "must be in [4000, 48000], e.g. 16000")
         _require(100 <= self.clip_ms <= 10000, "clip_ms", "must be in [100, 10000], e.g. 1000")

@@ -11,6 +11,8 @@ TensorFlow's `prepare_data_index`, keeps ceil(unknown_fraction x its keyword cli
 and adds ceil(silence_fraction x its keyword clips) `_silence_` clips: seeded random cuts of the background files
 scaled by a gain drawn log-uniformly in [-40 dB, 0 dB] (quiet rooms to the recording's level; TensorFlow zeroes the
 clip and mixes noise at up to 0.1). Without `_background_noise_/` silence clips are digital zero, as in TensorFlow.
+The training split can take its own shares (`train_unknown_fraction`, `train_silence_fraction`: more negatives to
+learn from) while validation and test keep the evaluation mix.
 
 Bad audio: an unreadable or corrupt WAV stops the load naming the file (or, with `data.skip_unreadable: true`, is left
 out and listed in `Dataset.skipped`); an empty one is always left out and listed. Other sample rates are resampled
@@ -66,13 +68,15 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
                         f"{', '.join(words) or 'no word folders'}. Fix data.keywords or add the folders")
     digest = hashlib.sha256(repr((cfg.keywords, cfg.unknown_fraction, cfg.silence_fraction, cfg.sample_rate_hz,
                                   cfg.clip_ms, cfg.val_fraction, cfg.test_fraction, seed)).encode())
+    if cfg.fractions("train") != cfg.fractions("val"):  # only when set, so other fingerprints stay
+        digest.update(repr(cfg.fractions("train")).encode())
     listed = _listed(root, digest)
     pools = _assign(root, words, cfg, listed, digest)
     repairs: Counter = Counter()
     skipped: list[str] = []
     noise = _background(root, cfg, repairs, skipped, digest)
     splits = {}
-    share = 1.0 + cfg.unknown_fraction + cfg.silence_fraction
+    share = 1.0 + sum(cfg.fractions("train"))
     stream = streaming.wanted(cfg, int(len(pools["train"][0]) * share), _length(cfg) * 4)
     for number, name in enumerate(SPLITS):
         keyword_clips, unknown_clips = pools[name]
@@ -80,7 +84,8 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
             raise DataError(f"data.path: {root}: the {name} split has no keyword clips; "
                             + ("list some in " + LIST_FILES[name] if name in LIST_FILES and listed is not None else
                                "add clips from more speakers"))
-        entries = _entries(keyword_clips, unknown_clips, noise, cfg, np.random.default_rng([seed, number]))
+        entries = _entries(keyword_clips, unknown_clips, noise, cfg.fractions(name), _length(cfg),
+                           np.random.default_rng([seed, number]))
         if stream and name == "train":
             splits[name] = _streamed(entries, noise, cfg, skipped)
         else:
@@ -157,24 +162,26 @@ def _background(root: Path, cfg: DataConfig, repairs: Counter, skipped: list, di
     for path in files:
         stat = path.stat()
         digest.update(f"{BACKGROUND}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-        wanted = cfg.silence_fraction > 0 or (cfg.augment is not None and cfg.augment.background_frequency > 0)
+        wanted = max(cfg.silence_fraction, cfg.fractions("train")[1]) > 0 or (cfg.augment is not None and cfg.augment.background_frequency > 0)
         samples = _mono(path, cfg, repairs, skipped) if wanted else None
         if samples is not None:
             noise.append(samples if len(samples) >= _length(cfg) else wav.fit(samples, _length(cfg))[0])
     return noise
 
 
-def _entries(keyword_clips: list, unknown_clips: list, noise: list[np.ndarray], cfg: DataConfig,
-             rng: np.random.Generator) -> list[tuple[object, int]]:
-    """The keyword clips, a seeded share of unknown clips and of silence, in a seeded random order, as
-    (source, label): a clip's path, or a silence cut (noise index, start, gain), or None for digital silence."""
+def _entries(keyword_clips: list, unknown_clips: list, noise: list[np.ndarray], fractions: tuple[float, float],
+             length: int, rng: np.random.Generator) -> list[tuple[object, int]]:
+    """The keyword clips, a seeded share of unknown clips and of silence (`fractions`, per keyword clip), in a
+    seeded random order, as (source, label): a clip's path, or a silence cut (noise index, start, gain), or None
+    for digital silence."""
     count = len(keyword_clips)
-    picked = np.sort(rng.permutation(len(unknown_clips))[: math.ceil(count * cfg.unknown_fraction)])
+    unknown_fraction, silence_fraction = fractions
+    picked = np.sort(rng.permutation(len(unknown_clips))[: math.ceil(count * unknown_fraction)])
     entries = keyword_clips + [(unknown_clips[i], UNKNOWN_INDEX) for i in picked]
-    entries += [(None, SILENCE_INDEX)] * math.ceil(count * cfg.silence_fraction)
+    entries += [(None, SILENCE_INDEX)] * math.ceil(count * silence_fraction)
     entries = [entries[i] for i in rng.permutation(len(entries))]
     # Cuts drawn in order after the shuffle, as the clips used to be read: the same draws, the same silence.
-    return [(_silence_cut(noise, _length(cfg), rng) if path is None else path, label) for path, label in entries]
+    return [(_silence_cut(noise, length, rng) if path is None else path, label) for path, label in entries]
 
 
 def _split(entries: list, noise: list[np.ndarray], cfg: DataConfig, log: tuple[Counter, list]) -> Split:
