@@ -88,9 +88,9 @@ VARIANTS = ("kd", "baseline", "no_kd")
 # Why a variant's figures may come from an earlier run's JSON: the hand baseline (labels only, no pruning, PTQ,
 # the same total epochs) does not depend on the prune section, so a recipe change there leaves it as it was.
 CARRY_NOTE = {
-    "baseline": "carried from {path} (finished {date}): the hand baseline's settings (labels only, prune none, "
-                "quantize none, distill.epochs = distill + prune + quantize epochs) did not change with this "
-                "recipe's prune section, so it was not re-run",
+    "baseline": "carried from {path} (finished {date}), not re-run: the hand baseline as measured then (labels "
+                "only, prune none, quantize none, distill.epochs = distill + prune + quantize epochs, with that "
+                "run's data section), on the same validation and test clips",
     "no_kd": "carried from {path} (finished {date}), NOT re-run: it was measured with that run's recipe "
              "(its prune section), so it is not the same pipeline with alpha 0 as the kd figures here",
 }
