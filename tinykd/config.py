@@ -194,7 +194,8 @@ class DataConfig:
         if self.augment is not None and self.augment.audio:
             _require(self.format == "speech_commands", "augment",
                      "time_shift_ms, background_frequency and background_volume change audio clips (format "
-                     f"speech_commands); {self.format} gives images: use flip_horizontal, shift_fraction, crop_fraction")
+                     f"speech_commands); {self.format} gives images: use flip_horizontal, shift_fraction, "
+                     "crop_fraction")
             _require(not (self.unlabeled or self.labeled_samples), "augment",
                      "audio augmentation cannot be combined with data.unlabeled or data.labeled_samples yet; "
                      "remove one of them")

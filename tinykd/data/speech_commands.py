@@ -159,10 +159,12 @@ def _background(root: Path, cfg: DataConfig, repairs: Counter, skipped: list, di
     folder = root / BACKGROUND
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".wav") if folder.is_dir() else []
     noise = []
+    # Read only when something uses them: silence cuts, or the noise data.augment mixes into training clips.
+    wanted = max(cfg.silence_fraction, cfg.fractions("train")[1]) > 0 or \
+        (cfg.augment is not None and cfg.augment.background_frequency > 0)
     for path in files:
         stat = path.stat()
         digest.update(f"{BACKGROUND}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-        wanted = max(cfg.silence_fraction, cfg.fractions("train")[1]) > 0 or (cfg.augment is not None and cfg.augment.background_frequency > 0)
         samples = _mono(path, cfg, repairs, skipped) if wanted else None
         if samples is not None:
             noise.append(samples if len(samples) >= _length(cfg) else wav.fit(samples, _length(cfg))[0])
