@@ -96,6 +96,7 @@ def test_recipe_benchmarks_give_the_board_cost_and_where_each_arm_comes_from(res
         for arm in ("baseline", "no_kd"):
             source = r[f"{arm}_source"]
             assert source == "built in this run" or "carried from bench/results/" in source
-        assert r["student_latency_ms"] < r["previous_default"]["student_latency_ms"]
+        # No slower than the default before it (a run that changes only training keeps the same shapes, so equal).
+        assert r["student_latency_ms"] <= r["previous_default"]["student_latency_ms"]
     assert 0.0 <= results["kws"]["stream_false_reject_rate"] <= 1.0
     assert results["kws"]["stream_false_accepts_per_hour"] >= 0.0
