@@ -25,22 +25,24 @@ from tinykd.errors import ConfigError
 def waveform_augmenter(augment: AugmentConfig, sample_rate_hz: int, clip_samples: int,
                        background: Sequence[np.ndarray]):
     """`apply(clip, seed) -> clip`: one float32 clip in int16 units, changed as `augment` says; `seed` is an int64
-    pair for TensorFlow's stateless random ops.
+    pair for TensorFlow's stateless random ops. `background` recordings are each at least `clip_samples` long
+    (tinykd.data.speech_commands pads shorter ones).
 
     Raises:
         ConfigError: background noise is asked for but the data has no `_background_noise_` recordings.
     """
     from tinykd.keras_shim import tf
 
-    if augment.background_frequency > 0.0 and not background:
+    shift = augment.time_shift_ms * sample_rate_hz // 1000
+    mixing = augment.background_frequency > 0.0
+    if mixing and not background:
         raise ConfigError("data.augment.background_frequency: the data set has no _background_noise_ recordings to "
                           "mix in; add WAV files to <data.path>/_background_noise_ or set background_frequency and "
                           "background_volume to 0")
-    shift = augment.time_shift_ms * sample_rate_hz // 1000
-    recordings = [np.asarray(r, np.float32) for r in background if len(r) >= clip_samples]
-    noise = tf.constant(np.concatenate(recordings) if recordings else np.zeros(clip_samples, np.float32))
-    starts = tf.constant(np.cumsum([0] + [len(r) for r in recordings[:-1]]), tf.int64)
-    spans = tf.constant([len(r) - clip_samples + 1 for r in recordings] or [1], tf.int64)
+    if mixing:  # the recordings, end to end, and where each starts; every one is at least a clip long
+        noise = tf.constant(np.concatenate([np.asarray(r, np.float32) for r in background]))
+        starts = tf.constant(np.cumsum([0] + [len(r) for r in background[:-1]]), tf.int64)
+        spans = tf.constant([len(r) - clip_samples + 1 for r in background], tf.int64)
 
     def apply(clip, seed):
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
@@ -48,8 +50,8 @@ def waveform_augmenter(augment: AugmentConfig, sample_rate_hz: int, clip_samples
             amount = tf.random.stateless_uniform([], seeds[0], -shift, shift + 1, dtype=tf.int32)
             padded = tf.pad(clip, [[shift, shift]])
             clip = tf.slice(padded, [shift - amount], [clip_samples])  # a static length for the front-end
-        if augment.background_frequency > 0.0 and recordings:
-            which = tf.random.stateless_uniform([], seeds[1], 0, len(recordings), dtype=tf.int32)
+        if mixing:
+            which = tf.random.stateless_uniform([], seeds[1], 0, len(background), dtype=tf.int32)
             offset = tf.random.stateless_uniform([], seeds[2], 0, tf.int64.max, dtype=tf.int64) % spans[which]
             start = starts[which] + offset
             mixed = tf.random.stateless_uniform([], seeds[3]) < augment.background_frequency
