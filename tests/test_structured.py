@@ -114,7 +114,7 @@ def test_the_step_that_would_overshoot_the_budget_removes_only_what_meets_it():
     """Bisection on the share of filters: the share returned meets the budget, one bisection interval less does
     not, and it is below the whole step the recipe set."""
     from tinykd.config import BudgetConfig, PruneConfig
-    from tinykd.prune import _least_fraction, within_budget
+    from tinykd.prune import _least_fraction
 
     model = trained_like(*ZOO["cnn_pool_flatten"])
     dense_macs = models.count_macs(model)
@@ -122,7 +122,7 @@ def test_the_step_that_would_overshoot_the_budget_removes_only_what_meets_it():
     figures = lambda thinned: {"macs": models.count_macs(thinned)}  # noqa: E731
 
     def meets(fraction):
-        return within_budget(cfg.budget, figures(thin(model, plan(model, fraction))[0]))
+        return cfg.budget.met_by(figures(thin(model, plan(model, fraction))[0]))
 
     fraction = _least_fraction(model, cfg, figures)
     assert 0.0 < fraction < cfg.step_fraction and meets(cfg.step_fraction)

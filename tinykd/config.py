@@ -420,6 +420,11 @@ class BudgetConfig:
 
             _require(self.board in load_boards(), "board", "unknown board (list them with `tinykd boards`)")
 
+    def met_by(self, figures: dict) -> bool:
+        """Whether `figures` ({"macs", "tflite_bytes", "latency_ms"}) meet every limit this budget sets."""
+        return all(getattr(self, key) is None or figures[key] <= getattr(self, key)
+                   for key in ("macs", "tflite_bytes", "latency_ms"))
+
 
 @dataclass(frozen=True, kw_only=True)
 class PruneConfig:

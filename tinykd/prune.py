@@ -43,7 +43,7 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, stude
         return pruned, {"method": "structured", "sparsity": round(sparsity(pruned), 4), "steps": steps,
                         "budget_board": board,
                         "budget_met": None if cfg.prune.budget is None
-                        else within_budget(cfg.prune.budget, [s for s in steps if s["kept"]][-1])}
+                        else cfg.prune.budget.met_by([s for s in steps if s["kept"]][-1])}
 
     return float_stage(run, "prune", artifacts.key("prune", config.as_dict(cfg.prune), student.run_id), data, train)
 
@@ -104,11 +104,11 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
     current = clone(student)
     steps = [{"step": 0, "val_accuracy": reference, **measure(current), "kept": True}]
     for number in range(1, cfg.max_steps + 1):
-        if cfg.budget is not None and within_budget(cfg.budget, steps[-1]):
+        if cfg.budget is not None and cfg.budget.met_by(steps[-1]):
             break
         fraction = cfg.step_fraction
         thinned, _ = thin(current, plan(current, fraction, cfg.score, cfg.scope))
-        if cfg.budget is not None and within_budget(cfg.budget, measure(thinned)):
+        if cfg.budget is not None and cfg.budget.met_by(measure(thinned)):
             fraction = _least_fraction(current, cfg, measure)
             thinned, _ = thin(current, plan(current, fraction, cfg.score, cfg.scope))
         distill(teaching, thinned, data, replace(schedule, seed=schedule.seed + number))
@@ -143,17 +143,11 @@ def _least_fraction(model, cfg: PruneConfig, measure, halvings: int = 6) -> floa
     for _ in range(halvings):
         middle = (low + high) / 2
         thinned, _ = thin(model, plan(model, middle, cfg.score, cfg.scope))
-        if within_budget(cfg.budget, measure(thinned)):
+        if cfg.budget.met_by(measure(thinned)):
             high = middle
         else:
             low = middle
     return high
-
-
-def within_budget(budget, measured: dict) -> bool:
-    """Whether every figure the budget sets is met."""
-    return all(getattr(budget, key) is None or measured[key] <= getattr(budget, key)
-               for key in ("macs", "tflite_bytes", "latency_ms"))
 
 
 def sparsity(model) -> float:
