@@ -135,7 +135,7 @@ def _summary(defaults: list[dict], searched: list[dict], summary: dict, default:
         "stopped_by_time_budget": summary["stopped_by_time_budget"],
         "candidates": len(summary["candidates"]),
         "feasible_candidates": sum(not c["over_budget"] for c in summary["candidates"]),
-        "trials": len(summary["trials"]), "rungs": summary["rungs"],
+        "trials": len(summary["trials"]), "rungs": summary["rungs"], "brackets": summary["brackets"],
         "searched_student": summary["winner"]["name"], "searched_student_config": summary["winner"]["student"],
         "best_under_half_latency": None if best_half is None else {
             k: best_half[k] for k in ("name", "latency_ms", "flash_bytes", "ram_bytes", "int8_val_accuracy",

@@ -94,7 +94,7 @@ def test_over_budget_candidates_are_never_trained(searched):
 
 def test_search_writes_table_plot_and_winner(searched):
     summary = searched.summary
-    assert summary["rungs"] == [1, 2]
+    assert summary["rungs"] == [1, 2] and summary["brackets"] == 1  # no search.hours: one bracket
     assert (searched.out_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     table = (searched.out_dir / "table.md").read_text()
     assert all(c["name"] in table for c in summary["candidates"])
@@ -102,6 +102,50 @@ def test_search_writes_table_plot_and_winner(searched):
     top = [t for t in summary["trials"] if t["rung"] == max(t["rung"] for t in summary["trials"])]
     assert winner["int8_val_accuracy"] == max(t["int8_val_accuracy"] for t in top)
     assert winner["index"] in summary["pareto"]
+
+
+def test_with_hours_brackets_draw_new_students_until_the_space_runs_out(runs, tmp_path):
+    """Four students in the space (the recipe's and three of filters 4/8), two per bracket, time to spare: two
+    brackets, no student drawn twice, then the search ends; the winner is the best of the top rung of both."""
+    cfg = _smoke(trials=2, hours=10, archs="[cnn]", blocks="[2]", filters="[4, 8]", convs_per_block="[1]",
+                 first_kernels="[[3, 3]]", first_strides="[[1, 1]]", pool_between_blocks="[true]",
+                 heads="[pool_flatten]")
+    seen = []
+    summary = search(cfg, runs, SearchOptions(out_dir=tmp_path / "out", log=seen.append)).summary
+    names = [c["name"] for c in summary["candidates"]]
+    assert summary["brackets"] == 2 and [c["bracket"] for c in summary["candidates"]] == [0, 0, 1, 1]
+    assert len(set(names)) == 4 and names[0] == "cnn 8-16 pool pool_flatten"
+    assert any("the space holds no student the 2 brackets have not drawn" in line for line in seen)
+    assert {t["index"] for t in summary["trials"] if t["bracket"] == 1} == {2, 3}
+    assert not summary["stopped_by_time_budget"]
+    top = [t for t in summary["trials"] if t["rung"] == max(t["rung"] for t in summary["trials"])]
+    assert {t["bracket"] for t in top} == {0, 1}
+    assert summary["winner"]["int8_val_accuracy"] == max(t["int8_val_accuracy"] for t in top)
+
+
+def test_a_winner_the_pruning_budget_leaves_alone_gets_the_rewind_epochs_as_distillation(tmp_path):
+    from tinykd.search.results import recipe, unused_rewind_epochs
+
+    cfg = config.load(Path(SMOKE_RECIPE).parent / "fashion_mnist.yaml")
+    assert cfg.prune.method == "structured" and cfg.prune.rewind_epochs == 15
+    board = cfg.target.board
+    meets = {"latency_ms": cfg.prune.budget.latency_ms - 1, "tflite_bytes": 10**4, "macs": 10**6}
+    misses = meets | {"latency_ms": cfg.prune.budget.latency_ms + 1}
+    assert unused_rewind_epochs(cfg, meets, board) == 15
+    assert unused_rewind_epochs(cfg, misses, board) == 0  # pruning thins it and rewinds itself
+    assert unused_rewind_epochs(cfg, meets, "nrf5340dk") == 0  # measured on another board than pruning checks
+    magnitude = replace(cfg, prune=config.PruneConfig(method="magnitude", target_sparsity=0.3))
+    assert unused_rewind_epochs(magnitude, meets, board) == 0
+
+    chosen = {"index": 3, "int8_val_accuracy": 0.9, "epochs": 18, "latency_ms": 40.0, "flash_bytes": 40000,
+              "ram_bytes": 20000}
+    student = config.as_dict(replace(cfg.distill.student, filters=(8, 16, 24)))
+    for cost, epochs in ((meets, 30), (misses, 15)):
+        written = tmp_path / f"written-{epochs}.yaml"
+        written.write_text(recipe(cfg, chosen, cost, student, board, "fashion_mnist.yaml"))
+        loaded = config.load(written)
+        assert loaded.distill.epochs == epochs and loaded.prune == cfg.prune
+        assert ("distill.epochs 15 + 15" in written.read_text()) == (epochs == 30)
 
 
 def test_written_recipe_builds(searched, runs):

@@ -1,8 +1,8 @@
 """`tinykd search`: sample students from the zoo, drop those over the budget before any training, distil the rest
 from the cached teacher with successive halving, and write the table, a Pareto plot and a recipe with the winner.
 
-    space (space.py) -> measure untrained, int8, on the board (measure.py) -> successive halving (halving.py)
-    -> search.json, table.md, pareto.png, recipe.yaml (results.py)
+    space (space.py) -> measure untrained, int8, on the board (measure.py) -> successive halving (halving.py),
+    bracket after bracket while `search.hours` lasts -> search.json, table.md, pareto.png, recipe.yaml (results.py)
 
 Everything lands in the output folder (default runs/<name>/search/); the teacher is the build's own stage, in
 runs/<name>/teacher/ with the shared teacher cache, so a later `tinykd build` of the written recipe reuses it.
@@ -48,75 +48,106 @@ class SearchResult:
 def search(cfg: config.Config, runs_dir: Path, options: SearchOptions = SearchOptions()) -> SearchResult:
     """Search the recipe's space for the best student within its budget; resumes from the trials on disk.
 
+    With `search.hours`, the search runs brackets until the time is spent (Hyperband's outer loop): each bracket
+    samples `search.trials` new candidates and runs successive halving over those within the budget, and the
+    winner is the best trial of the highest rung, across brackets. Without it, one bracket.
+
     Raises:
-        SearchError: no candidate meets the budget (names the smallest candidate's latency, flash and RAM).
+        SearchError: no candidate of the first bracket meets the budget (names the smallest candidate's latency,
+            flash and RAM).
     """
     started = time.perf_counter()
     run = Run(Path(runs_dir) / cfg.name, log=options.log)
     out = Path(options.out_dir) if options.out_dir is not None else run.root / "search"
+    limit = cfg.search.hours * 3600.0 if cfg.search.hours is not None else None
 
     # 1. data, as the build loads it
     data = data_layer.load(cfg.data, cfg.data.seed, options.data_dirs, frontend=cfg.frontend)
 
-    # 2. candidates: the recipe's student and seeded draws from the space, each measured untrained on the board
+    # 2. the first bracket's candidates: the recipe's student and seeded draws, each measured untrained on the board
     board = get_board(cfg.search.board or cfg.target.board)
-    candidates, measure_seconds = _candidates(cfg, data, board, out, options.log)
+    budget = {key: getattr(cfg.search, key) for key in BUDGET_KEYS}
+    candidates, measure_seconds = _candidates(cfg, data, board, budget, out, options.log, bracket=0, earlier=[])
 
     # 3. the budget drops candidates before any training; none left is an error naming the smallest
-    budget = {key: getattr(cfg.search, key) for key in BUDGET_KEYS}
-    for candidate in candidates:
-        candidate["over_budget"] = over_budget(candidate["cost"], budget)
     check_feasible(candidates, budget, board.id)
-    feasible = [c for c in candidates if not c["over_budget"]]
-    options.log(f"[search] {len(feasible)} of {len(candidates)} candidates within the budget on {board.id}")
 
     # 4. the teacher and its soft targets: the build's teacher stage, cached across runs
     teachers = teacher.stage(run, cfg, data)
 
-    # 5. successive halving: many candidates briefly, the best ones longer; one record per finished trial
+    # 5. successive halving per bracket: many candidates briefly, the best ones longer; one record per trial
     trials = halving.Trials(folder=out / "trials", cfg=cfg, data=data, teaching=teachers.teaching,
                             teacher_id=teachers.run_id, log=options.log)
-    records, stopped = halving.run(trials, feasible, measure_seconds)
+    records, bracket, found = [], 0, candidates
+    while True:
+        feasible = [c for c in found if not c["over_budget"]]
+        options.log(f"[search] bracket {bracket}: {len(feasible)} of {len(found)} candidates within the budget "
+                    f"on {board.id}")
+        done, stopped = halving.run(trials, feasible, measure_seconds + sum(r["seconds"] for r in records))
+        records += [record | {"bracket": bracket} for record in done]
+        # the last trial of a bracket may end past the limit without halving having refused one
+        stopped = stopped or (limit is not None and measure_seconds + sum(r["seconds"] for r in records) >= limit)
+        if limit is None or stopped:
+            break
+        bracket += 1
+        found, seconds = _candidates(cfg, data, board, budget, out, options.log, bracket, earlier=candidates)
+        measure_seconds += seconds
+        if not found:
+            options.log(f"[search] the space holds no student the {bracket} brackets have not drawn: done")
+            break
+        candidates += found
 
     # 6. results: search.json, the table, the Pareto plot and the recipe with the winner
     summary = _write(cfg, out, candidates, records, budget, board, options.source)
-    summary |= {"stopped_by_time_budget": stopped, "measure_seconds": round(measure_seconds, 1),
+    summary |= {"brackets": 1 + max(c["bracket"] for c in candidates), "stopped_by_time_budget": stopped,
+                "measure_seconds": round(measure_seconds, 1),
                 "search_seconds": round(measure_seconds + sum(r["seconds"] for r in records), 1),
                 "wall_seconds_this_run": round(time.perf_counter() - started, 1)}
     artifacts.write_json(out / "search.json", summary)
     return SearchResult(out, summary)
 
 
-def _candidates(cfg: config.Config, data, board: Board, out: Path, log) -> tuple[list[dict], float]:
-    """Sample and measure the candidates, or reuse candidates.json when the space, board and data are unchanged."""
+def _candidates(cfg: config.Config, data, board: Board, budget: dict, out: Path, log, bracket: int,
+                earlier: list[dict]) -> tuple[list[dict], float]:
+    """Sample and measure one bracket's candidates (the first starts with the recipe's student; later ones draw
+    students no earlier bracket drew), or reuse them from disk when the space, board and data are unchanged."""
     from tinykd.report.arena import Worker
 
     chosen_space = space.resolve(cfg.search, space.data_kind(cfg))
     key = artifacts.key("candidates", asdict(chosen_space), cfg.search.trials, cfg.search.seed,
-                        config.as_dict(cfg.distill.student), cfg.seed, board.id, data.fingerprint)
-    path = out / "candidates.json"
+                        config.as_dict(cfg.distill.student), cfg.seed, board.id, data.fingerprint, bracket,
+                        [c["name"] for c in earlier])
+    path = out / ("candidates.json" if bracket == 0 else f"candidates-b{bracket}.json")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("key") == key:
             log(f"[search] reusing the {len(saved['candidates'])} candidates measured in {path}")
-            return saved["candidates"], saved["seconds"]
+            return _judged(saved["candidates"], budget), saved["seconds"]
     except (OSError, ValueError):
         pass
     started = time.perf_counter()
-    students = space.sample(chosen_space, cfg.search.trials, cfg.search.seed, cfg.distill.student,
-                            tuple(data.input_shape))
-    log(f"[search] measuring {len(students)} untrained candidates as int8 models on {board.id}")
+    drawn = tuple(space.student_config(c["student"]) for c in earlier)
+    students = space.sample(chosen_space, cfg.search.trials, cfg.search.seed if bracket == 0 else
+                            [cfg.search.seed, bracket], cfg.distill.student if bracket == 0 else None,
+                            tuple(data.input_shape), exclude=drawn)
+    log(f"[search] bracket {bracket}: measuring {len(students)} untrained candidates as int8 models on {board.id}")
     candidates = []
     with Worker() as worker:
-        for index, student in enumerate(students):
+        for number, student in enumerate(students):
+            index = len(earlier) + number
             cost = measure(student, data, cfg, board, worker)
-            candidates.append({"index": index, "name": space.describe(student),
+            candidates.append({"index": index, "name": space.describe(student), "bracket": bracket,
                                "student": config.as_dict(student), "cost": asdict(cost)})
             log(f"[candidate {index}] {space.describe(student)}: {cost.latency_ms:.3f} ms, {cost.flash_bytes:,} B "
                 f"flash, {cost.ram_bytes:,} B RAM")
     seconds = time.perf_counter() - started
     artifacts.write_json(path, {"key": key, "candidates": candidates, "seconds": seconds})
-    return candidates, seconds
+    return _judged(candidates, budget), seconds
+
+
+def _judged(candidates: list[dict], budget: dict) -> list[dict]:
+    """`candidates` with `over_budget`: what each exceeds (empty when it is within the budget)."""
+    return [c | {"over_budget": over_budget(c["cost"], budget)} for c in candidates]
 
 
 def _write(cfg, out: Path, candidates: list[dict], records: list[dict], budget: dict, board: Board,
@@ -132,6 +163,6 @@ def _write(cfg, out: Path, candidates: list[dict], records: list[dict], budget: 
     summary["winner"] = chosen | {"student": student}
     summary["pareto"] = [p["index"] for p in results.pareto(list(results.best_trials(records).values()))]
     results.plot(records, chosen, out / "pareto.png", f"{cfg.name}: searched students on {board.id}")
-    text = results.recipe(cfg, chosen, student, board.id, source)
+    text = results.recipe(cfg, chosen, candidates[chosen["index"]]["cost"], student, board.id, source)
     artifacts.write_text(out / "recipe.yaml", text.replace("{path}", str(out / "recipe.yaml")))
     return summary

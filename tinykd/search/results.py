@@ -85,8 +85,13 @@ def plot(trials: list[dict], chosen: dict, path: Path, title: str) -> Path:
     return artifacts.save_figure(figure, path)
 
 
-def recipe(cfg: config.Config, chosen: dict, student: dict, board: str, source: str) -> str:
-    """The recipe `tinykd build` takes: `cfg` with the winner as distill.student, named `<name>-searched`."""
+def recipe(cfg: config.Config, chosen: dict, cost: dict, student: dict, board: str, source: str) -> str:
+    """The recipe `tinykd build` takes: `cfg` with the winner as distill.student, named `<name>-searched`.
+
+    A recipe that prunes structurally toward a budget and then rewinds gives the student it thins `rewind_epochs`
+    more training. A winner that already meets that budget is not thinned, so the prune stage never rewinds: its
+    distillation gets those epochs instead, and the searched student trains as long as the default one does.
+    """
     plain = config.as_dict(cfg)
     plain["name"] = f"{cfg.name}-searched"
     plain["distill"]["student"] = student
@@ -101,4 +106,20 @@ def recipe(cfg: config.Config, chosen: dict, student: dict, board: str, source: 
               f"# Target board: {board}. In the search: int8 validation accuracy {chosen['int8_val_accuracy']:.2%} in "
               f"TFLite Micro after {chosen['epochs']} distillation epochs (post-training quantized), estimated "
               f"{chosen['latency_ms']:.3f} ms, {chosen['flash_bytes']:,} B flash, {chosen['ram_bytes']:,} B RAM.\n")
+    rewind = unused_rewind_epochs(cfg, cost, board)
+    if rewind:
+        plain["distill"]["epochs"] = cfg.distill.epochs + rewind
+        header += (f"# distill.epochs {cfg.distill.epochs} + {rewind}: this student already meets prune.budget, so "
+                   f"pruning removes nothing and never rewinds; its {rewind} rewind epochs go to distillation.\n")
     return header + yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, width=110)
+
+
+def unused_rewind_epochs(cfg: config.Config, cost: dict, board: str) -> int:
+    """`prune.rewind_epochs` when the recipe's structured pruning would leave a student costing `cost` on `board`
+    untouched (it already meets `prune.budget` there), else 0."""
+    prune = cfg.prune
+    if prune is None or prune.method != "structured" or prune.budget is None or not prune.rewind_epochs:
+        return 0
+    if (prune.budget.board or cfg.target.board) != board:
+        return 0  # the candidate was measured on another board than the one pruning checks
+    return prune.rewind_epochs if prune.budget.met_by(cost) else 0

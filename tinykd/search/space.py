@@ -53,19 +53,20 @@ def resolve(search: SearchConfig, kind: str) -> Space:
     return replace(default, **given)
 
 
-def sample(space: Space, count: int, seed: int, reference: ModelConfig,
-           input_shape: tuple[int, ...]) -> tuple[ModelConfig, ...]:
-    """`count` distinct students: `reference` first, then seeded draws from `space` that fit `input_shape`.
+def sample(space: Space, count: int, seed: int | list[int], reference: ModelConfig | None,
+           input_shape: tuple[int, ...], exclude: tuple[ModelConfig, ...] = ()) -> tuple[ModelConfig, ...]:
+    """`count` distinct students: `reference` first (when given), then seeded draws from `space` that fit
+    `input_shape` and are not in `exclude` (the students earlier brackets drew).
 
-    Fewer come back when the space holds fewer distinct students that fit (500 draws per wanted one at most).
+    Fewer come back when the space holds fewer new students that fit (500 draws per wanted one at most).
     """
     rng = np.random.default_rng(seed)
-    chosen = [reference]
+    chosen = [] if reference is None else [reference]
     for _ in range(500 * count):
         if len(chosen) >= count:
             break
         candidate = _draw(space, rng, len(input_shape) - 1)
-        if candidate not in chosen and fits_input(candidate, input_shape):
+        if candidate not in chosen and candidate not in exclude and fits_input(candidate, input_shape):
             chosen.append(candidate)
     return tuple(chosen)
 
