@@ -38,6 +38,10 @@ def points(difference: float, digits: int = 2) -> str:
     return f"{difference:+.{digits}f} points"
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def gain(accuracy: float, reference: float, digits: int = 2) -> str:
     """The difference of two accuracy fractions, in signed points."""
     return points(100 * (accuracy - reference), digits)
@@ -475,8 +479,8 @@ def search_table(results: dict) -> str:
                      points(x["gain_points"]),
                      f"{x['default_latency_ms']:.1f} / {x['searched_latency_ms']:.1f} ms",
                      f"{x['default_flash_bytes']:,} / {x['searched_flash_bytes']:,} B", f"`{x['searched_student']}`",
-                     f"{x['search_seconds'] / 60:.0f} min ({x['candidates']} candidates, {x['feasible_candidates']} "
-                     f"within budget, {x['trials']} trials)",
+                     f"{x['search_seconds'] / 60:.0f} min ({plural(x.get('brackets', 1), 'bracket')}, "
+                     f"{x['candidates']} candidates, {x['feasible_candidates']} within budget, {x['trials']} trials)",
                      "-" if half is None else f"`{half['name']}`: {half['latency_ms']:.1f} ms, "
                      f"{pct(half['int8_val_accuracy'])} val after {half['epochs']} epochs",
                      "not claimed (reduced run)" if x.get("reduced") else yes(x["target_met"])])
