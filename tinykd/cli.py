@@ -93,9 +93,10 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
               help="Check the budget on this board (default: search.board, then target.board).")
 @click.option("--budget", metavar="KEY=N,...",
               help="Limits on the board, e.g. latency_ms=5,flash_bytes=200000,ram_bytes=100000 (search.* keys).")
-@click.option("--trials", type=click.IntRange(min=1), help="Candidates to sample and measure (search.trials).")
+@click.option("--trials", type=click.IntRange(min=1),
+              help="Candidates to sample and measure per bracket (search.trials).")
 @click.option("--hours", type=click.FloatRange(min=0.0, min_open=True),
-              help="Stop starting trials after this much search time (search.hours).")
+              help="Run brackets until this much search time is spent; no trial starts after it (search.hours).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value by dotted key, e.g. --set search.max_epochs=6 (repeatable).")
 @click.option("--smoke", is_flag=True, help="Shrink the recipe to seconds (few samples, one or two epochs a trial).")

@@ -710,11 +710,11 @@ class SearchConfig:
     flash_bytes: int | None = None
     ram_bytes: int | None = None
     board: str | None = None  # whose estimates the budget is checked on; default target.board
-    trials: int = 24  # candidates sampled and measured (before the budget drops any)
+    trials: int = 24  # candidates sampled and measured per bracket (before the budget drops any)
     min_epochs: int = 2  # the first rung trains every feasible candidate this long
     max_epochs: int = 18  # the last rung
     eta: int = 3  # each rung keeps the best 1/eta and trains eta times longer
-    hours: float | None = None  # stop starting trials after this much search time
+    hours: float | None = None  # brackets until this much search time is spent (none: one bracket)
     seed: int = 0  # the sampling of the space
 
     def __post_init__(self):
