@@ -79,14 +79,17 @@ def search(cfg: config.Config, runs_dir: Path, options: SearchOptions = SearchOp
     trials = halving.Trials(folder=out / "trials", cfg=cfg, data=data, teaching=teachers.teaching,
                             teacher_id=teachers.run_id, log=options.log)
     records, bracket, found = [], 0, candidates
+
+    def spent() -> float:  # recorded seconds, so a resumed search does not get its hours again
+        return measure_seconds + sum(r["seconds"] for r in records)
+
     while True:
         feasible = [c for c in found if not c["over_budget"]]
         options.log(f"[search] bracket {bracket}: {len(feasible)} of {len(found)} candidates within the budget "
                     f"on {board.id}")
-        done, stopped = halving.run(trials, feasible, measure_seconds + sum(r["seconds"] for r in records))
-        records += [record | {"bracket": bracket} for record in done]
-        # the last trial of a bracket may end past the limit without halving having refused one
-        stopped = stopped or (limit is not None and measure_seconds + sum(r["seconds"] for r in records) >= limit)
+        records += [record | {"bracket": bracket} for record in halving.run(trials, feasible, spent())]
+        # halving starts no trial past the limit, but the last one it started may end there
+        stopped = limit is not None and spent() >= limit
         if limit is None or stopped:
             break
         bracket += 1
@@ -101,7 +104,7 @@ def search(cfg: config.Config, runs_dir: Path, options: SearchOptions = SearchOp
     summary = _write(cfg, out, candidates, records, budget, board, options.source)
     summary |= {"brackets": 1 + max(c["bracket"] for c in candidates), "stopped_by_time_budget": stopped,
                 "measure_seconds": round(measure_seconds, 1),
-                "search_seconds": round(measure_seconds + sum(r["seconds"] for r in records), 1),
+                "search_seconds": round(spent(), 1),
                 "wall_seconds_this_run": round(time.perf_counter() - started, 1)}
     artifacts.write_json(out / "search.json", summary)
     return SearchResult(out, summary)

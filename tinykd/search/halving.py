@@ -43,9 +43,9 @@ def rungs(search: config.SearchConfig) -> tuple[int, ...]:
     return tuple(found + [search.max_epochs])
 
 
-def run(trials: Trials, candidates: list[dict], spent_seconds: float) -> tuple[list[dict], bool]:
-    """Successive halving over `candidates` (feasible ones, as in search.json); returns every trial record and
-    whether the time budget (`search.hours`, counting `spent_seconds` already used) stopped it early."""
+def run(trials: Trials, candidates: list[dict], spent_seconds: float) -> list[dict]:
+    """Successive halving over `candidates` (feasible ones, as in search.json); returns every trial record. No
+    trial starts once the time budget (`search.hours`, counting `spent_seconds` already used) is spent."""
     search = trials.cfg.search
     limit = search.hours * 3600.0 if search.hours is not None else math.inf
     records, alive = [], list(candidates)
@@ -61,7 +61,7 @@ def run(trials: Trials, candidates: list[dict], spent_seconds: float) -> tuple[l
                 if spent >= limit:
                     trials.log(f"[search] time budget of {search.hours:g} h used ({spent / 3600:.2f} h): "
                                "no more trials")
-                    return records, True
+                    return records
                 trials.log(f"[trial {_name(candidate, epochs)}] rung {rung}, {number}/{len(alive)}: "
                            f"{candidate['name']} for {epochs} epochs")
                 record = _train(trials, candidate, epochs)
@@ -71,7 +71,7 @@ def run(trials: Trials, candidates: list[dict], spent_seconds: float) -> tuple[l
                 trials.log(f"[trial {_name(candidate, epochs)}] finished earlier, reusing "
                            f"{_path(trials, candidate, epochs)}")
             records.append(record | {"rung": rung})
-    return records, False
+    return records
 
 
 def rank(record: dict) -> tuple:
