@@ -47,6 +47,9 @@ def main() -> None:
                         help="extra --set for the search only, e.g. search.trials=8 search.max_epochs=9")
     parser.add_argument("--common-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra --set for the search and every build, e.g. teacher.epochs=4 (a reduced run)")
+    parser.add_argument("--kws-data", type=Path, default=None, metavar="DIR",
+                        help="a keyword set `tinykd data keywords` made (data.path for the kws recipe's search and "
+                             "builds, not an override of the recipe); default: the recipe synthesizes its own")
     parser.add_argument("--smoke", action="store_true", help="every search and build with --smoke (checks the script)")
     parser.add_argument("--reduced", action="store_true",
                         help="mark the result as a reduced run (fewer hours, seeds or trials than the target asks)")
@@ -68,8 +71,10 @@ def main() -> None:
 def _one_recipe(name: str, args) -> dict:
     file, board = RECIPES[name]
     recipe = REPO / "pipelines" / file
-    cfg = config.load(recipe, config.parse_overrides(args.common_set), smoke=args.smoke)
-    common = [f"target.board={board}"] + args.common_set
+    where = ([f"data.path={args.kws_data.resolve()}", "data.synthesize=false"]
+             if name == "kws" and args.kws_data is not None else [])
+    cfg = config.load(recipe, config.parse_overrides(where + args.common_set), smoke=args.smoke)
+    common = [f"target.board={board}"] + where + args.common_set
     # The default student is the one the recipe ships: built first (its teacher is then cached for the search),
     # its int8 model's estimated latency and flash on the board are the budget. A recipe that prunes toward a
     # budget ships a thinner student than its distill.student, so the untrained one would set too loose a budget.
@@ -84,7 +89,7 @@ def _one_recipe(name: str, args) -> dict:
     command = [sys.executable, "-m", "tinykd", "search", str(recipe), "--board", board, "--runs", str(args.runs),
                "-o", str(out), "--hours", str(args.hours),
                "--budget", f"latency_ms={default['latency_ms']},flash_bytes={int(default['flash_bytes'])}"]
-    for pair in args.common_set + args.search_set:
+    for pair in where + args.common_set + args.search_set:
         command += ["--set", pair]
     command += ["--smoke"] if args.smoke else []
     print("$", " ".join(command[2:]), flush=True)
