@@ -161,6 +161,40 @@ def test_written_recipe_builds(searched, runs):
     assert [s["stage"] for s in result.report["stages"]][:4] == ["teacher", "distill", "prune", "quantize"]
 
 
+def test_fit_width_scales_each_draw_to_the_widest_that_meets_the_budget(runs, tmp_path):
+    """With search.fit_width, every drawn student comes back at the widest eighth of its filters that meets the
+    budget: measured again here, one eighth wider misses it. The recipe's own student keeps its width."""
+    from tinykd.boards import get_board
+    from tinykd.data import load
+    from tinykd.report.arena import Worker
+    from tinykd.search.measure import WIDTHS, measure, over_budget
+
+    cfg = _smoke(trials=3, min_epochs=1, max_epochs=1, fit_width="true")
+    data = load(cfg.data, cfg.data.seed)
+    board = get_board(cfg.target.board)
+    with Worker() as worker:
+        reference = measure(cfg.distill.student, data, cfg, board, worker)
+    budget = {"latency_ms": reference.latency_ms * 1.01, "flash_bytes": reference.flash_bytes + 2000}
+    cfg = replace(cfg, search=replace(cfg.search, **budget))
+    summary = search(cfg, runs, SearchOptions(out_dir=tmp_path / "out")).summary
+    reference_record, *fitted = summary["candidates"]
+    assert "drawn" not in reference_record and reference_record["student"]["width_multiplier"] == 1.0
+    assert fitted and all(c["drawn"]["width_multiplier"] == 1.0 for c in fitted)
+    # a draw whose narrowest eighth still misses (a DS-CNN's extra kernel code can take the flash) is kept as that
+    # eighth, over budget, for the record
+    assert all(c["student"]["width_multiplier"] == WIDTHS[0] for c in fitted if c["over_budget"])
+    feasible = [c for c in fitted if not c["over_budget"]]
+    assert feasible and any(c["student"]["width_multiplier"] != 1.0 for c in feasible)
+    with Worker() as worker:
+        for candidate in feasible:
+            width = candidate["student"]["width_multiplier"]
+            assert width in WIDTHS and width < WIDTHS[-1]
+            wider = replace(space.student_config(candidate["student"]), width_multiplier=width + 1 / 8)
+            cost = measure(wider, data, cfg, board, worker)
+            assert over_budget(vars(cost), budget), f"{candidate['name']}: one eighth wider still meets the budget"
+    assert {t["index"] for t in summary["trials"]} == {0} | {c["index"] for c in feasible}
+
+
 def test_impossible_budget_names_the_smallest_candidate(runs, tmp_path):
     cfg = _smoke(trials=2, latency_ms=0.001)
     with pytest.raises(SearchError, match=r"no candidate of the 2 measured meets the budget \(latency_ms <= 0\.001"

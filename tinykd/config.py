@@ -711,6 +711,9 @@ class SearchConfig:
     ram_bytes: int | None = None
     board: str | None = None  # whose estimates the budget is checked on; default target.board
     trials: int = 24  # candidates sampled and measured per bracket (before the budget drops any)
+    # Scale each drawn student's width (eighths of its filters) to the widest that meets the budget, so every
+    # candidate spends it; off: a draw is measured as drawn and dropped when over.
+    fit_width: bool = False
     min_epochs: int = 2  # the first rung trains every feasible candidate this long
     max_epochs: int = 18  # the last rung
     eta: int = 3  # each rung keeps the best 1/eta and trains eta times longer

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +20,7 @@ from tinykd import artifacts, config, data as data_layer, teacher
 from tinykd.artifacts import Run
 from tinykd.boards import Board, get_board
 from tinykd.search import halving, results, space
-from tinykd.search.measure import BUDGET_KEYS, check_feasible, measure, over_budget
+from tinykd.search.measure import BUDGET_KEYS, check_feasible, fit_width, measure, over_budget
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,8 +118,8 @@ def _candidates(cfg: config.Config, data, board: Board, budget: dict, out: Path,
 
     chosen_space = space.resolve(cfg.search, space.data_kind(cfg))
     key = artifacts.key("candidates", asdict(chosen_space), cfg.search.trials, cfg.search.seed,
-                        config.as_dict(cfg.distill.student), cfg.seed, board.id, data.fingerprint, bracket,
-                        [c["name"] for c in earlier])
+                        cfg.search.fit_width, config.as_dict(cfg.distill.student), cfg.seed, board.id,
+                        data.fingerprint, bracket, [c["name"] for c in earlier])
     path = out / ("candidates.json" if bracket == 0 else f"candidates-b{bracket}.json")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -129,19 +129,33 @@ def _candidates(cfg: config.Config, data, board: Board, budget: dict, out: Path,
     except (OSError, ValueError):
         pass
     started = time.perf_counter()
-    drawn = tuple(space.student_config(c["student"]) for c in earlier)
+    drawn = tuple(space.student_config(c.get("drawn", c["student"])) for c in earlier)
     students = space.sample(chosen_space, cfg.search.trials, cfg.search.seed if bracket == 0 else
                             [cfg.search.seed, bracket], cfg.distill.student if bracket == 0 else None,
                             tuple(data.input_shape), exclude=drawn)
-    log(f"[search] bracket {bracket}: measuring {len(students)} untrained candidates as int8 models on {board.id}")
-    candidates = []
+    fitting = " and fitting each draw's width to the budget" if cfg.search.fit_width else ""
+    log(f"[search] bracket {bracket}: measuring {len(students)} untrained candidates as int8 models on {board.id}"
+        f"{fitting}")
+    candidates, taken = [], {c["name"] for c in earlier}
     with Worker() as worker:
         for number, student in enumerate(students):
-            index = len(earlier) + number
-            cost = measure(student, data, cfg, board, worker)
-            candidates.append({"index": index, "name": space.describe(student), "bracket": bracket,
-                               "student": config.as_dict(student), "cost": asdict(cost)})
-            log(f"[candidate {index}] {space.describe(student)}: {cost.latency_ms:.3f} ms, {cost.flash_bytes:,} B "
+            cost, record = measure(student, data, cfg, board, worker), {}
+            if cfg.search.fit_width and not (bracket == 0 and number == 0):  # the recipe's student stays itself
+                width, cost, probes = fit_width(student, cost, budget, lambda w: measure(
+                    replace(student, width_multiplier=w), data, cfg, board, worker))
+                record = {"drawn": config.as_dict(student), "drawn_name": space.describe(student),
+                          "fit_measurements": probes}
+                student = replace(student, width_multiplier=width)
+            name = space.describe(student)
+            if name in taken:
+                log(f"[search] {record.get('drawn_name', name)} fits to {name}, already a candidate: skipped")
+                continue
+            taken.add(name)
+            index = len(earlier) + len(candidates)
+            candidates.append({"index": index, "name": name, "bracket": bracket, "student": config.as_dict(student),
+                               "cost": asdict(cost)} | record)
+            fitted = f" (fitted from {record['drawn_name']})" if record else ""
+            log(f"[candidate {index}] {name}{fitted}: {cost.latency_ms:.3f} ms, {cost.flash_bytes:,} B "
                 f"flash, {cost.ram_bytes:,} B RAM")
     seconds = time.perf_counter() - started
     artifacts.write_json(path, {"key": key, "candidates": candidates, "seconds": seconds})

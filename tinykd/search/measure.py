@@ -5,7 +5,8 @@ model costs what the trained one will (the build's pruning and QAT keep the grap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from tinykd import config, models
 from tinykd.boards import Board
@@ -42,6 +43,58 @@ def measure(student: config.ModelConfig, data: Dataset, cfg: config.Config, boar
     return Cost(latency_ms=found.latency_ms, flash_bytes=found.flash_bytes, ram_bytes=found.ram_bytes,
                 arena_host_bytes=found.arena_host_bytes, tflite_bytes=len(tflite), macs=found.macs,
                 params=int(model.count_params()), fits_board=found.fits)
+
+
+# Widths a fitted student may take: eighths of the drawn filters, from an eighth to eight times (config's limit).
+WIDTHS = tuple(step / 8 for step in range(1, 65))
+
+
+def fit_width(student: config.ModelConfig, first: Cost, budget: dict, measure_at) -> tuple[float, Cost, int]:
+    """The widest `WIDTHS` multiplier of `student` that meets `budget` (and fits the board), its cost, and how many
+    measurements it took; `first` is the cost at the student's own width, `measure_at(width) -> Cost`.
+
+    The start is a guess from `first`: latency and the model's bytes grow about with the square of the width (a
+    convolution's MACs and weights are channels in times channels out), the runtime's code not at all. From there
+    the search steps up or down, doubling the step, until it brackets the boundary, then bisects the grid. Cost is
+    assumed to grow with width; when even an eighth misses, the eighth comes back (over budget) for the record.
+    """
+    def meets(cost: Cost) -> bool:
+        return not over_budget(vars(cost), budget)
+
+    costs = {student.width_multiplier: first}
+
+    def at(index: int) -> Cost:
+        width = WIDTHS[index]
+        if width not in costs:
+            costs[width] = measure_at(width)
+        return costs[width]
+
+    ratios = [limit / vars(first)[key] for key, limit in budget.items() if limit is not None and key != "flash_bytes"]
+    if budget.get("flash_bytes") is not None:  # the model's bytes scale, the runtime's code beside them does not
+        runtime = first.flash_bytes - first.tflite_bytes
+        ratios.append(max(budget["flash_bytes"] - runtime, 1) / first.tflite_bytes)
+    guess = student.width_multiplier * math.sqrt(min(ratios)) if ratios else student.width_multiplier
+    start = min(range(len(WIDTHS)), key=lambda i: abs(WIDTHS[i] - guess))
+    if meets(at(start)):
+        good, bad, step = start, None, 1
+        while bad is None and good < len(WIDTHS) - 1:
+            probe = min(good + step, len(WIDTHS) - 1)
+            good, bad = (probe, None) if meets(at(probe)) else (good, probe)
+            step *= 2
+        if bad is None:
+            return WIDTHS[good], at(good), len(costs) - 1
+    else:
+        good, bad, step = None, start, 1
+        while good is None and bad > 0:
+            probe = max(bad - step, 0)
+            good, bad = (probe, bad) if meets(at(probe)) else (None, probe)
+            step *= 2
+        if good is None:
+            return WIDTHS[0], at(0), len(costs) - 1
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if meets(at(middle)) else (good, middle)
+    return WIDTHS[good], at(good), len(costs) - 1
 
 
 def over_budget(cost: dict, budget: dict) -> list[str]:
