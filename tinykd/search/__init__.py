@@ -154,7 +154,7 @@ def _candidates(cfg: config.Config, data, board: Board, budget: dict, out: Path,
             index = len(earlier) + len(candidates)
             candidates.append({"index": index, "name": name, "bracket": bracket, "student": config.as_dict(student),
                                "cost": asdict(cost)} | record)
-            fitted = f" (fitted from {record['drawn_name']})" if record else ""
+            fitted = f" (fitted from {record['drawn_name']})" if record.get("drawn_name", name) != name else ""
             log(f"[candidate {index}] {name}{fitted}: {cost.latency_ms:.3f} ms, {cost.flash_bytes:,} B "
                 f"flash, {cost.ram_bytes:,} B RAM")
     seconds = time.perf_counter() - started
