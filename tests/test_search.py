@@ -7,6 +7,7 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SMOKE_RECIPE, tinykd_process
@@ -193,6 +194,30 @@ def test_fit_width_scales_each_draw_to_the_widest_that_meets_the_budget(runs, tm
             cost = measure(wider, data, cfg, board, worker)
             assert over_budget(vars(cost), budget), f"{candidate['name']}: one eighth wider still meets the budget"
     assert {t["index"] for t in summary["trials"]} == {0} | {c["index"] for c in feasible}
+
+
+def test_near_chance_compares_the_best_first_rung_with_the_most_common_class():
+    balanced = np.repeat(np.arange(12), 39)  # 468 validation clips of 12 classes, as the keyword set
+    first = [{"rung": 0, "epochs": 2, "int8_val_accuracy": a} for a in (0.143, 0.150, 0.160)]  # what 2 epochs gave
+    assert "best 16.0% int8 validation, most common class 8.3%" in halving.near_chance(first, balanced)
+    sixth = [{"rung": 0, "epochs": 6, "int8_val_accuracy": a} for a in (0.16, 0.28, 0.42)]  # what 6 epochs gave
+    assert halving.near_chance(sixth, balanced) is None
+    assert halving.near_chance(sixth[:1] + [{"rung": 1, "epochs": 18, "int8_val_accuracy": 0.9}], balanced)
+    skewed = np.array([0] * 80 + [1] * 20)  # chance is 80%: near it means under 90%
+    assert halving.near_chance([{"rung": 0, "epochs": 2, "int8_val_accuracy": 0.89}], skewed)
+    assert halving.near_chance([{"rung": 0, "epochs": 2, "int8_val_accuracy": 0.91}], skewed) is None
+
+
+def test_a_first_rung_that_leaves_every_student_at_chance_is_named(runs, tmp_path):
+    """Students that learn nothing in rung 0 (a learning rate of 1e-9) rank at random: the search says so."""
+    cfg = config.load(SMOKE_RECIPE, {"search.trials": "2", "search.min_epochs": "1", "search.max_epochs": "1",
+                                     "distill.learning_rate": "1e-9"}, smoke=True)
+    seen = []
+    summary = search(cfg, runs, SearchOptions(out_dir=tmp_path / "out", log=seen.append)).summary
+    assert len(summary["warnings"]) == 1
+    assert summary["warnings"][0].startswith("bracket 0: rung 0 (1 epochs) left every candidate near chance")
+    assert "Raise search.min_epochs" in summary["warnings"][0]
+    assert any(line.startswith("[search] warning: bracket 0: rung 0") for line in seen)
 
 
 def test_impossible_budget_names_the_smallest_candidate(runs, tmp_path):

@@ -78,7 +78,7 @@ def search(cfg: config.Config, runs_dir: Path, options: SearchOptions = SearchOp
     # 5. successive halving per bracket: many candidates briefly, the best ones longer; one record per trial
     trials = halving.Trials(folder=out / "trials", cfg=cfg, data=data, teaching=teachers.teaching,
                             teacher_id=teachers.run_id, log=options.log)
-    records, bracket, found = [], 0, candidates
+    records, bracket, found, warnings = [], 0, candidates, []
 
     def spent() -> float:  # recorded seconds, so a resumed search does not get its hours again
         return measure_seconds + sum(r["seconds"] for r in records)
@@ -88,6 +88,10 @@ def search(cfg: config.Config, runs_dir: Path, options: SearchOptions = SearchOp
         options.log(f"[search] bracket {bracket}: {len(feasible)} of {len(found)} candidates within the budget "
                     f"on {board.id}")
         records += [record | {"bracket": bracket} for record in halving.run(trials, feasible, spent())]
+        warning = halving.near_chance([r for r in records if r["bracket"] == bracket], data.val.y)
+        if warning is not None:
+            options.log(f"[search] warning: bracket {bracket}: {warning}")
+            warnings.append(f"bracket {bracket}: {warning}")
         # halving starts no trial past the limit, but the last one it started may end there
         stopped = limit is not None and spent() >= limit
         if limit is None or stopped:
@@ -103,6 +107,7 @@ def search(cfg: config.Config, runs_dir: Path, options: SearchOptions = SearchOp
     # 6. results: search.json, the table, the Pareto plot and the recipe with the winner
     summary = _write(cfg, out, candidates, records, budget, board, options.source)
     summary |= {"brackets": 1 + max(c["bracket"] for c in candidates), "stopped_by_time_budget": stopped,
+                "warnings": warnings,
                 "measure_seconds": round(measure_seconds, 1),
                 "search_seconds": round(spent(), 1),
                 "wall_seconds_this_run": round(time.perf_counter() - started, 1)}

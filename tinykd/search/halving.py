@@ -74,6 +74,24 @@ def run(trials: Trials, candidates: list[dict], spent_seconds: float) -> list[di
     return records
 
 
+def near_chance(records: list[dict], labels: np.ndarray) -> str | None:
+    """A warning when rung 0 left every candidate near chance, so its ranking is noise; None when it separated them.
+
+    Near chance: the best rung-0 int8 validation accuracy under twice the most common class's share of `labels`
+    (halfway from that share to 1 when the share is over a half).
+    """
+    first = [r for r in records if r["rung"] == 0]
+    if not first:
+        return None
+    share = float(np.bincount(labels).max() / len(labels))
+    best = max(r["int8_val_accuracy"] for r in first)
+    if best >= min(2 * share, (1 + share) / 2):
+        return None
+    return (f"rung 0 ({first[0]['epochs']} epochs) left every candidate near chance (best {best:.1%} int8 "
+            f"validation, most common class {share:.1%}): halving kept students at random. Raise search.min_epochs "
+            "until the first rung separates them")
+
+
 def rank(record: dict) -> tuple:
     """Best first: higher int8 validation accuracy, then lower latency."""
     return (-record["int8_val_accuracy"], record["latency_ms"], record["index"])
