@@ -123,11 +123,23 @@ def listen(tflite: bytes, stream: Stream, frontend: FrontendConfig, cfg: recogni
         DataError: the stream is not at the front-end's sample rate, or shorter than a clip.
         VerificationError: TFLM cannot run the model.
     """
+    probabilities, ends_ms = heard(tflite, stream, frontend, cfg.stride_ms)
+    return recognizer.smooth(probabilities, ends_ms, cfg)
+
+
+def heard(tflite: bytes, stream: Stream, frontend: FrontendConfig, stride_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """The class probabilities (results x classes, steps of 1/256) of `tflite` in TFLM on the clip ending every
+    `stride_ms`, and those end times in ms: everything of `listen` before the averaging, so settings that differ
+    only after it (window, count, suppression, threshold) can be compared without running the model again.
+
+    Raises:
+        DataError: the stream is not at the front-end's sample rate, or shorter than a clip.
+        VerificationError: TFLM cannot run the model.
+    """
     from tinykd.model_file import read
 
     if stream.rate_hz != frontend.sample_rate_hz:
         raise DataError(f"the stream is at {stream.rate_hz} Hz; the front-end reads {frontend.sample_rate_hz} Hz")
-    windows, ends_ms = window_features(stream.samples, frontend, cfg.stride_ms)
+    windows, ends_ms = window_features(stream.samples, frontend, stride_ms)
     output = read(tflite, source="stream model").outputs[0]
-    probabilities = recognizer.probabilities(tflm_scores(tflite, windows), output.scale, output.zero_point)
-    return recognizer.smooth(probabilities, ends_ms, cfg)
+    return recognizer.probabilities(tflm_scores(tflite, windows), output.scale, output.zero_point), ends_ms
