@@ -36,19 +36,23 @@ from tinykd import config  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", type=Path, default=REPO / "pipelines" / "kws_dscnn.yaml")
-    parser.add_argument("--runs", type=Path, default=REPO / "bench" / "runs" / "kws")
+    parser.add_argument("--runs", type=Path, default=REPO / "bench" / "runs" / "kws",
+                        help="the builds go here; emptied first, so every figure is timed from scratch")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kws.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data", type=Path, help="use this keyword data set instead of synthesizing one")
     add_variant_options(parser)
-    parser.add_argument("--stream-results", type=Path,
-                        help="only add the stream figures of this bench/kws_stream.py JSON (run on this benchmark's "
-                             "seed-0 build) to --out, building nothing")
+    parser.add_argument("--stream-results", type=Path, nargs="+",
+                        help="only add the stream figures of these bench/kws_stream.py JSONs (one per kd seed of this "
+                             "benchmark) to --out, building nothing")
     args = parser.parse_args()
     if args.stream_results:
         _add_stream(args.out, args.stream_results)
         return
 
+    if args.data is not None and args.data.resolve().is_relative_to(args.runs.resolve()):
+        sys.exit(f"--data {args.data} is inside --runs {args.runs}, which the benchmark empties before it builds: "
+                 "move the data set out of it, or leave out --data to synthesize one")
     if args.runs.exists():
         shutil.rmtree(args.runs)
     args.runs.mkdir(parents=True)
@@ -103,23 +107,40 @@ def main() -> None:
     _write_result(result, args.out, "bench/kws.py")
 
 
-def _add_stream(out: Path, stream_results: Path) -> None:
-    """Put the false rejects and false accepts per hour of a stream benchmark into the results file."""
-    result, stream = json.loads(out.read_text()), json.loads(stream_results.read_text())
-    test = stream["streams"]["test"]
+def _add_stream(out: Path, stream_results: list[Path]) -> None:
+    """Put the false rejects and false accepts per hour of stream benchmarks (one per seed's kd build) into the
+    results file: their means, and each seed's figure."""
+    result = json.loads(out.read_text())
+    streams = sorted((json.loads(path.read_text()) for path in stream_results), key=_stream_seed)
+    seeds = [_stream_seed(stream) for stream in streams]
+    if len(set(seeds)) != len(seeds):
+        sys.exit(f"--stream-results: more than one file for a seed ({seeds}); give one per seed")
+    first = streams[0]
+    test, val = first["streams"]["test"], first["streams"]["val"]
+    frr = [stream["stream_false_reject_rate"] for stream in streams]
+    fa = [stream["stream_false_accepts_per_hour"] for stream in streams]
     result.update({
-        "stream_false_reject_rate": stream["stream_false_reject_rate"],
-        "stream_false_accepts_per_hour": stream["stream_false_accepts_per_hour"],
-        "stream_threshold": stream["threshold"],
-        "stream_source": f"bench/kws_stream.py on the seed-0 kd build of this benchmark "
-                         f"(`{stream['command']}`), finished {stream['machine']['date']}: a "
-                         f"{test['duration_ms'] / 60000:g}-minute test stream of {test['speakers']} held-out "
-                         f"speakers ({test['keyword_events']} keywords), threshold {stream['threshold']:.3f} chosen on "
-                         f"a {stream['streams']['val']['duration_ms'] / 60000:g}-minute validation stream",
+        "stream_false_reject_rate": statistics.mean(frr),
+        "stream_false_accepts_per_hour": statistics.mean(fa),
+        "stream_seeds": seeds,
+        "stream_false_reject_rate_seeds": frr,
+        "stream_false_accepts_per_hour_seeds": fa,
+        "stream_threshold_seeds": [stream["threshold"] for stream in streams],
+        "stream_source": f"bench/kws_stream.py on the kd builds of seeds {', '.join(map(str, seeds))} of this "
+                         f"benchmark (`{first['command']}`, then the same with each seed), finished "
+                         f"{streams[-1]['machine']['date']}: a {test['duration_ms'] / 60000:g}-minute test stream "
+                         f"of {test['speakers']} held-out speakers ({test['keyword_events']} keywords), each seed's "
+                         f"threshold chosen on a {val['duration_ms'] / 60000:g}-minute validation stream",
     })
+    result.pop("stream_threshold", None)
     temporary = out.with_suffix(".tmp")
     temporary.write_text(json.dumps(result, indent=2) + "\n")
     temporary.replace(out)
+
+
+def _stream_seed(stream: dict) -> int:
+    """The kd seed a bench/kws_stream.py run was built with (its `--set seed=N`, else the recipe's 0)."""
+    return next((int(o.split("=", 1)[1]) for o in stream["overrides"] if o.startswith("seed=")), 0)
 
 
 if __name__ == "__main__":
