@@ -219,11 +219,10 @@ def kws_table(results: dict) -> str:
         spread_note = (" (" + "; ".join(f"{pct(f, 1)} at {a:g}/h" for f, a in
                                         zip(per_seed, r["stream_false_accepts_per_hour_seeds"])) + ")"
                        if per_seed else "")
-        met_stream = r["stream_false_reject_rate"] <= 0.10 and r["stream_false_accepts_per_hour"] <= 5
         rows.append([f"on the test stream (`bench/kws_stream.py`, {which}; threshold chosen on validation): false "
                      "rejects / false accepts per hour",
                      f"{pct(r['stream_false_reject_rate'], 1)} / {r['stream_false_accepts_per_hour']:.1f}"
-                     + spread_note, f"10% at 5/h: {yes(met_stream)}"])
+                     + spread_note, f"10% at 5/h: {yes(stream_target_met(r))}"])
     return table(["", "figure", "target"], rows) + "\n" + machine(r)
 
 
@@ -466,8 +465,14 @@ def kws_stream_table(results: dict) -> str:
             f"{test_stream['unknown_events']} other words, {test_stream['noise_events']} noise bursts, "
             f"{test_stream['speakers']} held-out speakers; validation stream {val_stream['duration_ms'] / 60000:.0f} "
             f"min. Target: at most 10% false rejects at at most 5 false accepts per hour: "
-            f"{yes(r['stream_false_reject_rate'] <= 0.10 and r['stream_false_accepts_per_hour'] <= 5)}. "
+            f"{yes(stream_target_met(r))}. "
             + machine(r))
+
+
+def stream_target_met(r: dict) -> bool:
+    """Whether a stream result meets the keyword issue's target: at most 10% false rejects at at most 5 false
+    accepts per hour."""
+    return r["stream_false_reject_rate"] <= 0.10 and r["stream_false_accepts_per_hour"] <= 5
 
 
 def stream_settings_note(r: dict) -> str:
