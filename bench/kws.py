@@ -79,6 +79,7 @@ def main() -> None:
 
     result = _summary(runs, noop, cfg, None, carried)
     kd = runs["kd"]
+    result["distill_alpha"] = cfg.distill.alpha  # 0: the recipe trains on labels (chosen by bench/kws_alpha.py)
     result["synthesis_seconds"] = synthesis_seconds
     result["synthesis_plus_build_seconds"] = (None if synthesis_seconds is None or result["build_seconds"] is None
                                               else round(synthesis_seconds + result["build_seconds"], 1))

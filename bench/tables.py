@@ -184,21 +184,22 @@ def kws_table(results: dict) -> str:
          f"under 25 min: {yes(met['synthesis_plus_build_under_25_minutes'])}"],
         ["rebuild with the cached teacher (median)", f"{r['rebuild_seconds']:.0f} s", ""],
         ["DS-CNN teacher (float), held-out speakers", pct(r["teacher_accuracy"], 1), ""],
-        ["0.75-width student, structured-pruned, int8 in TFLite Micro", f"{pct(r['student_int8_accuracy'], 2)} mean "
+        [f"0.75-width student ({trained(r)}), structured-pruned, int8 in TFLite Micro",
+         f"{pct(r['student_int8_accuracy'], 2)} mean "
          f"({seeds(r['student_int8_accuracy_seeds'], 1)}) = "
          f"{pct(r['student_int8_accuracy'] / r['teacher_accuracy'], 1)} of the teacher",
          f"at least 97%: {yes(met['student_int8_at_least_97pct_of_teacher'])}"],
         ["hand baseline (labels only, no pruning, post-training quantization)"
          + (", carried from the previous run" if carried(r, "baseline") else ""),
-         f"{pct(r['baseline_int8_accuracy'], 2)} mean ({seeds(r['baseline_int8_accuracy_seeds'], 1)}): distillation "
-         f"{points(r['kd_gain_over_baseline_points'])}",
+         f"{pct(r['baseline_int8_accuracy'], 2)} mean ({seeds(r['baseline_int8_accuracy_seeds'], 1)}): "
+         f"{'distillation' if distils(r) else 'the recipe'} {points(r['kd_gain_over_baseline_points'])}",
          f"+0.5: {yes(met['kd_beats_baseline_by_0.5_points'])}"],
-        ["same student without distillation (alpha 0)"
+        *([] if not distils(r) else [["same student without distillation (alpha 0)"
          + (", previous run with magnitude pruning: not this pipeline" if carried(r, "no_kd") else ""),
          f"{pct(r['no_kd_int8_accuracy'], 1)} mean ({seeds(r['no_kd_int8_accuracy_seeds'], 1)})"
          + ("" if carried(r, "no_kd") else f": distillation {points(r['no_kd_gain_points'])}"),
          "not measured" if met["kd_beats_no_kd_by_0.5_points"] is None
-         else f"+0.5: {yes(met['kd_beats_no_kd_by_0.5_points'])}"],
+         else f"+0.5: {yes(met['kd_beats_no_kd_by_0.5_points'])}"]]),
         ["estimated latency, MACs", f"{student_cost(r)} (magnitude-pruned default: "
          f"{previous['student_latency_ms']:.1f} ms, {previous['student_macs']:,} MACs)",
          f"less: {yes(met['latency_below_previous_default'])}"],
@@ -226,20 +227,52 @@ def kws_table(results: dict) -> str:
     return table(["", "figure", "target"], rows) + "\n" + machine(r)
 
 
+def distils(r: dict) -> bool:
+    """Whether the benchmarked recipe distils (results before `distill_alpha` was recorded did, at 0.9)."""
+    return r.get("distill_alpha", 0.9) > 0
+
+
+def trained(r: dict) -> str:
+    return f"distilled, alpha {r['distill_alpha']:g}" if distils(r) and "distill_alpha" in r else \
+        "distilled" if distils(r) else "trained on labels: alpha 0"
+
+
+def kws_alpha_notes(results: dict) -> str:
+    """How the keyword recipe's alpha was chosen: each arm on validation, with its test figure beside it."""
+    r = results["kws_alpha"]
+    rows = [[f"{alpha}" + (" (chosen)" if float(alpha) == r["chosen_alpha"] else ""),
+             f"{pct(arm['val_accuracy'])} ({seeds(arm['val_accuracy_seeds'], 1)})",
+             f"{pct(arm['int8_test_accuracy'])} ({seeds(arm['int8_test_accuracy_seeds'], 1)})"]
+            for alpha, arm in sorted(r["arms"].items(), key=lambda item: float(item[0]))]
+    header = ["`distill.alpha`", "validation, QAT model: mean (seeds)", "test, int8 in TFLite Micro (not used to choose)"]
+    return (table(header, rows) + f"\nChosen on: {r['chosen_on']}. Teacher: {pct(r['teacher_val_accuracy'], 1)} "
+            f"validation, {pct(r['teacher_test_accuracy'], 1)} test.\n" + machine(r))
+
+
+def alpha_choice(r: dict) -> str:
+    """One sentence: the full recipe's distillation against labels only, per bench/kws_alpha.py."""
+    chosen = r["arms"][f"{r['chosen_alpha']:g}"]
+    others = [(alpha, arm) for alpha, arm in r["arms"].items() if float(alpha) != r["chosen_alpha"]]
+    return ("on the full recipe, 3 seeds, alpha " + ", ".join(
+        f"{alpha} was {points(100 * (arm['val_accuracy'] - chosen['val_accuracy']))} on validation and "
+        f"{points(100 * (arm['int8_test_accuracy'] - chosen['int8_test_accuracy']))} on test" for alpha, arm in others)
+        + f" against alpha {r['chosen_alpha']:g}, which the recipe now uses (`bench/kws_alpha.py`).\n")
+
+
 def kws_notes(results: dict) -> str:
     r = results["kws"]
     kd = r["student_int8_accuracy_seeds"]
     far = statistics.mean(r["false_accept_rate_seeds"])
     notes = [
         f"- The test split is {r['test_clips']} clips, so one clip is {100 / r['test_clips']:.2f} points; the "
-        f"distilled seeds spread over {spread(kd):.1f} points, the hand baseline's over "
+        f"recipe's seeds spread over {spread(kd):.1f} points, the hand baseline's over "
         f"{spread(r['baseline_int8_accuracy_seeds']):.1f}.",
         f"- Structured pruning toward {budget(r)} on {r['student_latency_board']}: {r['pruning_note']}",
         f"- Float student before pruning {mean_pct(r['student_float_accuracy_seeds'], 2)}, after pruning and "
         f"rewinding {mean_pct(r['student_float_into_quantization_accuracy_seeds'], 2)} (means of the seeds).",
     ]
     for arm, label in (("baseline", "Hand baseline"), ("no_kd", "Without distillation")):
-        if carried(r, arm):
+        if carried(r, arm) and (arm == "baseline" or distils(r)):
             notes.append(f"- {label}: {r[f'{arm}_source']}.")
     if r.get("stream_source"):
         notes.append(f"- Stream figures: {r['stream_source']}.")
@@ -327,10 +360,12 @@ def kd_ablation_notes(results: dict) -> str:
         f"{min(semi_ratios):.1f}-{max(semi_ratios):.1f}x the training time.\n"
         f"- **Keywords at this reduced budget**: logits-only is at {versus(kw['logits'], kw['none'])} against no "
         f"distillation, whose seeds spread over {spread(kw['none']['int8_accuracy_seeds']):.1f} points on "
-        f"{kws_bench['test_clips']} test clips; the full recipe's 3-seed benchmark (above) measured "
-        + (f"{points(kws_bench['kd_gain_over_baseline_points'])} against the hand baseline (its no-distillation "
-           "arm is carried from an earlier pipeline).\n" if carried(kws_bench, "no_kd")
-           else f"{points(kws_bench['no_kd_gain_points'])}.\n")
+        f"{kws_bench['test_clips']} test clips; "
+        + (alpha_choice(results["kws_alpha"]) if not distils(kws_bench) else
+           f"the full recipe's 3-seed benchmark (above) measured "
+           + (f"{points(kws_bench['kd_gain_over_baseline_points'])} against the hand baseline (its no-distillation "
+              "arm is carried from an earlier pipeline).\n" if carried(kws_bench, "no_kd")
+              else f"{points(kws_bench['no_kd_gain_points'])}.\n"))
     )
 
 
@@ -599,6 +634,7 @@ REGIONS = {
     "fashion_mnist-notes": fashion_mnist_notes,
     "kws": kws_table,
     "kws-notes": kws_notes,
+    "kws_alpha": kws_alpha_notes,
     "kws_stream": kws_stream_table,
     "search": search_table,
     "readme-search": readme_search,
