@@ -284,7 +284,7 @@ def kws_notes(results: dict) -> str:
 # ---- which distillation method (bench/kd_ablation.py) ----
 
 METHODS = {
-    "logits": "logits (Hinton), the default",
+    "logits": "logits (Hinton), the reference",
     "none": "no distillation (alpha 0)",
     "hints": "logits + hints (FitNets)",
     "attention": "logits + attention transfer",
