@@ -200,11 +200,11 @@ def kws_table(results: dict) -> str:
          + ("" if carried(r, "no_kd") else f": distillation {points(r['no_kd_gain_points'])}"),
          "not measured" if met["kd_beats_no_kd_by_0.5_points"] is None
          else f"+0.5: {yes(met['kd_beats_no_kd_by_0.5_points'])}"]]),
-        ["estimated latency, MACs", f"{student_cost(r)} (magnitude-pruned default: "
+        ["estimated latency, MACs", f"{student_cost(r)} (previous default, {previous['prune']} pruning: "
          f"{previous['student_latency_ms']:.1f} ms, {previous['student_macs']:,} MACs)",
          f"less: {yes(met['latency_below_previous_default'])}"],
         ["`.tflite`",
-         f"{r['student_tflite_bytes']:,} B (magnitude-pruned default {previous['student_tflite_bytes']:,} B)",
+         f"{r['student_tflite_bytes']:,} B (previous default {previous['student_tflite_bytes']:,} B)",
          f"at most 30 KB: {yes(met['student_tflite_at_most_30KB'])}"],
         ["features recomputed on the host (TensorFlow's op) from the exported settings, identical to training's",
          f"{min(p['identical_clips'] for p in parity)} of {parity[0]['test_clips']} clips, every seed"
