@@ -54,7 +54,7 @@ def main() -> None:
     teacher_val, teacher_test = teachers.pop()
     result = {
         "chosen_alpha": float(chosen),
-        "chosen_on": f"mean validation accuracy of the {CHOSEN_ON} stage (QAT model), {len(arms[float(chosen)])} "
+        "chosen_on": f"mean validation accuracy of the {CHOSEN_ON} stage (QAT model), {len(summary[chosen]['seeds'])} "
                      "seeds; test figures reported, not used",
         "teacher_val_accuracy": teacher_val,
         "teacher_test_accuracy": teacher_test,
@@ -93,17 +93,19 @@ def _from_build(folder: Path) -> dict:
         sys.exit(f"{folder}: no finished build ({error}); build it with tinykd build first")
     recipe = report["recipe"]
     return _figures(report["stages"], float(recipe["distill"]["alpha"]), int(recipe["seed"]),
-                    f"build {folder} on {report['recipe']['data']['path']}")
+                    f"build {folder} on {recipe['data']['path']}")
 
 
 def _from_results(spec: str) -> list[dict]:
-    results, source = _results(Path(spec))
+    """The kd arm of a results file as COMMIT left it, with the alpha of the recipe at that commit."""
     _, _, commit = spec.partition("@")
     if not commit:
         sys.exit(f"--carry {spec}: name the commit (FILE@COMMIT), so the alpha is read from the recipe it ran")
-    recipe_path = Path(REPO / "pipelines" / f"{results['recipe']}.yaml").relative_to(REPO)
-    shown = subprocess.run(["git", "show", f"{commit}:{recipe_path}"], cwd=REPO, capture_output=True, text=True,
-                           check=True)
+    results, source = _results(Path(spec))
+    recipe = f"pipelines/{results['recipe']}.yaml"
+    shown = subprocess.run(["git", "show", f"{commit}:{recipe}"], cwd=REPO, capture_output=True, text=True)
+    if shown.returncode:
+        sys.exit(f"--carry {spec}: cannot read {recipe} at {commit}: {shown.stderr.strip()}")
     alpha = float(yaml.safe_load(shown.stdout)["distill"]["alpha"])
     return [_figures(run["stages"], alpha, run["seed"], f"{run['name']} of {source}") for run in results["runs"]["kd"]]
 

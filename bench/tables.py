@@ -233,8 +233,7 @@ def distils(r: dict) -> bool:
 
 
 def trained(r: dict) -> str:
-    return f"distilled, alpha {r['distill_alpha']:g}" if distils(r) and "distill_alpha" in r else \
-        "distilled" if distils(r) else "trained on labels: alpha 0"
+    return f"distilled, alpha {r.get('distill_alpha', 0.9):g}" if distils(r) else "trained on labels: alpha 0"
 
 
 def kws_alpha_notes(results: dict) -> str:
