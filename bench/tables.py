@@ -275,6 +275,8 @@ def kws_notes(results: dict) -> str:
             notes.append(f"- {label}: {r[f'{arm}_source']}.")
     if r.get("stream_source"):
         notes.append(f"- Stream figures: {r['stream_source']}.")
+    notes.append(f"- Previous default: {r['previous_default']['source']}"
+                 + (f"; {r['previous_default_note']}." if r.get("previous_default_note") else "."))
     notes.append(f"- The false accept rate on clips is high ({pct(far, 0)} mean): that share of the silence and "
                  "unknown clips is taken for a keyword, mostly unknown words.")
     return "\n".join(notes) + "\n"
