@@ -58,8 +58,9 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in args.recipes:
         results[name] = _one_recipe(name, args)
-        results["machine"] = _machine()
-        results["command"] = "python bench/search.py " + " ".join(sys.argv[1:])
+        # Per recipe too: a later run of one recipe rewrites the top-level machine, not where the other ran.
+        results["machine"] = results[name]["machine"] = _machine()
+        results["command"] = results[name]["command"] = "python bench/search.py " + " ".join(sys.argv[1:])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         temporary = args.out.with_suffix(".tmp")
         temporary.write_text(json.dumps(results, indent=2) + "\n")

@@ -558,7 +558,9 @@ def search_table(results: dict) -> str:
     missing = [name for name in ("fashion_mnist", "kws") if name not in r]
     if missing:
         notes.append(f"No results file for: {', '.join(missing)} (what is known is in docs/search.md).")
-    return table(header, rows) + "\n" + "".join(f"{note}\n" for note in notes) + "\n" + machine(r)
+    machines = [f"{name}: " + machine(r[name]) for name in ("fashion_mnist", "kws") if "machine" in r.get(name, {})]
+    return (table(header, rows) + "".join(f"\n{note}\n" for note in notes) + "\n"
+            + ("\n".join(machines) if machines else machine(r)))
 
 
 def readme_search(results: dict) -> str:
@@ -570,8 +572,8 @@ def readme_search(results: dict) -> str:
             parts.append(f"{label}: no results file (see [docs/search.md](docs/search.md))")
             continue
         x = r[name]
-        parts.append(f"{label} on {x['board']}, searched `{x['searched_student']}` "
-                     f"{pct(x['searched_int8_accuracy'])} vs default {pct(x['default_int8_accuracy'])} int8, "
+        parts.append(f"{label} on {x['board']}, searched {pct(x['searched_int8_accuracy'])} vs default "
+                     f"{pct(x['default_int8_accuracy'])} int8 ({points(x['gain_points'])}), "
                      f"{x['searched_latency_ms']:.1f} vs {x['default_latency_ms']:.1f} ms ({len(x['seeds'])} "
                      f"seed{'s' if len(x['seeds']) > 1 else ''}{', reduced run' if x.get('reduced') else ''})")
     return f"Measured ([bench/README.md](bench/README.md)): {'; '.join(parts)}.\n"
