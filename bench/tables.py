@@ -537,11 +537,13 @@ def search_table(results: dict) -> str:
     header = ["recipe", "board", "default int8 (TFLM)", "searched int8 (TFLM)", "gain", "latency default / searched",
               "flash default / searched", "searched student", "search time", "best trial under half the latency",
               "target met"]
-    rows, notes = [], []
+    rows, notes, machines = [], [], []
     for name in ("fashion_mnist", "kws"):
         if name not in r:
             continue
         x = r[name]
+        if "machine" in x:
+            machines.append(f"{name}: " + machine(x))
         half = x["best_under_half_latency"]
         rows.append([name, x["board"], f"{pct(x['default_int8_accuracy'])} ({seeds(x['default_int8_accuracy_seeds'])})",
                      f"{pct(x['searched_int8_accuracy'])} ({seeds(x['searched_int8_accuracy_seeds'])})",
@@ -558,7 +560,6 @@ def search_table(results: dict) -> str:
     missing = [name for name in ("fashion_mnist", "kws") if name not in r]
     if missing:
         notes.append(f"No results file for: {', '.join(missing)} (what is known is in docs/search.md).")
-    machines = [f"{name}: " + machine(r[name]) for name in ("fashion_mnist", "kws") if "machine" in r.get(name, {})]
     return (table(header, rows) + "".join(f"\n{note}\n" for note in notes) + "\n"
             + ("\n".join(machines) if machines else machine(r)))
 
