@@ -12,8 +12,8 @@ from tinykd import artifacts, config
 from tinykd.artifacts import Run
 from tinykd.data import Dataset
 from tinykd.distill import Schedule, Student, Teaching, distill, model_metrics
-from tinykd.keras_shim import tfmot
-from tinykd.models import clone, load_model  # noqa: F401 - load_model is part of tinykd.quantize's API
+from tinykd.keras_shim import keras, tfmot
+from tinykd.models import load_model  # noqa: F401 - load_model is part of tinykd.quantize's API
 
 
 def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, student: Student) -> Student:
@@ -76,9 +76,49 @@ def quantize_scheme(*, clustered: bool, preserve_sparsity: bool):
     return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
 
 
+@keras.utils.register_keras_serializable(package="tinykd")
+class SameScalePooling(tfmot.quantization.keras.QuantizeConfig):
+    """Average pooling quantized at its input's scale: no output quantizer of its own.
+
+    TFMOT's default 8-bit scheme gives AveragePooling2D an output quantizer with a learned range, but an int8
+    AVERAGE_POOL_2D keeps its input's scale, so the converter appends a QUANTIZE op to reach the learned one: one
+    more kernel linked into the firmware (an estimated 1.5 KB of flash) and one more op run, which post-training
+    quantization never adds. Without the quantizer the pooled output keeps the input's scale, as after post-training
+    quantization (and as TFMOT already does for max pooling). GlobalAveragePooling2D converts to MEAN, which
+    rescales by itself, so it keeps TFMOT's quantizer.
+    """
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
 def quantization_aware(student, scheme=None):
-    """An untrained quantization-aware clone of `student` under `scheme` (None: the default 8-bit scheme)."""
-    annotated = tfmot.quantization.keras.quantize_annotate_model(clone(student))
+    """An untrained quantization-aware clone of `student` under `scheme` (None: the default 8-bit scheme), its
+    average pooling kept at its input's scale (`SameScalePooling`)."""
+    def annotate(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, keras.layers.AveragePooling2D):
+            return tfmot.quantization.keras.quantize_annotate_layer(copy, SameScalePooling())
+        return copy
+
+    pooled = keras.models.clone_model(student, clone_function=annotate)
+    pooled.set_weights(student.get_weights())
+    annotated = tfmot.quantization.keras.quantize_annotate_model(pooled)
     with tfmot.quantization.keras.quantize_scope():
         return tfmot.quantization.keras.quantize_apply(
             annotated, scheme or quantize_scheme(clustered=False, preserve_sparsity=False))
