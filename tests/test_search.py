@@ -162,6 +162,39 @@ def test_written_recipe_builds(searched, runs):
     assert [s["stage"] for s in result.report["stages"]][:4] == ["teacher", "distill", "prune", "quantize"]
 
 
+def test_an_untrained_candidate_costs_what_the_build_ships_after_quantization_aware_training(smoke_data,
+                                                                                              tiny_teacher):
+    """The search's measurement (untrained, post-training quantized) against the build's path for the same student
+    (trained with QAT, then converted): the same graph, so the same latency, RAM and flash on the board. Equal
+    widths give equal zero biases before training, and average pooling is where QAT used to add an op."""
+    from tinykd import models
+    from tinykd.boards import get_board
+    from tinykd.config import DistillConfig, ModelConfig, QuantizeConfig
+    from tinykd.convert import int8_model
+    from tinykd.distill import Schedule, Teaching
+    from tinykd.keras_shim import keras
+    from tinykd.quantize import quantize, scheme_for
+    from tinykd.report import analyze, for_board
+    from tinykd.report.arena import Worker
+    from tinykd.search.measure import measure
+
+    cfg = _smoke()
+    student = ModelConfig(filters=(8, 8, 8), head="avgpool")
+    board = get_board(cfg.target.board)
+    keras.utils.set_random_seed(0)
+    model = models.build(student, smoke_data.input_shape, smoke_data.num_classes, "student")
+    qat = quantize(model, Teaching(teacher=tiny_teacher, config=DistillConfig(student=student)), smoke_data,
+                   Schedule.of(QuantizeConfig(epochs=1, batch_size=64), seed=0), scheme_for(cfg))
+    with Worker() as worker:
+        measured = measure(student, smoke_data, cfg, board, worker)
+        shipped = for_board(analyze(int8_model(qat, smoke_data, cfg, 32), "qat", worker), board)
+    assert shipped.latency_ms == pytest.approx(measured.latency_ms)
+    assert shipped.ram_bytes == measured.ram_bytes
+    # the QAT conversion's metadata is 8 B longer and the flatbuffer's alignment moves with it (24 B here, 16 B on
+    # the keyword student); a requantize op or shared bias buffers are hundreds of bytes plus a kernel
+    assert 0 <= shipped.flash_bytes - measured.flash_bytes <= 32
+
+
 def test_fit_width_scales_each_draw_to_the_widest_that_meets_the_budget(runs, tmp_path):
     """With search.fit_width, every drawn student comes back at the widest eighth of its filters that meets the
     budget: measured again here, one eighth wider misses it. The recipe's own student keeps its width."""
