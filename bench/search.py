@@ -41,6 +41,13 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES))
     parser.add_argument("--hours", type=float, default=2.0, help="search budget per recipe")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--default-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="seeds whose default builds run here (default: --seeds); the others' figures come "
+                             "from --carry-default")
+    parser.add_argument("--carry-default", default=None, metavar="FILE[@COMMIT]",
+                        help="a bench/fashion_mnist.py or bench/kws.py result holding the default builds of the "
+                             "seeds not in --default-seeds; refused unless every seed built here reproduces its "
+                             "int8 accuracy, latency and flash exactly")
     parser.add_argument("--runs", type=Path, default=REPO / "bench" / "runs")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "search.json")
     parser.add_argument("--search-set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -79,7 +86,10 @@ def _one_recipe(name: str, args) -> dict:
     # The default student is the one the recipe ships: built first (its teacher is then cached for the search),
     # its int8 model's estimated latency and flash on the board are the budget. A recipe that prunes toward a
     # budget ships a thinner student than its distill.student, so the untrained one would set too loose a budget.
-    defaults = [_build(recipe, args.runs, f"{cfg.name}-default-s{s}", s, common, args.smoke) for s in args.seeds]
+    built = args.seeds if args.default_seeds is None else args.default_seeds
+    defaults = [_build(recipe, args.runs, f"{cfg.name}-default-s{s}", s, common, args.smoke) for s in built]
+    defaults += _carried_defaults(cfg.name, defaults, [s for s in args.seeds if s not in built], args.carry_default)
+    defaults.sort(key=lambda r: args.seeds.index(r["seed"]) if r["seed"] in args.seeds else len(args.seeds))
     default = {key: statistics.mean(r["report"]["board"][key] for r in defaults)
                for key in ("latency_ms", "flash_bytes", "ram_bytes")}
     default["unpruned"] = _default_cost(cfg, board)
@@ -105,6 +115,47 @@ def _one_recipe(name: str, args) -> dict:
     searched = [_build(out / "recipe.yaml", args.runs, f"{cfg.name}-searched-s{s}", s, common, args.smoke)
                 for s in args.seeds]
     return _summary(defaults, searched, summary, default, wall, args)
+
+
+def _carried_defaults(recipe_name: str, built: list[dict], seeds: list[int], source: str | None) -> list[dict]:
+    """The default builds of `seeds` read from an earlier benchmark's result (`FILE` or `FILE@COMMIT`), shaped as
+    `_build` returns them. Carrying is a claim that the pipeline is unchanged, so it is checked: every seed built
+    here that the file also holds must match it exactly (int8 accuracy in TFLM, latency and flash)."""
+    if not seeds:
+        return []
+    if source is None:
+        sys.exit(f"default builds of seeds {seeds} are neither built (--default-seeds) nor carried (--carry-default)")
+    path, _, commit = source.partition("@")
+    text = (subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout if commit else (REPO / path).read_text())
+    result = json.loads(text)
+    if result.get("recipe") != recipe_name:
+        sys.exit(f"{source}: recipe {result.get('recipe')!r}, not {recipe_name!r}; carry a result of the same recipe")
+    runs = {run["seed"]: run for run in result["runs"]["kd"]}
+
+    def figures(int8: dict) -> tuple:
+        return (int8["tflm_accuracy"], round(int8["latency_ms"], 6), int8["flash_bytes"])
+
+    def board(run: dict) -> dict:
+        return next(stage["int8"] for stage in run["stages"] if stage["stage"] == "int8")
+
+    checked = []
+    for own in built:
+        if own["seed"] in runs:
+            mine = figures(own["report"]["int8"] | own["report"]["board"])
+            theirs = figures(board(runs[own["seed"]]))
+            if mine != theirs:
+                sys.exit(f"{source}: seed {own['seed']} built here gives {mine} (accuracy, ms, flash), the file "
+                         f"{theirs}: the pipeline changed since, so its other seeds cannot be carried")
+            checked.append(own["seed"])
+    if not checked:
+        sys.exit(f"{source}: no seed built here is in the file, so nothing shows its builds are reproducible")
+    missing = [s for s in seeds if s not in runs]
+    if missing:
+        sys.exit(f"{source}: holds no default build of seeds {missing}")
+    note = f"carried from {source} (its seeds {checked} rebuilt here gave identical accuracy, latency and flash)"
+    return [{"name": runs[s]["name"], "seed": s, "seconds": runs[s]["seconds"], "carried": note,
+             "report": {"int8": board(runs[s]), "board": board(runs[s])}} for s in seeds]
 
 
 def _default_cost(cfg, board: str) -> dict:
@@ -147,7 +198,8 @@ def _summary(defaults: list[dict], searched: list[dict], summary: dict, default:
             k: best_half[k] for k in ("name", "latency_ms", "flash_bytes", "ram_bytes", "int8_val_accuracy",
                                       "epochs")} | {"note": "search trial (int8 validation accuracy after the "
                                                             "trial's epochs), not a full build"},
-        "default_runs": [{"seed": r["seed"], "seconds": r["seconds"]} for r in defaults],
+        "default_runs": [{"seed": r["seed"], "seconds": r["seconds"]} | ({"carried": r["carried"]} if "carried" in r
+                                                                          else {}) for r in defaults],
         "searched_runs": [{"seed": r["seed"], "seconds": r["seconds"]} for r in searched],
     }
     gain = result["searched_int8_accuracy"] - result["default_int8_accuracy"]
