@@ -540,10 +540,11 @@ def search_table(results: dict) -> str:
               "flash default / searched", "searched student", "search time", "best trial under half the latency",
               "target met"]
     rows, notes, machines = [], [], []
-    for name in ("fashion_mnist", "kws"):
-        if name not in r:
-            continue
-        x = r[name]
+    # The plain search's rows, then `search.fit_width`'s (bench/search.py --search-set search.fit_width=true).
+    runs = [(name, r[name]) for name in ("fashion_mnist", "kws") if name in r]
+    fitted = results.get("search_fit_width", {})
+    runs += [(f"{name} (fit_width)", fitted[name]) for name in ("fashion_mnist", "kws") if name in fitted]
+    for name, x in runs:
         if "machine" in x:
             machines.append(f"{name}: " + machine(x))
         half = x["best_under_half_latency"]
@@ -567,19 +568,24 @@ def search_table(results: dict) -> str:
 
 
 def readme_search(results: dict) -> str:
-    """One line per recipe for the README: the searched student against the default, and whether it was claimed."""
-    r = results.get("search", {})
+    """One line for the README: per recipe, the searched student's gain over the default (plain search, then
+    `search.fit_width`), with the best one's figures and whether it met the target."""
+    plain, fitted = results.get("search", {}), results.get("search_fit_width", {})
     parts = []
     for name, label in (("fashion_mnist", "Fashion-MNIST"), ("kws", "keywords")):
-        if name not in r:
+        runs = [(what, r[name]) for what, r in (("plain", plain), ("`fit_width`", fitted)) if name in r]
+        if not runs:
             parts.append(f"{label}: no results file (see [docs/search.md](docs/search.md))")
             continue
-        x = r[name]
-        parts.append(f"{label} on {x['board']}, searched {pct(x['searched_int8_accuracy'])} vs default "
-                     f"{pct(x['default_int8_accuracy'])} int8 ({points(x['gain_points'])}), "
-                     f"{x['searched_latency_ms']:.1f} vs {x['default_latency_ms']:.1f} ms ({len(x['seeds'])} "
-                     f"seed{'s' if len(x['seeds']) > 1 else ''}{', reduced run' if x.get('reduced') else ''})")
-    return f"Measured ([bench/README.md](bench/README.md)): {'; '.join(parts)}.\n"
+        what, x = max(runs, key=lambda run: run[1]["gain_points"])
+        gains = " / ".join(f"{r['gain_points']:+.2f} ({w})" for w, r in runs) + " points"
+        parts.append(f"{label} on {x['board']}: {gains}; best {pct(x['searched_int8_accuracy'])} vs "
+                     f"{pct(x['default_int8_accuracy'])}, {x['searched_latency_ms']:.1f} vs "
+                     f"{x['default_latency_ms']:.1f} ms, target {'met' if x['target_met'] else 'missed'}"
+                     f"{' (reduced run)' if x.get('reduced') else ''}")
+    counts = sorted({len(r[name]["seeds"]) for r in (plain, fitted) for name in ("fashion_mnist", "kws") if name in r})
+    seeds = " or ".join(map(str, counts)) + " seeds, " if counts else ""
+    return f"Measured ({seeds}[bench/README.md](bench/README.md)): {'; '.join(parts)}.\n"
 
 
 def data_streaming_table(results: dict) -> str:
