@@ -480,6 +480,8 @@ def kws_stream_table(results: dict) -> str:
     for name, label in (("kws_stream", "`kws_dscnn` as committed (shifted, noisy clips; more negatives in "
                                        "training), seed 0"),
                         ("kws_stream_seed1", "the same recipe, seed 1 (same data, same streams)"),
+                        ("kws_stream_searched", "the student `tinykd search` chose with `fit_width` "
+                                                "(`search_fit_width.json`), seed 0, same streams"),
                         ("kws_stream_2a09ebf", "the same recipe, seed 0, before QAT stopped requantizing after "
                                                "average pooling (commit 2a09ebf)"),
                         ("kws_stream_4ac92f0", "the same recipe, seed 0 built by an earlier run (commit 4ac92f0)"),
