@@ -229,10 +229,13 @@ def check_quantizable(model, key: str) -> None:
         ModelError: with the layer TFMOT rejected and the ways out (replace it, or `quantize: none` for
             post-training quantization, where the converter names any op it cannot make int8).
     """
-    from tinykd.quantize import quantization_aware
+    from tinykd.keras_shim import tfmot
 
+    quantization = tfmot.quantization.keras
     try:
-        quantization_aware(model)  # what the quantize stage will do, average pooling's config included
+        annotated = quantization.quantize_annotate_model(model)
+        with quantization.quantize_scope():
+            quantization.quantize_apply(annotated)
     except (RuntimeError, ValueError) as error:
         message = str(error)
         layer = next((layer for layer in model.layers if message.startswith(f"Layer {layer.name}:")), None)
