@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from fashion_mnist import _build, _machine  # noqa: E402
+from fashion_mnist import _build, _machine, _results  # noqa: E402
 from tinykd import config  # noqa: E402
 
 RECIPES = {"fashion_mnist": ("fashion_mnist.yaml", "nucleo-l4r5zi"), "kws": ("kws_dscnn.yaml", "nrf5340dk")}
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--default-seeds", type=int, nargs="+", default=None, metavar="SEED",
                         help="seeds whose default builds run here (default: --seeds); the others' figures come "
                              "from --carry-default")
-    parser.add_argument("--carry-default", default=None, metavar="FILE[@COMMIT]",
+    parser.add_argument("--carry-default", type=Path, default=None, metavar="FILE[@COMMIT]",
                         help="a bench/fashion_mnist.py or bench/kws.py result holding the default builds of the "
                              "seeds not in --default-seeds; refused unless every seed built here reproduces its "
                              "int8 accuracy, latency and flash exactly")
@@ -117,18 +117,15 @@ def _one_recipe(name: str, args) -> dict:
     return _summary(defaults, searched, summary, default, wall, args)
 
 
-def _carried_defaults(recipe_name: str, built: list[dict], seeds: list[int], source: str | None) -> list[dict]:
+def _carried_defaults(recipe_name: str, built: list[dict], seeds: list[int], path: Path | None) -> list[dict]:
     """The default builds of `seeds` read from an earlier benchmark's result (`FILE` or `FILE@COMMIT`), shaped as
     `_build` returns them. Carrying is a claim that the pipeline is unchanged, so it is checked: every seed built
     here that the file also holds must match it exactly (int8 accuracy in TFLM, latency and flash)."""
     if not seeds:
         return []
-    if source is None:
+    if path is None:
         sys.exit(f"default builds of seeds {seeds} are neither built (--default-seeds) nor carried (--carry-default)")
-    path, _, commit = source.partition("@")
-    text = (subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout if commit else (REPO / path).read_text())
-    result = json.loads(text)
+    result, source = _results(path)
     if result.get("recipe") != recipe_name:
         sys.exit(f"{source}: recipe {result.get('recipe')!r}, not {recipe_name!r}; carry a result of the same recipe")
     runs = {run["seed"]: run for run in result["runs"]["kd"]}

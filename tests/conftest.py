@@ -20,6 +20,16 @@ def repo() -> Path:
     return REPO
 
 
+def bench_module(name: str):
+    """bench/NAME.py loaded as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def smoke_cfg():
     """The smoke recipe, loaded through the real config loader."""

@@ -3,28 +3,24 @@ reproduces that benchmark exactly, so a carried default is never a different pip
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import bench_module
 
 REPO = Path(__file__).resolve().parents[1]
-KWS = "bench/results/kws.json"
+KWS = REPO / "bench" / "results" / "kws.json"
 
 
 @pytest.fixture(scope="module")
 def search():
-    spec = importlib.util.spec_from_file_location("bench_search", REPO / "bench" / "search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("search")
 
 
 @pytest.fixture(scope="module")
 def kws():
-    return json.loads((REPO / KWS).read_text())
+    return json.loads(KWS.read_text())
 
 
 def _rebuilt(kws: dict, seed: int) -> dict:
@@ -45,8 +41,7 @@ def test_a_reproduced_seed_carries_the_others(search, kws):
 
 @pytest.mark.parametrize("figure,value", [("tflm_accuracy", 0.5), ("flash_bytes", 1), ("latency_ms", 1.0)])
 def test_a_seed_that_does_not_reproduce_refuses_the_carry(search, kws, figure, value):
-    rebuilt = _rebuilt(kws, 0)
-    changed = copy.deepcopy(rebuilt)
+    changed = _rebuilt(kws, 0)
     part = "int8" if figure == "tflm_accuracy" else "board"
     changed["report"][part][figure] += value
     with pytest.raises(SystemExit, match="pipeline changed since"):

@@ -4,11 +4,11 @@ stays a short front door, and every relative link (and its #anchor) points at so
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from conftest import bench_module
 
 REPO = Path(__file__).resolve().parents[1]
 README_LIMIT_BYTES = 10 * 1024
@@ -16,16 +16,9 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 PAGES_WITH_LINKS = sorted([REPO / "README.md", REPO / "bench" / "README.md", *(REPO / "docs").glob("*.md")])
 
 
-def _tables():
-    spec = importlib.util.spec_from_file_location("bench_tables", REPO / "bench" / "tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tables():
-    return _tables()
+    return bench_module("tables")
 
 
 @pytest.fixture(scope="module")
