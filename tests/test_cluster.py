@@ -11,7 +11,7 @@ from tinykd.distill import Schedule, Teaching
 from tinykd.keras_shim import keras, tfmot
 from tinykd.lut import unique_values_per_channel
 from tinykd.prune import prune, sparsity
-from tinykd.quantize import quantize_scheme
+from tinykd.qat import quantize_scheme
 
 CLUSTERS = 8
 # The first conv (3x3x1x16 = 144 weights) is clustered too; the classifier is a conv over the pooled map.

@@ -10,7 +10,8 @@ from tinykd.convert import check_full_int8, convert, convert_float, short_tensor
 from tinykd.errors import ConversionError, VerificationError
 from tinykd.keras_shim import keras
 from tinykd.prune import prune, sparsity
-from tinykd.quantize import load_model, quantize, quantize_scheme
+from tinykd.qat import quantize_scheme
+from tinykd.quantize import load_model, quantize
 from tinykd.verify import measure_arena, verify
 
 STUDENT = ModelConfig(filters=(8, 16), head="pool_flatten")

@@ -5,7 +5,8 @@ from tinykd.config import DistillConfig, ModelConfig, QuantizeConfig
 from tinykd.convert import convert
 from tinykd.distill import Schedule, Teaching
 from tinykd.keras_shim import keras
-from tinykd.quantize import quantize, quantize_scheme
+from tinykd.qat import quantize_scheme
+from tinykd.quantize import quantize
 
 
 def test_average_pooling_converts_at_its_input_scale_with_no_requantize(tiny_teacher, smoke_data):

@@ -42,7 +42,7 @@ def cluster(student, teaching: Teaching, data: Dataset, clusters: int, schedule:
 
     A pruned student (one with zero kernel weights) keeps its zeros: TFMOT then reserves one of the clusters
     for zero, and quantization-aware training must use
-    `tinykd.quantize.quantize_scheme(clustered=True, preserve_sparsity=True)`.
+    `tinykd.qat.quantize_scheme(clustered=True, preserve_sparsity=True)`.
 
     Returns:
         The stripped clone; neither `student` nor `teacher` changes.

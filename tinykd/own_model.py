@@ -229,13 +229,10 @@ def check_quantizable(model, key: str) -> None:
         ModelError: with the layer TFMOT rejected and the ways out (replace it, or `quantize: none` for
             post-training quantization, where the converter names any op it cannot make int8).
     """
-    from tinykd.keras_shim import tfmot
+    from tinykd.qat import quantization_aware
 
-    quantization = tfmot.quantization.keras
     try:
-        annotated = quantization.quantize_annotate_model(model)
-        with quantization.quantize_scope():
-            quantization.quantize_apply(annotated)
+        quantization_aware(model)  # what the quantize stage will do, average pooling's config included
     except (RuntimeError, ValueError) as error:
         message = str(error)
         layer = next((layer for layer in model.layers if message.startswith(f"Layer {layer.name}:")), None)

@@ -1,7 +1,8 @@
-"""INT8 quantization-aware training with TFMOT, distilling from the teacher throughout.
+"""The quantize stage: INT8 quantization-aware training with TFMOT, distilling from the teacher throughout.
 
-The QAT scheme is chosen here, once (`quantize_scheme`, from the recipe by `scheme_for`): it keeps what earlier
-stages made, so QAT does not refill pruning's zeros or undo clustering's shared values.
+The QAT scheme is chosen here, once (`scheme_for`, from the recipe; the schemes and the annotation are in
+tinykd.qat): it keeps what earlier stages made, so QAT does not refill pruning's zeros or undo clustering's shared
+values.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from tinykd import artifacts, config
 from tinykd.artifacts import Run
 from tinykd.data import Dataset
 from tinykd.distill import Schedule, Student, Teaching, distill, model_metrics
-from tinykd.keras_shim import keras, tfmot
 from tinykd.models import load_model  # noqa: F401 - load_model is part of tinykd.quantize's API
+from tinykd.qat import pin_input_range, quantization_aware, quantize_scheme
 
 
 def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, student: Student) -> Student:
@@ -65,65 +66,6 @@ def scheme_for(cfg: config.Config):
                            preserve_sparsity=cfg.prune is not None and cfg.prune.method == "magnitude")
 
 
-def quantize_scheme(*, clustered: bool, preserve_sparsity: bool):
-    """The TFMOT QAT scheme that keeps what earlier stages made: clusters, zeros, both (PCQAT) or neither."""
-    if clustered:
-        # preserve_sparsity=True is TFMOT's prune- and cluster-preserving QAT (PCQAT).
-        return tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
-            preserve_sparsity=preserve_sparsity)
-    if preserve_sparsity:
-        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
-
-
-@keras.utils.register_keras_serializable(package="tinykd")
-class SameScalePooling(tfmot.quantization.keras.QuantizeConfig):
-    """Average pooling quantized at its input's scale: no output quantizer of its own.
-
-    TFMOT's default 8-bit scheme gives AveragePooling2D an output quantizer with a learned range, but an int8
-    AVERAGE_POOL_2D keeps its input's scale, so the converter appends a QUANTIZE op to reach the learned one: one
-    more kernel linked into the firmware (an estimated 1.5 KB of flash) and one more op run, which post-training
-    quantization never adds. Without the quantizer the pooled output keeps the input's scale, as after post-training
-    quantization (and as TFMOT already does for max pooling). GlobalAveragePooling2D converts to MEAN, which
-    rescales by itself, so it keeps TFMOT's quantizer.
-    """
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        return []
-
-    def get_config(self):
-        return {}
-
-
-def quantization_aware(student, scheme=None):
-    """An untrained quantization-aware clone of `student` under `scheme` (None: the default 8-bit scheme), its
-    average pooling kept at its input's scale (`SameScalePooling`)."""
-    def annotate(layer):
-        copy = layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, keras.layers.AveragePooling2D):
-            return tfmot.quantization.keras.quantize_annotate_layer(copy, SameScalePooling())
-        return copy
-
-    pooled = keras.models.clone_model(student, clone_function=annotate)
-    pooled.set_weights(student.get_weights())
-    annotated = tfmot.quantization.keras.quantize_annotate_model(pooled)
-    with tfmot.quantization.keras.quantize_scope():
-        return tfmot.quantization.keras.quantize_apply(
-            annotated, scheme or quantize_scheme(clustered=False, preserve_sparsity=False))
-
-
 def _reload(student, path, scheme, cfg: config.Config):
     """The saved QAT model. Cluster-preserving quantizers do not survive Keras' config round trip (tf-keras 2.21 +
     TFMOT 0.8.1 rebuild them with fewer variables), so a clustered one is rebuilt from its float student and
@@ -133,19 +75,3 @@ def _reload(student, path, scheme, cfg: config.Config):
     model = quantization_aware(student, scheme)
     model.load_weights(path)
     return model
-
-
-def pin_input_range(qat, low: float, high: float) -> None:
-    """Pin a quantization-aware model's input quantizer to [low, high] (it otherwise keeps the range it saw).
-
-    An audio model's int8 input must be the front-end's int8 feature itself, so the converted input scale and
-    zero point have to be exact: [0, 255/256] gives scale 1/256 and zero point -128. TFMOT's public
-    `fix_input_output_range` rebuilds the model from its config and fixes the output range too, so the input
-    quantizer's two variables are set here instead.
-    """
-    layer = next((layer for layer in qat.layers if type(layer).__name__ == "QuantizeLayer"), None)
-    ends = {v.name.split(":")[0].rsplit("_", 1)[-1]: v for v in (layer.weights if layer else [])}
-    if "min" not in ends or "max" not in ends:
-        raise ValueError(f"{qat.name}: no input quantizer with min/max variables to pin")
-    ends["min"].assign(low)
-    ends["max"].assign(high)
