@@ -12,7 +12,8 @@ Runs, through the real `tinykd` commands and modules:
   the TFLite Micro interpreter, the recipe's recognizer (tinykd.audio.stream) at every threshold.
 The threshold is chosen on the validation stream only (the lowest whose false accepts per hour are at most the
 target) and then applied once to the test stream. Writes bench/results/kws_stream.json and kws_stream.png (the
-DET curve: false reject rate against false accepts per hour, over thresholds).
+DET curve: false reject rate against false accepts per hour, over thresholds). The chosen points also say which
+words the errors were: each false accept as "heard -> detected" ("lift -> left") and each missed keyword.
 
 `--settings-search` also tries the recognizer's other settings (`SETTINGS_GRID`: averaging window, results
 required in it, suppression) on the model's scores, which they do not change: each is judged on the validation
@@ -88,7 +89,7 @@ def main() -> None:
         "stream_test_at_recipe_threshold": recipe_point,
         "streams": {split: _composition(path) for split, path in streams.items()},
         "evaluation_seconds": seconds,
-        "det_curve": curves,
+        "det_curve": {split: [_without_words(point) for point in curve] for split, curve in curves.items()},
         **({"settings_search": _settings_search(heard, cfg)} if args.settings_search else {}),
         "targets": {"false_reject_rate_at_most_10pct_with_at_most_5_false_accepts_per_hour":
                     test["false_reject_rate"] <= TARGET_FALSE_REJECT_RATE
@@ -141,7 +142,9 @@ def _curve(heard, cfg, settings) -> list[dict]:
     return [{"threshold": round(o.threshold, 6), "false_reject_rate": round(o.false_reject_rate, 4),
              "false_accepts_per_hour": round(o.false_accepts_per_hour, 2), "false_rejects": o.false_rejects,
              "keywords": o.keywords, "false_accepts": o.false_accepts,
-             "false_accepts_by_kind": dict(o.false_accepts_by_kind)} for o in outcomes]
+             "false_accepts_by_kind": dict(o.false_accepts_by_kind),
+             "false_accepts_by_word": dict(o.false_accepts_by_word),
+             "false_rejects_by_word": dict(o.false_rejects_by_word)} for o in outcomes]
 
 
 def _settings_search(heard: dict, cfg) -> dict:
@@ -151,7 +154,7 @@ def _settings_search(heard: dict, cfg) -> dict:
     for values in itertools.product(*SETTINGS_GRID.values()):
         settings = dataclasses.replace(cfg.stream, **dict(zip(SETTINGS_GRID, values)))
         point = _choose(_curve(heard["val"], cfg, settings))
-        tried.append({"settings": config.plain(settings.__dict__), "validation": point})
+        tried.append({"settings": config.plain(settings.__dict__), "validation": _without_words(point)})
         print(f"  {dict(zip(SETTINGS_GRID, values))}: validation {100 * point['false_reject_rate']:.1f}% false "
               f"rejects at {point['false_accepts_per_hour']:g}/h (threshold {point['threshold']:.3f})", flush=True)
     meeting = [t for t in tried if t["validation"]["false_accepts_per_hour"] <= TARGET_FALSE_ACCEPTS_PER_HOUR] or tried
@@ -163,6 +166,11 @@ def _settings_search(heard: dict, cfg) -> dict:
                     "rejects among settings meeting the false-accept target there; applied once to test",
             "tried": tried, "best_settings": best["settings"], "best_validation": best["validation"],
             "best_test": test}
+
+
+def _without_words(point: dict) -> dict:
+    """A curve point without its per-word errors, which only the chosen points keep (the curve has 255 points)."""
+    return {k: v for k, v in point.items() if k not in ("false_accepts_by_word", "false_rejects_by_word")}
 
 
 def _choose(curve: list[dict]) -> dict:

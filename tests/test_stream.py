@@ -285,9 +285,12 @@ def test_score_counts_misses_wrong_labels_and_repeats():
     assert (outcome.keywords, outcome.false_rejects, outcome.false_accepts) == (2, 1, 3)
     assert outcome.false_reject_rate == 0.5 and outcome.false_accepts_per_hour == pytest.approx(300.0)
     assert dict(outcome.false_accepts_by_kind) == {"keyword": 2, "unknown": 1, "noise": 0, "background": 0}
+    assert dict(outcome.false_accepts_by_word) == {"yes -> yes": 1, "yet -> no": 1, "no -> yes": 1}
+    assert outcome.false_rejects_by_word == (("no", 1),)
     late = stream_eval.score([Detection(2901, 2, 200.0)], stream, labels, tolerance_ms=1500, threshold=0.5)
     assert (late.false_rejects, late.false_accepts) == (2, 1)
     assert dict(late.false_accepts_by_kind)["background"] == 1
+    assert late.false_accepts_by_word == (("_background_ -> yes", 1),)
 
 
 def test_listen_runs_the_int8_model_in_tflm_on_every_window(tiny_tflite, short_stream):

@@ -10,6 +10,7 @@ a second detection of one spoken keyword.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -36,6 +37,10 @@ class Outcome:
     # What the false accepts heard: "unknown" and "noise" events, a "keyword" (a wrong label or a repeat), or
     # "background" (no event within the tolerance before the detection).
     false_accepts_by_kind: tuple[tuple[str, int], ...] = ()
+    # Which words: "heard -> detected" per false accept ("lift -> left"; "_background_" when nothing was said), and
+    # the keywords missed; most frequent first.
+    false_accepts_by_word: tuple[tuple[str, int], ...] = ()
+    false_rejects_by_word: tuple[tuple[str, int], ...] = ()
 
     @property
     def false_reject_rate(self) -> float:
@@ -88,21 +93,25 @@ def tflm_scores(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
 def score(detections: Sequence[recognizer.Detection], stream: Stream, labels: Sequence[str],
           tolerance_ms: int, threshold: float) -> Outcome:
     """Match `detections` to the stream's spoken keywords (see the module docstring) and count the errors."""
-    spoken = [(event.start_ms, event.end_ms + tolerance_ms, labels.index(event.word))
+    spoken = [(event.start_ms, event.end_ms + tolerance_ms, labels.index(event.word), event.word)
               for event in stream.events if event.kind == "keyword"]
     matched = [False] * len(spoken)
     heard = {"keyword": 0, "unknown": 0, "noise": 0, "background": 0}
+    confused = Counter()
     for detection in detections:
-        hit = next((i for i, (start, end, label) in enumerate(spoken)
+        hit = next((i for i, (start, end, label, _) in enumerate(spoken)
                     if not matched[i] and label == detection.label and start <= detection.time_ms <= end), None)
         if hit is not None:
             matched[hit] = True
             continue
         near = [e for e in stream.events if e.start_ms <= detection.time_ms <= e.end_ms + tolerance_ms]
         heard[near[-1].kind if near else "background"] += 1
+        confused[f"{near[-1].word if near else '_background_'} -> {labels[detection.label]}"] += 1
+    missed = Counter(word for (*_, word), found in zip(spoken, matched) if not found)
     return Outcome(threshold=threshold, keywords=len(spoken), false_rejects=matched.count(False),
                    false_accepts=sum(heard.values()), hours=stream.duration_ms / 3_600_000,
-                   false_accepts_by_kind=tuple(heard.items()))
+                   false_accepts_by_kind=tuple(heard.items()), false_accepts_by_word=tuple(confused.most_common()),
+                   false_rejects_by_word=tuple(missed.most_common()))
 
 
 def sweep(smoothed: recognizer.Smoothed, stream: Stream, labels: Sequence[str], cfg: recognizer.StreamConfig,
