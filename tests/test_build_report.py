@@ -32,3 +32,21 @@ def test_accuracy_axis_never_makes_a_small_drop_look_dramatic(percents):
     low, high = accuracy_axis(percents)
     assert 0.0 <= low <= min(percents) and max(percents) <= high <= 100.0
     assert high - low >= MIN_ACCURACY_SPAN  # e.g. 90.8-91.2 % is drawn on 86-96 %, not on 90.8-91.2 %
+
+
+def test_pruning_note_says_when_structured_pruning_removed_nothing():
+    from tinykd.build_report import _pruning_note
+
+    step0 = {"step": 0, "val_accuracy": 0.87, "macs": 3_240_432, "tflite_bytes": 21_680, "latency_ms": 113.96,
+             "kept": True}
+    metrics = {"method": "structured", "steps": [step0], "budget_board": "nrf5340dk", "budget_met": True}
+    note = _pruning_note({"prune": {"metrics": metrics}})
+    assert note == ("Structured pruning removed nothing: the student is already estimated at 113.96 ms on nrf5340dk "
+                    "(3,240,432 MACs, 21,680 B of int8 .tflite), within the budget, so the stage handed it on "
+                    "unchanged and did not retrain it.")
+    undone = {**step0, "step": 1, "kept": False, "macs": 2_900_000}
+    over = _pruning_note({"prune": {"metrics": {**metrics, "steps": [step0, undone], "budget_met": False}}})
+    assert "removed nothing" in over and "over the budget, and the first step cost more than" in over
+    one = {**step0, "step": 1, "macs": 2_900_000, "latency_ms": 101.5}
+    removed = _pruning_note({"prune": {"metrics": {**metrics, "steps": [step0, one]}}})
+    assert removed.startswith("Structured pruning removed whole filters in 1 step(s): 3,240,432 -> 2,900,000 MACs")

@@ -215,6 +215,14 @@ def _pruning_note(records: dict) -> str:
     if metrics.get("method") == "structured":
         steps = metrics["steps"]
         first, kept = steps[0], [s for s in steps if s["kept"]][-1]
+        if kept["step"] == 0:
+            return (f"Structured pruning removed nothing: the student is already estimated at "
+                    f"{first['latency_ms']:.2f} ms on {metrics['budget_board']} ({first['macs']:,} MACs, "
+                    f"{first['tflite_bytes']:,} B of int8 .tflite)"
+                    + ("" if metrics["budget_met"] is None else
+                       ", within the budget" if metrics["budget_met"] else
+                       ", over the budget, and the first step cost more than prune.max_accuracy_drop")
+                    + ", so the stage handed it on unchanged and did not retrain it.")
         return (f"Structured pruning removed whole filters in {kept['step']} step(s): {first['macs']:,} -> "
                 f"{kept['macs']:,} MACs, int8 .tflite {first['tflite_bytes']:,} -> {kept['tflite_bytes']:,} B, "
                 f"estimated {first['latency_ms']:.2f} -> {kept['latency_ms']:.2f} ms on {metrics['budget_board']}"
