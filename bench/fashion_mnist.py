@@ -121,7 +121,9 @@ def previous_default(path: Path | None) -> dict | None:
             "student_int8_accuracy_seeds": earlier["student_int8_accuracy_seeds"],
             "student_macs": int8["macs"], "student_tflite_bytes": int8["int8"]["tflite_bytes"],
             "student_latency_ms": int8["int8"]["latency_ms"],
-            "kd_gain_over_baseline_points": earlier["kd_gain_over_baseline_points"]}
+            "kd_gain_over_baseline_points": earlier["kd_gain_over_baseline_points"],
+            "baseline_int8_accuracy": earlier["baseline_int8_accuracy"],
+            "baseline_int8_accuracy_seeds": earlier["baseline_int8_accuracy_seeds"]}
 
 
 def _carried(path: Path, built: list[str]) -> dict:
