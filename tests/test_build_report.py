@@ -34,8 +34,8 @@ def test_accuracy_axis_never_makes_a_small_drop_look_dramatic(percents):
     assert high - low >= MIN_ACCURACY_SPAN  # e.g. 90.8-91.2 % is drawn on 86-96 %, not on 90.8-91.2 %
 
 
-def test_pruning_note_says_when_structured_pruning_removed_nothing():
-    from tinykd.build_report import _pruning_note
+def test_pruning_note_and_title_say_when_structured_pruning_removed_nothing():
+    from tinykd.build_report import _pruning_note, _stage_title
 
     step0 = {"step": 0, "val_accuracy": 0.87, "macs": 3_240_432, "tflite_bytes": 21_680, "latency_ms": 113.96,
              "kept": True}
@@ -50,3 +50,6 @@ def test_pruning_note_says_when_structured_pruning_removed_nothing():
     one = {**step0, "step": 1, "macs": 2_900_000, "latency_ms": 101.5}
     removed = _pruning_note({"prune": {"metrics": {**metrics, "steps": [step0, one]}}})
     assert removed.startswith("Structured pruning removed whole filters in 1 step(s): 3,240,432 -> 2,900,000 MACs")
+    assert _stage_title("prune", metrics) == "student (float, not pruned)"
+    assert _stage_title("prune", {**metrics, "steps": [step0, one]}) == "student (float, pruned)"
+    assert _stage_title("prune", {"method": "magnitude", "sparsity": 0.3}) == "student (float, pruned)"

@@ -29,7 +29,7 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
     for name in ("teacher", "distill", "prune", "cluster", "quantize"):
         if name in records:
             metrics = records[name]["metrics"]
-            stages.append({"stage": name, "title": _STAGE_TITLES[name],
+            stages.append({"stage": name, "title": _stage_title(name, metrics),
                            "test_accuracy": metrics["test_accuracy"], "val_accuracy": metrics["val_accuracy"],
                            "params": metrics["params"], "macs": metrics["macs"],
                            "size_bytes": metrics.get("tflite_float_bytes"),
@@ -208,6 +208,17 @@ def _int8_cells(figures: dict | None) -> str:
             f"{figures['ram_bytes']:,} B | {figures['latency_ms']:.1f} ms")
 
 
+def _stage_title(stage: str, metrics: dict) -> str:
+    if stage == "prune" and _removed_nothing(metrics):
+        return "student (float, not pruned)"  # the note below says why
+    return _STAGE_TITLES[stage]
+
+
+def _removed_nothing(metrics: dict) -> bool:
+    """A structured prune whose last kept step is the unpruned student."""
+    return metrics.get("method") == "structured" and [s for s in metrics["steps"] if s["kept"]][-1]["step"] == 0
+
+
 def _pruning_note(records: dict) -> str:
     if "prune" not in records:
         return ""
@@ -215,7 +226,7 @@ def _pruning_note(records: dict) -> str:
     if metrics.get("method") == "structured":
         steps = metrics["steps"]
         first, kept = steps[0], [s for s in steps if s["kept"]][-1]
-        if kept["step"] == 0:
+        if _removed_nothing(metrics):
             return (f"Structured pruning removed nothing: the student is already estimated at "
                     f"{first['latency_ms']:.2f} ms on {metrics['budget_board']} ({first['macs']:,} MACs, "
                     f"{first['tflite_bytes']:,} B of int8 .tflite)"
