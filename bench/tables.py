@@ -151,13 +151,7 @@ def fashion_mnist_notes(results: dict) -> str:
         f"- The seeds spread by {spread(r['student_int8_accuracy_seeds']):.1f} points (distilled) and "
         f"{spread(r['baseline_int8_accuracy_seeds']):.1f} points (baseline a), against a gain of "
         f"{points(r['kd_gain_over_baseline_points'])}.",
-        f"- Structured pruning toward {budget(r)} on {r['student_latency_board']}: "
-        + (r["pruning_note"] if pruned(r) else
-           f"nothing to remove, the student is estimated at {r['student_latency_ms']:.1f} ms "
-           f"({r['student_macs']:,} MACs), so the stage hands it on unchanged and does not retrain it."),
-        (f"- Float student before pruning {mean_pct(r['student_float_accuracy_seeds'], 2)}, after pruning and "
-         f"rewinding {mean_pct(r['student_float_into_quantization_accuracy_seeds'], 2)}" if pruned(r) else
-         f"- Float student {mean_pct(r['student_float_accuracy_seeds'], 2)}") + " (means of the seeds).",
+        *pruning_notes(r),
     ]
     for arm, label in (("baseline", "Baseline (a)"), ("no_kd", "Baseline (b)")):
         if carried(r, arm):
@@ -244,6 +238,14 @@ def pruned(r: dict) -> bool:
     return stages["int8"]["macs"] < stages["distill"]["macs"]
 
 
+def pruning_notes(r: dict) -> list[str]:
+    """What structured pruning did (the build report's own note) and the float student's accuracy around it."""
+    return [f"- Structured pruning toward {budget(r)} on {r['student_latency_board']}: {r['pruning_note']}",
+            (f"- Float student before pruning {mean_pct(r['student_float_accuracy_seeds'], 2)}, after pruning and "
+             f"rewinding {mean_pct(r['student_float_into_quantization_accuracy_seeds'], 2)}" if pruned(r) else
+             f"- Float student {mean_pct(r['student_float_accuracy_seeds'], 2)}") + " (means of the seeds)."]
+
+
 def distils(r: dict) -> bool:
     """Whether the benchmarked recipe distils (results before `distill_alpha` was recorded did, at 0.9)."""
     return r.get("distill_alpha", 0.9) > 0
@@ -283,13 +285,7 @@ def kws_notes(results: dict) -> str:
         f"- The test split is {r['test_clips']} clips, so one clip is {100 / r['test_clips']:.2f} points; the "
         f"recipe's seeds spread over {spread(kd):.1f} points, the hand baseline's over "
         f"{spread(r['baseline_int8_accuracy_seeds']):.1f}.",
-        f"- Structured pruning toward {budget(r)} on {r['student_latency_board']}: "
-        + (r["pruning_note"] if pruned(r) else
-           f"nothing to remove, the student is estimated at {r['student_latency_ms']:.1f} ms "
-           f"({r['student_macs']:,} MACs), so the stage hands it on unchanged and does not retrain it."),
-        (f"- Float student before pruning {mean_pct(r['student_float_accuracy_seeds'], 2)}, after pruning and "
-         f"rewinding {mean_pct(r['student_float_into_quantization_accuracy_seeds'], 2)}" if pruned(r) else
-         f"- Float student {mean_pct(r['student_float_accuracy_seeds'], 2)}") + " (means of the seeds).",
+        *pruning_notes(r),
     ]
     for arm, label in (("baseline", "Hand baseline"), ("no_kd", "Without distillation")):
         if carried(r, arm) and (arm == "baseline" or distils(r)):
