@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from tinykd.cli import cli
 from tinykd.config import DataConfig
 from tinykd.data import keywords, load
-from tinykd.data.keywords import KEYWORDS, NOISES, OTHER_WORDS, RATE_HZ, synthesize
+from tinykd.data.keywords import KEYWORDS, NEAR_MISSES, NOISES, OTHER_WORDS, RATE_HZ, synthesize
 from tinykd.errors import DataError
 
 TINY = {"speakers": 5, "clips_per_speaker_word": 2}
@@ -53,6 +53,20 @@ def test_layout_is_speech_commands(made):
         lines = (root / list_name).read_text().splitlines()
         assert lines and lines == sorted(lines) and all((root / line).is_file() for line in lines)
     assert not list(root.parent.glob(".*partial*"))
+
+
+def test_more_near_miss_clips_only_add_files(made, tmp_path):
+    root, _ = made
+    more = synthesize(tmp_path / "more", seed=3, jobs=2, near_miss_clips=2, **TINY)
+    assert more.other_clips == 5 * (2 * len(NEAR_MISSES) + len(OTHER_WORDS) - len(NEAR_MISSES))
+    before, after = digests(root), digests(tmp_path / "more")
+    added = {name for name in after if name not in before}
+    assert added and all(name.split("/")[0] in NEAR_MISSES and name.endswith("_nohash_1.wav") for name in added)
+    # Every clip the smaller set has is byte-identical here; only the lists (which name the new clips) differ.
+    assert {name: after[name] for name in before if name.endswith(".wav")} == \
+        {name: digest for name, digest in before.items() if name.endswith(".wav")}
+    with pytest.raises(DataError, match="near_miss_clips: 0 is below 1"):
+        synthesize(tmp_path / "none", near_miss_clips=0, **TINY)
 
 
 def test_validation_and_test_speakers_are_never_heard_in_training(made):

@@ -29,8 +29,9 @@ CLIP_SAMPLES = RATE_HZ  # 1 s
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 # The `_unknown_` pool: near misses of the keywords, then Speech Commands' own auxiliary words. Homophones of a
 # keyword ("know", "write") are left out: no model can tell them apart, so they would only be label noise.
-OTHER_WORDS = ("yet", "yeah", "nose", "snow", "cup", "town", "dawn", "lift", "light", "bright", "own", "of", "top",
-               "stock", "goal", "bed", "bird", "cat", "dog", "tree", "house", "happy", "wow", "zero", "four", "nine")
+NEAR_MISSES = ("yet", "yeah", "nose", "snow", "cup", "town", "dawn", "lift", "light", "bright", "own", "of", "top",
+               "stock", "goal")
+OTHER_WORDS = NEAR_MISSES + ("bed", "bird", "cat", "dog", "tree", "house", "happy", "wow", "zero", "four", "nine")
 ESPEAK_VOICES = ("en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029",
                  "en-us-nyc")
 ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "croak", "klatt",
@@ -77,7 +78,7 @@ class Summary:
 
 
 def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SPEAKERS,
-               clips_per_speaker_word: int = 3, jobs: int | None = None) -> Summary:
+               clips_per_speaker_word: int = 3, near_miss_clips: int = 1, jobs: int | None = None) -> Summary:
     """Write a keyword dataset in the Speech Commands layout to `out_dir` (which must not exist or be empty).
 
     Args:
@@ -85,6 +86,9 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
         speakers: how many (engine, voice, variant) speakers, at least 3; 10% each are validation and test.
         clips_per_speaker_word: clips of each keyword per speaker; other words get one each, since the reader
             keeps only `unknown_fraction` of them.
+        near_miss_clips: clips of each NEAR_MISSES word per speaker: the words a stream's false accepts come
+            from (`lift` -> left), which training can then show more often (with a larger train_unknown_fraction).
+            Clip n of a word is the same file whatever this is, so a larger value only adds clips.
         jobs: engine processes at once; default os.cpu_count().
 
     Raises:
@@ -92,6 +96,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     """
     out_dir = Path(out_dir).expanduser().resolve()
     _check(out_dir, speakers, clips_per_speaker_word, jobs)
+    if near_miss_clips < 1:
+        raise DataError(f"near_miss_clips: {near_miss_clips} is below 1; every word needs at least one clip")
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
     chosen = choose_speakers(speakers, seed)
@@ -101,7 +107,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
         shutil.rmtree(partial)
     (partial / BACKGROUND).mkdir(parents=True)
     clips = [(speaker, word, number) for speaker in chosen for word in KEYWORDS + OTHER_WORDS
-             for number in range(clips_per_speaker_word if word in KEYWORDS else 1)]
+             for number in range(clips_per_speaker_word if word in KEYWORDS else
+                                 near_miss_clips if word in NEAR_MISSES else 1)]
     try:
         noises = _write(partial, clips, seed, jobs)
     except BaseException:  # an engine failed or the user interrupted: leave no half-written dataset behind
