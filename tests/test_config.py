@@ -64,6 +64,9 @@ def test_nested_typo_in_student(tmp_path):
 @pytest.mark.parametrize("text, key, words", [
     ("distill: {temperature: hot}", "distill.temperature", "expected float"),
     ("distill: {alpha: 1.5}", "distill.alpha", "must be in [0, 1]"),
+    ("data: {format: speech_commands, path: kws, unknown_fraction: 1.5}", "data.unknown_fraction", "must be in [0, 1]"),
+    ("data: {format: speech_commands, path: kws, train_unknown_fraction: 4.5}", "data.train_unknown_fraction",
+     "must be in [0, 4]"),
     ("prune: {target_sparsity: 1.0}", "prune.target_sparsity", "must be in (0, 1)"),
     ("teacher: {epochs: 0}", "teacher.epochs", "at least 1"),
     ("teacher: {model: {arch: resnet9000}}", "teacher.model.arch", "must be one of"),

@@ -41,6 +41,7 @@ SMOKE_OVERRIDES = {
 DATA_FORMATS = ("fashion_mnist", "image_folder", "arrays", "speech_commands")
 STREAM_MODES = ("auto", "always", "never")  # data.stream (true is always, false never): see tinykd.data.streaming
 STREAMED_FORMATS = ("image_folder", "speech_commands")
+MAX_TRAIN_FRACTION = 4.0  # data.train_unknown_fraction / train_silence_fraction: negatives per keyword clip
 
 # The architecture zoo (tinykd.models) and its classifier heads.
 ARCHITECTURES = ("cnn", "ds_cnn", "mlp")
@@ -214,9 +215,12 @@ class DataConfig:
             _require(bool(word) and word[0] not in "_." and "/" not in word, "keywords",
                      f"{word!r} cannot name a word folder: no '/', and no leading '_' or '.' (those folders are "
                      "_silence_, _unknown_ and _background_noise_)")
-        for key in ("unknown_fraction", "silence_fraction", "train_unknown_fraction", "train_silence_fraction"):
-            _require(getattr(self, key) is None or 0.0 <= getattr(self, key) <= 1.0, key,
+        for key in ("unknown_fraction", "silence_fraction"):
+            _require(0.0 <= getattr(self, key) <= 1.0, key,
                      "must be in [0, 1]: clips per keyword clip in each split (0.1 as in TensorFlow's speech_commands)")
+        for key in ("train_unknown_fraction", "train_silence_fraction"):  # training may see more negatives than words
+            _require(getattr(self, key) is None or 0.0 <= getattr(self, key) <= MAX_TRAIN_FRACTION, key,
+                     f"must be in [0, {MAX_TRAIN_FRACTION:g}]: clips per keyword clip in the training split")
         _require(4000 <= self.sample_rate_hz <= 48000, "sample_rate_hz", "must be in [4000, 48000], e.g. 16000")
         _require(100 <= self.clip_ms <= 10000, "clip_ms", "must be in [100, 10000], e.g. 1000")
         _require(self.sample_rate_hz * self.clip_ms % 1000 == 0, "clip_ms",
