@@ -151,9 +151,11 @@ def test_bad_requests_fail_before_any_work(tmp_path, monkeypatch):
 
 def test_cli_writes_the_set_and_reports_it(tmp_path):
     out = tmp_path / "cli"
-    result = CliRunner().invoke(cli, ["data", "keywords", str(out), "--speakers", "3", "--jobs", "2", "--seed", "1"])
+    result = CliRunner().invoke(cli, ["data", "keywords", str(out), "--speakers", "3", "--jobs", "2", "--seed", "1",
+                                      "--near-miss-clips", "2"])
     assert result.exit_code == 0, result.output
-    assert f"wrote {3 * (30 + len(OTHER_WORDS))} clips" in result.output and "1 train, 1 val, 1 test" in result.output
+    assert f"wrote {3 * (30 + len(OTHER_WORDS) + len(NEAR_MISSES))} clips" in result.output
+    assert "1 train, 1 val, 1 test" in result.output
     assert (out / "testing_list.txt").is_file()
     default = next(p for p in cli.commands["data"].commands["keywords"].params if p.name == "speakers").default
     assert default == keywords.DEFAULT_SPEAKERS
