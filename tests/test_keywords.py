@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from tinykd.cli import cli
 from tinykd.config import DataConfig
 from tinykd.data import keywords, load
-from tinykd.data.keywords import KEYWORDS, NEAR_MISSES, NOISES, OTHER_WORDS, RATE_HZ, synthesize
+from tinykd.data.keywords import DEFAULT_NEAR_MISS_CLIPS, KEYWORDS, NEAR_MISSES, NOISES, OTHER_WORDS, RATE_HZ, synthesize
 from tinykd.errors import DataError
 
 TINY = {"speakers": 5, "clips_per_speaker_word": 2}
@@ -40,7 +40,8 @@ def test_layout_is_speech_commands(made):
     root, summary = made
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(("_background_noise_",) + KEYWORDS
                                                                            + OTHER_WORDS)
-    assert summary.keyword_clips == 5 * 10 * 2 and summary.other_clips == 5 * len(OTHER_WORDS)
+    assert summary.keyword_clips == 5 * 10 * 2
+    assert summary.other_clips == 5 * (len(OTHER_WORDS) + (DEFAULT_NEAR_MISS_CLIPS - 1) * len(NEAR_MISSES))
     clips = sorted(root.glob("*/*_nohash_*.wav"))
     assert len(clips) == summary.clips and all(NAME.match(p.name) for p in clips)
     for path in clips[::7]:
@@ -56,13 +57,14 @@ def test_layout_is_speech_commands(made):
 
 
 def test_more_near_miss_clips_only_add_files(made, tmp_path):
-    root, _ = made
-    more = synthesize(tmp_path / "more", seed=3, jobs=2, near_miss_clips=2, **TINY)
-    assert more.other_clips == 5 * (2 * len(NEAR_MISSES) + len(OTHER_WORDS) - len(NEAR_MISSES))
-    before, after = digests(root), digests(tmp_path / "more")
+    root, _ = made  # DEFAULT_NEAR_MISS_CLIPS of each near miss
+    fewer = synthesize(tmp_path / "fewer", seed=3, jobs=2, near_miss_clips=1, **TINY)
+    assert fewer.other_clips == 5 * len(OTHER_WORDS)
+    before, after = digests(tmp_path / "fewer"), digests(root)
     added = {name for name in after if name not in before}
-    assert added and all(name.split("/")[0] in NEAR_MISSES and name.endswith("_nohash_1.wav") for name in added)
-    # Every clip the smaller set has is byte-identical here; only the lists (which name the new clips) differ.
+    assert len(added) == 5 * (DEFAULT_NEAR_MISS_CLIPS - 1) * len(NEAR_MISSES)
+    assert all(name.split("/")[0] in NEAR_MISSES and not name.endswith("_nohash_0.wav") for name in added)
+    # Every clip the smaller set has is byte-identical in the larger; only the lists (naming the new clips) differ.
     assert {name: after[name] for name in before if name.endswith(".wav")} == \
         {name: digest for name, digest in before.items() if name.endswith(".wav")}
     with pytest.raises(DataError, match="near_miss_clips: 0 is below 1"):
@@ -157,8 +159,9 @@ def test_cli_writes_the_set_and_reports_it(tmp_path):
     assert f"wrote {3 * (30 + len(OTHER_WORDS) + len(NEAR_MISSES))} clips" in result.output
     assert "1 train, 1 val, 1 test" in result.output
     assert (out / "testing_list.txt").is_file()
-    default = next(p for p in cli.commands["data"].commands["keywords"].params if p.name == "speakers").default
-    assert default == keywords.DEFAULT_SPEAKERS
+    defaults = {p.name: p.default for p in cli.commands["data"].commands["keywords"].params}
+    assert defaults["speakers"] == keywords.DEFAULT_SPEAKERS
+    assert defaults["near_miss_clips"] == keywords.DEFAULT_NEAR_MISS_CLIPS
 
 
 def test_cli_turns_errors_into_exit_code_2(tmp_path):

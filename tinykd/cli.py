@@ -304,7 +304,7 @@ def data() -> None:
               help="Same seed, same files, byte for byte.")
 @click.option("--speakers", default=128, show_default=True, type=click.IntRange(min=3),
               help="Synthetic speakers (engine, voice, variant); a tenth each are held out for validation and test.")
-@click.option("--near-miss-clips", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--near-miss-clips", default=3, show_default=True, type=click.IntRange(min=1),
               help="Clips per speaker of each near miss of a keyword (lift, own, town, ...), the words a stream's "
                    "false accepts come from; the other unknown words get one.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")

@@ -47,6 +47,7 @@ SNR_DB = (5.0, 30.0)
 PEAK_DBFS = (-26.0, -3.0)  # speech peak; the noise on top must rarely clip
 HELD_OUT_SHARE = 0.1  # of the speakers, for validation and again for test
 DEFAULT_SPEAKERS = 128
+DEFAULT_NEAR_MISS_CLIPS = 3  # as many as of a keyword: with one, a stream's false accepts were mostly these words
 INSTALL = "install them with `sudo apt-get install espeak-ng flite` (Debian/Ubuntu)"
 
 
@@ -78,17 +79,18 @@ class Summary:
 
 
 def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SPEAKERS,
-               clips_per_speaker_word: int = 3, near_miss_clips: int = 1, jobs: int | None = None) -> Summary:
+               clips_per_speaker_word: int = 3,
+               near_miss_clips: int = DEFAULT_NEAR_MISS_CLIPS, jobs: int | None = None) -> Summary:
     """Write a keyword dataset in the Speech Commands layout to `out_dir` (which must not exist or be empty).
 
     Args:
         seed: decides voices, splits, every random choice per clip and the noise; same seed, same bytes.
         speakers: how many (engine, voice, variant) speakers, at least 3; 10% each are validation and test.
-        clips_per_speaker_word: clips of each keyword per speaker; other words get one each, since the reader
-            keeps only `unknown_fraction` of them.
+        clips_per_speaker_word: clips of each keyword per speaker.
         near_miss_clips: clips of each NEAR_MISSES word per speaker: the words a stream's false accepts come
-            from (`lift` -> left), which training can then show more often (with a larger train_unknown_fraction).
-            Clip n of a word is the same file whatever this is, so a larger value only adds clips.
+            from (`lift` -> left), which training can then show more often (data.train_unknown_fraction). The
+            auxiliary words get one each. Clip n of a word is the same file whatever this is, so a larger value
+            only adds clips.
         jobs: engine processes at once; default os.cpu_count().
 
     Raises:
