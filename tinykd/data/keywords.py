@@ -97,9 +97,7 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
         DataError: espeak-ng or flite missing, a bad argument, `out_dir` not empty, or an engine failing.
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    _check(out_dir, speakers, clips_per_speaker_word, jobs)
-    if near_miss_clips < 1:
-        raise DataError(f"near_miss_clips: {near_miss_clips} is below 1; every word needs at least one clip")
+    _check(out_dir, speakers, clips_per_speaker_word, near_miss_clips, jobs)
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
     chosen = choose_speakers(speakers, seed)
@@ -201,7 +199,8 @@ def _name(speaker: Speaker, word: str, number: int) -> str:
     return f"{word}/{speaker.id}_nohash_{number}.wav"
 
 
-def _check(out_dir: Path, speakers: int, clips_per_speaker_word: int, jobs: int | None) -> None:
+def _check(out_dir: Path, speakers: int, clips_per_speaker_word: int, near_miss_clips: int,
+           jobs: int | None) -> None:
     missing = [engine for engine in ("espeak-ng", "flite") if shutil.which(engine) is None]
     if missing:
         raise DataError(f"{' and '.join(missing)} not found: the keyword synthesizer runs espeak-ng and flite; "
@@ -212,6 +211,8 @@ def _check(out_dir: Path, speakers: int, clips_per_speaker_word: int, jobs: int 
                         "test speaker at least)")
     if clips_per_speaker_word < 1 or (jobs is not None and jobs < 1):
         raise DataError("clips_per_speaker_word and jobs must be at least 1")
+    if near_miss_clips < 1:
+        raise DataError(f"near_miss_clips: {near_miss_clips} is below 1; every word needs at least one clip")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(f"{out_dir}: already exists and is not an empty folder; choose a new folder or delete it")
 
