@@ -282,3 +282,13 @@ def test_the_training_split_can_take_more_negatives_while_val_and_test_keep_thei
         np.testing.assert_array_equal(getattr(more, split).x, getattr(same, split).x)
         np.testing.assert_array_equal(getattr(more, split).y, getattr(same, split).y)
     assert more.fingerprint != same.fingerprint
+
+
+def test_a_share_larger_than_the_unknown_pool_takes_it_all_and_says_so(layout):
+    # 8 training speakers: 80 keyword clips and 32 unknown clips
+    enough = load(sc_cfg(layout, train_unknown_fraction=0.4), seed=0)
+    short = load(sc_cfg(layout, train_unknown_fraction=1.0), seed=0)
+    assert int((short.train.y == speech_commands.UNKNOWN_INDEX).sum()) == 32
+    assert "unknown clips, fewer" not in enough.source
+    assert "the train split takes all 32 unknown clips, fewer than the 80 data.train_unknown_fraction asks " \
+           "for" in short.source

@@ -75,7 +75,7 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
     repairs: Counter = Counter()
     skipped: list[str] = []
     noise = _background(root, cfg, repairs, skipped, digest)
-    splits = {}
+    splits, short = {}, []
     share = 1.0 + sum(cfg.fractions("train"))
     stream = streaming.wanted(cfg, int(len(pools["train"][0]) * share), _length(cfg) * 4)
     for number, name in enumerate(SPLITS):
@@ -86,6 +86,12 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
                                "add clips from more speakers"))
         entries = _entries(keyword_clips, unknown_clips, noise, cfg.fractions(name), _length(cfg),
                            np.random.default_rng([seed, number]))
+        asked = math.ceil(len(keyword_clips) * cfg.fractions(name)[0])
+        if asked > len(unknown_clips):
+            key = "train_unknown_fraction" if name == "train" and cfg.train_unknown_fraction is not None \
+                else "unknown_fraction"
+            short.append(f"the {name} split takes all {len(unknown_clips):,} unknown clips, fewer than the "
+                         f"{asked:,} data.{key} asks for (add word folders or lower it)")
         if stream and name == "train":
             splits[name] = _streamed(entries, noise, cfg, skipped)
         else:
@@ -97,7 +103,8 @@ def read(cfg: DataConfig, seed: int) -> Dataset:
         preprocessing=Preprocessing(raw_scale=1.0, raw_offset=0.0, description=f"{rate_khz:g} kHz mono int16 PCM"),
         source=f"Speech Commands layout in {root} ({len(words)} word folders, {len(noise)} background files; splits "
                f"from {'the list files' if listed is not None else 'hashed speaker names'}"
-               + ("; training clips streamed from disk)" if stream else ")"),
+               + ("; training clips streamed from disk" if stream else "")
+               + "".join(f"; {note}" for note in short) + ")",
         fingerprint=digest.hexdigest()[:16],
         skipped=tuple(skipped),
         repairs=tuple((kind, repairs[kind]) for kind in REPAIRS),
