@@ -153,3 +153,18 @@ def test_structured_pruning_in_a_build_meets_a_mac_budget(tmp_path):
     assert report["int8"]["tflite_bytes"] < dense["int8"]["tflite_bytes"]
     assert "Structured pruning removed whole filters" in report["pruning_note"] and "budget met" in report["pruning_note"]
     assert "then retrained 1 epochs at the distillation's learning rate" in report["pruning_note"]
+
+
+def test_the_budget_figures_are_asked_once_per_architecture():
+    """Figures depend on shapes alone: new weights on the same shapes reuse the answer, fewer filters do not."""
+    from tinykd.prune import _by_shape
+
+    model = trained_like(*ZOO["cnn_pool_flatten"])
+    asked = []
+    measure = _by_shape(lambda m: asked.append(m) or {"macs": models.count_macs(m)})
+    first = measure(model)
+    retrained = models.clone(model)
+    retrained.set_weights([w + 1.0 for w in model.get_weights()])
+    assert measure(retrained) == first and len(asked) == 1
+    thinner, _ = thin(model, plan(model, 0.5))
+    assert measure(thinner)["macs"] < first["macs"] and len(asked) == 2
