@@ -238,6 +238,7 @@ def _summary(runs: dict, noop: dict, cfg, first_build_log: Path | None, carried:
     int8_seeds = [r["report"]["int8"]["tflm_accuracy"] for r in kd]
     # The float student that entered quantization: the pruned one, or the distilled one when prune is none.
     float_seeds = [_stage(r, "prune" if cfg.prune else "distill")["test_accuracy"] for r in kd]
+    rebuilt = [r["seconds"] for r in kd if "[teacher] training" not in r["log"]]  # none with one seed
     result = {
         "recipe": cfg.name,
         "teacher_accuracy": stages["teacher"]["test_accuracy"],
@@ -268,8 +269,8 @@ def _summary(runs: dict, noop: dict, cfg, first_build_log: Path | None, carried:
         "tflm_tflite_identical_fraction": min(r["report"]["int8"]["tflm_tflite_identical_fraction"] for r in kd),
         "tflm_tflite_max_lsb_diff": max(r["report"]["int8"]["tflm_tflite_max_lsb_diff"] for r in kd),
         **_first_build(kd, first_build_log),
-        "rebuild_seconds": statistics.median(r["seconds"] for r in kd if "[teacher] training" not in r["log"]),
-        "rebuild_seconds_runs": [r["seconds"] for r in kd if "[teacher] training" not in r["log"]],
+        "rebuild_seconds": statistics.median(rebuilt) if rebuilt else None,
+        "rebuild_seconds_runs": rebuilt,
         "noop_rebuild_seconds": noop["seconds"],
         "stage_seconds_first_build": first["seconds"],
         "runs": {**{name: [{"name": r["name"], "seed": r["seed"], "seconds": r["seconds"],
