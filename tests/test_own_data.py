@@ -39,30 +39,41 @@ def test_image_folder_build_exports_its_preprocessing(tmp_path):
     assert "1 unreadable files skipped" in markdown and "what the firmware must feed" in markdown
 
 
-@pytest.mark.parametrize("shape, first_op", [((6,), "FULLY_CONNECTED"), ((32, 3), "CONV_2D")])
-def test_arrays_build_picks_layers_by_rank(tmp_path, shape, first_op):
+def sensor_build(tmp_path, shape):
+    """The smoke recipe on 1,200 separable sensor rows of `shape` (three classes, 3.0 apart in every value)."""
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 600)
-    x = rng.normal(size=(600, *shape)).astype(np.float32) + 3.0 * y.reshape(-1, *[1] * len(shape))  # separable
+    y = rng.integers(0, 3, 1200)
+    x = rng.normal(size=(1200, *shape)).astype(np.float32) + 3.0 * y.reshape(-1, *[1] * len(shape))
     path = tmp_path / "sensor.npz"
     np.savez(path, x_train=x, y_train=y, labels=np.array(["idle", "walk", "run"]))
-    # The smoke recipe's learning rates suit images; at them a 6-feature MLP stayed near chance after QAT (0.2 with
-    # the now seeded initial weights, 0.52 in one run before them, when each run drew other weights).
-    report = smoke_build(tmp_path / "runs", ["name=sensor", "data.format=arrays", f"data.path={path}",
-                                            "distill.epochs=8", "teacher.epochs=4", "teacher.learning_rate=0.01",
-                                            "distill.learning_rate=0.01", "prune.learning_rate=0.005",
-                                            "quantize.learning_rate=0.002"])
+    # The smoke recipe's learning rates suit images; at them a 6-feature MLP stayed near chance.
+    return smoke_build(tmp_path / "runs", ["name=sensor", "data.format=arrays", f"data.path={path}",
+                                           "distill.epochs=12", "teacher.epochs=6", "teacher.learning_rate=0.01",
+                                           "distill.learning_rate=0.01", "prune.learning_rate=0.005",
+                                           "quantize.learning_rate=0.002"])
+
+
+def stage_accuracy(report, stage):
+    return next(s["test_accuracy"] for s in report["stages"] if s["stage"] == stage)
+
+
+@pytest.mark.parametrize("shape, first_op", [((6,), "FULLY_CONNECTED"), ((32, 3), "CONV_2D")])
+def test_arrays_build_picks_layers_by_rank(tmp_path, shape, first_op):
+    report = sensor_build(tmp_path, shape)
     assert report["data"]["input_shape"] == list(shape)
     assert first_op in report["int8"]["ops"]
     assert report["int8"]["tflm_tflite_top1_agreement"] == 1.0
-    assert report["int8"]["tflm_accuracy"] > 0.6  # the classes are separable; 0.33 is guessing
+    assert stage_accuracy(report, "distill") > 0.9  # the classes are separable; 0.33 is guessing
+    # Not more of the int8 model: see test_qat_keeps_a_small_models_accuracy.
+    assert report["int8"]["tflm_accuracy"] > 0.5
     saved = json.loads((tmp_path / "runs" / "sensor" / "report.json").read_text())
     assert saved["data"]["preprocessing"]["raw_scale"] == 1.0
 
 
-def test_example_recipe_documents_the_format(repo):
-    text = (repo / "pipelines" / "image_folder_example.yaml").read_text()
-    cfg = config.load(repo / "pipelines" / "image_folder_example.yaml")
-    assert cfg.data.format == "image_folder" and cfg.data.image_size == (32, 32)
-    assert (repo / "datasets" / "shapes" / "images" / "circle").is_dir()
-    assert "tinykd build pipelines/image_folder_example.yaml" in text
+@pytest.mark.xfail(strict=True, reason="known defect (docs/findings.md): TFMOT starts every activation range at "
+                                       "[-6, 6] and moves it by a 0.999 moving average, so a few dozen QAT steps "
+                                       "leave this MLP's ReLU and logits clipped at 6")
+def test_qat_keeps_a_small_models_accuracy(tmp_path):
+    report = sensor_build(tmp_path, (6,))
+    ptq = next(s["int8"]["tflm_accuracy"] for s in report["stages"] if s["stage"] == "distill")
+    assert report["int8"]["tflm_accuracy"] >= ptq - 0.05  # QAT should keep what post-training quantization keeps
