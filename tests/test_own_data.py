@@ -77,3 +77,11 @@ def test_qat_keeps_a_small_models_accuracy(tmp_path):
     report = sensor_build(tmp_path, (6,))
     ptq = next(s["int8"]["tflm_accuracy"] for s in report["stages"] if s["stage"] == "distill")
     assert report["int8"]["tflm_accuracy"] >= ptq - 0.05  # QAT should keep what post-training quantization keeps
+
+
+def test_example_recipe_documents_the_format(repo):
+    text = (repo / "pipelines" / "image_folder_example.yaml").read_text()
+    cfg = config.load(repo / "pipelines" / "image_folder_example.yaml")
+    assert cfg.data.format == "image_folder" and cfg.data.image_size == (32, 32)
+    assert (repo / "datasets" / "shapes" / "images" / "circle").is_dir()
+    assert "tinykd build pipelines/image_folder_example.yaml" in text
