@@ -40,43 +40,61 @@ def test_image_folder_build_exports_its_preprocessing(tmp_path):
 
 
 def sensor_build(tmp_path, shape):
-    """The smoke recipe on 1,200 separable sensor rows of `shape` (three classes, 3.0 apart in every value)."""
+    """The smoke recipe on 1,200 separable sensor rows of `shape` (three classes, 3.0 apart in every value), without
+    its pruning: 50% in one epoch took the 6-feature MLP from 96% to 49%, which left nothing for QAT to keep."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 1200)
     x = rng.normal(size=(1200, *shape)).astype(np.float32) + 3.0 * y.reshape(-1, *[1] * len(shape))
     path = tmp_path / "sensor.npz"
     np.savez(path, x_train=x, y_train=y, labels=np.array(["idle", "walk", "run"]))
     # The smoke recipe's learning rates suit images; at them a 6-feature MLP stayed near chance.
-    return smoke_build(tmp_path / "runs", ["name=sensor", "data.format=arrays", f"data.path={path}",
+    return smoke_build(tmp_path / "runs", ["name=sensor", "data.format=arrays", f"data.path={path}", "prune=null",
                                            "distill.epochs=12", "teacher.epochs=6", "teacher.learning_rate=0.01",
-                                           "distill.learning_rate=0.01", "prune.learning_rate=0.005",
-                                           "quantize.learning_rate=0.002"])
+                                           "distill.learning_rate=0.01", "quantize.learning_rate=0.002"])
+
+
+@pytest.fixture(scope="module")
+def sensor(tmp_path_factory):
+    """`sensor(shape)`: the report of `sensor_build` for `shape` and its run folder, built once per module."""
+    built = {}
+
+    def get(shape):
+        if shape not in built:
+            root = tmp_path_factory.mktemp("sensor")
+            built[shape] = sensor_build(root, shape), root / "runs" / "sensor"
+        return built[shape]
+    return get
 
 
 def stage_accuracy(report, stage):
+    """A build stage's test accuracy: the Keras model's (fake-quantized for QAT)."""
     return next(s["test_accuracy"] for s in report["stages"] if s["stage"] == stage)
 
 
+def stage_int8_accuracy(report, stage):
+    """A float build stage's model post-training quantized, in TFLM."""
+    return next(s["int8"]["tflm_accuracy"] for s in report["stages"] if s["stage"] == stage)
+
+
 @pytest.mark.parametrize("shape, first_op", [((6,), "FULLY_CONNECTED"), ((32, 3), "CONV_2D")])
-def test_arrays_build_picks_layers_by_rank(tmp_path, shape, first_op):
-    report = sensor_build(tmp_path, shape)
+def test_arrays_build_picks_layers_by_rank(sensor, shape, first_op):
+    report, folder = sensor(shape)
     assert report["data"]["input_shape"] == list(shape)
     assert first_op in report["int8"]["ops"]
     assert report["int8"]["tflm_tflite_top1_agreement"] == 1.0
     assert stage_accuracy(report, "distill") > 0.9  # the classes are separable; 0.33 is guessing
-    # Not more of the int8 model: see test_qat_keeps_a_small_models_accuracy.
-    assert report["int8"]["tflm_accuracy"] > 0.5
-    saved = json.loads((tmp_path / "runs" / "sensor" / "report.json").read_text())
+    assert report["int8"]["tflm_accuracy"] > 0.85
+    saved = json.loads((folder / "report.json").read_text())
     assert saved["data"]["preprocessing"]["raw_scale"] == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (docs/findings.md): TFMOT starts every activation range at "
-                                       "[-6, 6] and moves it by a 0.999 moving average, so a few dozen QAT steps "
-                                       "leave this MLP's ReLU and logits clipped at 6")
-def test_qat_keeps_a_small_models_accuracy(tmp_path):
-    report = sensor_build(tmp_path, (6,))
-    ptq = next(s["int8"]["tflm_accuracy"] for s in report["stages"] if s["stage"] == "distill")
-    assert report["int8"]["tflm_accuracy"] >= ptq - 0.05  # QAT should keep what post-training quantization keeps
+def test_qat_keeps_a_small_models_accuracy(sensor):
+    """QAT starts its activation ranges from the float student's (tinykd.qat.calibrate_ranges). From TFMOT's
+    [-6, 6] its 16 steps left this MLP's ReLUs and logits clipped at 6: int8 63-73% over 3 seeds."""
+    report, _ = sensor((6,))
+    ptq = stage_int8_accuracy(report, "distill")
+    assert ptq > 0.9
+    assert report["int8"]["tflm_accuracy"] >= ptq - 0.05  # QAT keeps what post-training quantization keeps
 
 
 def test_example_recipe_documents_the_format(repo):

@@ -63,9 +63,7 @@ def int8_model(model, data: Dataset, cfg: config.Config, samples: int) -> bytes:
     and zero point are the front-end's (1/256, -128) and the firmware copies its int8 features straight into the
     input tensor (a QAT model's input quantizer is pinned to the same range by tinykd.quantize).
     """
-    rng = np.random.default_rng(cfg.seed)
-    picks = rng.choice(len(data.train), size=min(samples, len(data.train)), replace=False)
-    representative = data.train.x[np.sort(picks)]
+    representative = data.train.sample_inputs(samples, cfg.seed)
     if cfg.frontend is not None:
         from tinykd.audio import to_model_input
 

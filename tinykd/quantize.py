@@ -14,7 +14,9 @@ from tinykd.artifacts import Run
 from tinykd.data import Dataset
 from tinykd.distill import Schedule, Student, Teaching, distill, model_metrics
 from tinykd.models import load_model  # noqa: F401 - load_model is part of tinykd.quantize's API
-from tinykd.qat import pin_input_range, quantization_aware, quantize_scheme
+from tinykd.qat import calibrate_ranges, pin_input_range, quantization_aware, quantize_scheme
+
+CALIBRATION_SAMPLES = 1000  # training inputs that set the activation ranges QAT starts from (qat.calibrate_ranges)
 
 
 def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, student: Student) -> Student:
@@ -54,6 +56,7 @@ def quantize(student, teaching: Teaching, data: Dataset, schedule: Schedule, sch
     None is the plain default 8-bit scheme.
     """
     qat = quantization_aware(student, scheme)
+    calibrate_ranges(qat, data.train.sample_inputs(CALIBRATION_SAMPLES, schedule.seed))
     # Under a distribution strategy the trained copy is made the same way, not cloned from its config, which
     # cluster-preserving quantizers do not survive.
     distill(teaching, qat, data, schedule, copy=lambda: quantization_aware(student, scheme))

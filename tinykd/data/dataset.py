@@ -25,6 +25,12 @@ class Split:
         """The first `count` samples (all when None)."""
         return self if count is None else Split(x=self.x[:count], y=self.y[:count])
 
+    def sample_inputs(self, count: int, seed: int) -> np.ndarray:
+        """`count` inputs (all when fewer) picked at random by `seed`, in the split's order (a streamed split reads
+        them front to back)."""
+        picks = np.random.default_rng(seed).choice(len(self), size=min(count, len(self)), replace=False)
+        return self.x[np.sort(picks)]
+
 
 @dataclass(frozen=True, kw_only=True)
 class Preprocessing:
