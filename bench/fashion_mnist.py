@@ -142,8 +142,17 @@ def _carried(path: Path, built: list[str]) -> dict:
             (["no_kd_float_accuracy_seeds"] if name == "no_kd" and "no_kd_float_accuracy_seeds" in earlier else [])
         carried[name] = {"figures": {key: earlier[key] for key in keys},
                          "runs": earlier.get("runs", {}).get(name, []),
-                         "source": CARRY_NOTE[name].format(path=source, date=earlier["machine"]["date"])}
+                         "source": _first_source(earlier, name, source)}
     return carried
+
+
+def _first_source(earlier: dict, name: str, source: str) -> str:
+    """Where an arm's figures in `earlier` were measured: a figure that run carried itself keeps naming the run
+    that measured it."""
+    carried = earlier.get(f"{name}_source", "")
+    if carried.startswith("carried from"):
+        return carried
+    return CARRY_NOTE[name].format(path=source, date=earlier["machine"]["date"])
 
 
 def _results(path: Path) -> tuple[dict, str]:
