@@ -48,7 +48,7 @@ def sensor_build(tmp_path, shape):
     path = tmp_path / "sensor.npz"
     np.savez(path, x_train=x, y_train=y, labels=np.array(["idle", "walk", "run"]))
     # The smoke recipe's learning rates suit images; at them a 6-feature MLP stayed near chance.
-    return smoke_build(tmp_path / "runs", ["name=sensor", "data.format=arrays", f"data.path={path}", "prune=null",
+    return smoke_build(tmp_path / "runs", ["name=sensor", "data.format=arrays", f"data.path={path}", "prune=none",
                                            "distill.epochs=12", "teacher.epochs=6", "teacher.learning_rate=0.01",
                                            "distill.learning_rate=0.01", "quantize.learning_rate=0.002"])
 
