@@ -16,7 +16,7 @@ from tinykd.distill import Schedule, Student, Teaching, distill, model_metrics
 from tinykd.models import load_model  # noqa: F401 - load_model is part of tinykd.quantize's API
 from tinykd.qat import calibrate_ranges, pin_input_range, quantization_aware, quantize_scheme
 
-CALIBRATION_SAMPLES = 1000  # training inputs that set the activation ranges QAT starts from (qat.calibrate_ranges)
+CALIBRATION_SAMPLES = 1000  # training inputs that set the activation ranges QAT starts from (quantize.calibrate_ranges)
 
 
 def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, student: Student) -> Student:
@@ -29,7 +29,8 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, stude
 
     def compute():
         run.log("[quantize] running")
-        qat = quantize(student.model, teaching, data, Schedule.of_recipe(cfg.quantize, cfg, run), scheme)
+        qat = quantize(student.model, teaching, data, Schedule.of_recipe(cfg.quantize, cfg, run), scheme,
+                       calibrate=cfg.quantize.calibrate_ranges)
         return qat, model_metrics(qat, data)
 
     def load(folder):
@@ -48,15 +49,17 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, stude
     return Student(done.value, done.run_id)
 
 
-def quantize(student, teaching: Teaching, data: Dataset, schedule: Schedule, scheme=None):
+def quantize(student, teaching: Teaching, data: Dataset, schedule: Schedule, scheme=None, calibrate: bool = False):
     """A quantization-aware clone of `student`, fine-tuned with the distillation loss (hints and attention too,
     through the QAT wrappers).
 
     `scheme` is the TFMOT scheme that keeps what earlier stages made (`quantize_scheme`: zeros, clusters, both);
-    None is the plain default 8-bit scheme.
+    None is the plain default 8-bit scheme. `calibrate` starts the activation ranges at the float student's
+    (`calibrate_ranges`, on `CALIBRATION_SAMPLES` seeded training inputs) instead of TFMOT's [-6, 6].
     """
     qat = quantization_aware(student, scheme)
-    calibrate_ranges(qat, data.train.sample_inputs(CALIBRATION_SAMPLES, schedule.seed))
+    if calibrate:
+        calibrate_ranges(qat, data.train.sample_inputs(CALIBRATION_SAMPLES, schedule.seed))
     # Under a distribution strategy the trained copy is made the same way, not cloned from its config, which
     # cluster-preserving quantizers do not survive.
     distill(teaching, qat, data, schedule, copy=lambda: quantization_aware(student, scheme))
