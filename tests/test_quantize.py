@@ -26,7 +26,8 @@ def test_average_pooling_converts_at_its_input_scale_with_no_requantize(tiny_tea
 
 
 def test_calibration_starts_activation_ranges_at_the_float_models():
-    # TFMOT starts them at [-6, 6]; logits reaching ~±40 would clip there until the moving average caught up.
+    # TFMOT starts them at [-6, 6]; these logits reach past ±12 and would clip there until the moving average
+    # caught up.
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
