@@ -98,6 +98,44 @@ def test_bn_scale_ranks_by_gamma_and_global_scope_keeps_one_per_layer():
     assert sum(len(k) for k in keep.values()) == pytest.approx(0.4 * total, abs=len(keep))
 
 
+def test_plan_keeps_a_multiple_of_channel_multiple_nearest_to_the_fraction():
+    """Widths 8-16-24 lose 30%: 5.6, 11.2 and 16.8 channels are asked for; with multiple 8 the nearest multiples
+    are 8 (the floor of one multiple), 8 and 16, and the kept channels are still the strongest."""
+    model = trained_like(*ZOO["cnn_pool_flatten"])
+    keep = plan(model, 0.3, multiple=8)
+    assert {name: len(kept) for name, kept in keep.items()} == {"block1_conv1": 8, "block2_conv1": 8,
+                                                                  "block3_conv1": 16}
+    scores = channel_scores(model, "block3_conv1")
+    assert set(keep["block3_conv1"].tolist()) == set(np.argsort(-scores, kind="stable")[:16].tolist())
+    assert {name: len(kept) for name, kept in plan(model, 0.3).items()} == {"block1_conv1": 6, "block2_conv1": 12,
+                                                                          "block3_conv1": 17}
+    for fraction in (0.1, 0.45, 0.7):
+        for scope in ("layer", "global"):
+            widths = [len(kept) for kept in plan(model, fraction, scope=scope, multiple=4).values()]
+            assert all(width % 4 == 0 and width >= 4 for width in widths), (fraction, scope, widths)
+
+
+def test_a_step_that_rounds_back_to_every_whole_layer_stops_with_a_clear_error():
+    """15% of 8, 16 and 24 filters rounds back to 8, 16 and 24 at multiple 8: the step would train an unchanged
+    model, so pruning stops before any training, naming the widths and the two settings that fix it."""
+    from types import SimpleNamespace
+
+    from tinykd.config import BudgetConfig, PruneConfig
+    from tinykd.data import Split
+    from tinykd.prune import prune_structured
+
+    model = trained_like(*ZOO["cnn_pool_flatten"])
+    dense_macs = models.count_macs(model)
+    cfg = PruneConfig(method="structured", step_fraction=0.15, channel_multiple=8,
+                      budget=BudgetConfig(macs=dense_macs // 2))
+    rng = np.random.default_rng(0)
+    data = SimpleNamespace(val=Split(x=rng.random((16, 28, 28, 1), dtype=np.float32), y=rng.integers(0, 5, 16)))
+    with pytest.raises(ModelError, match=r"step 1 would remove no filter: with channel_multiple 8, 15% .*"
+                                         r"block1_conv1 8, block2_conv1 16, block3_conv1 24.*"
+                                         r"raise prune.step_fraction or lower prune.channel_multiple"):
+        prune_structured(model, None, data, cfg, None, measure=lambda m: {"macs": models.count_macs(m)})
+
+
 def test_the_classifier_is_never_prunable():
     for name, (cfg, shape) in ZOO.items():
         model = trained_like(cfg, shape)

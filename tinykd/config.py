@@ -437,7 +437,8 @@ class PruneConfig:
     method magnitude: TFMOT magnitude pruning to `target_sparsity` with a polynomial schedule. Zeros save no flash
     or time on TFLite Micro (dense weights, no sparse kernels); the report says so.
     method structured: tinykd's own filter removal (tinykd.structured). Each step removes `step_fraction` of every
-    prunable layer's remaining channels (ranked by `score`; `scope` layer or global), rebuilds a thinner dense model
+    prunable layer's remaining channels (ranked by `score`; `scope` layer or global; each layer keeps the nearest
+    multiple of `channel_multiple`, 8 for fast training on the host), rebuilds a thinner dense model
     and fine-tunes it `epochs`, except that a step which would overshoot the budget removes only the share that
     meets it (found on the untrained thinned model, whose figures depend on its shapes alone); steps stop when
     `budget` is met, after `max_steps`, or when a step would cost more than `max_accuracy_drop` validation
@@ -455,6 +456,7 @@ class PruneConfig:
     max_steps: int = 5
     score: str = "l1"
     scope: str = "layer"
+    channel_multiple: int = 1
     budget: BudgetConfig | None = None
     max_accuracy_drop: float = 0.01
     rewind_epochs: int = 0
@@ -473,6 +475,7 @@ class PruneConfig:
         _require(1 <= self.max_steps <= 50, "max_steps", "must be 1 to 50")
         _require(self.score in ("l1", "bn_scale"), "score", "must be l1 or bn_scale")
         _require(self.scope in ("layer", "global"), "scope", "must be layer or global")
+        _require(1 <= self.channel_multiple <= 64, "channel_multiple", "must be 1 (any width) to 64, e.g. 8")
         _require(0.0 <= self.max_accuracy_drop < 1.0, "max_accuracy_drop", "must be in [0, 1), e.g. 0.01")
         _require(self.rewind_epochs >= 0, "rewind_epochs", "must be 0 (off) or more")
         _require(self.method == "structured" or self.rewind_epochs == 0, "rewind_epochs",

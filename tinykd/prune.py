@@ -108,10 +108,17 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
         if cfg.budget is not None and cfg.budget.met_by(steps[-1]):
             break
         fraction = cfg.step_fraction
-        thinned, _ = thin(current, plan(current, fraction, cfg.score, cfg.scope))
+        keep = plan(current, fraction, cfg.score, cfg.scope, cfg.channel_multiple)
+        widths = {name: current.get_layer(name).output.shape[-1] for name in keep}
+        if all(len(kept) == widths[name] for name, kept in keep.items()):
+            raise ModelError(f"prune step {number} would remove no filter: with channel_multiple "
+                             f"{cfg.channel_multiple}, {cfg.step_fraction:.0%} of every layer's filters "
+                             f"({', '.join(f'{name} {width}' for name, width in widths.items())}) rounds back to "
+                             "the whole layer; raise prune.step_fraction or lower prune.channel_multiple")
+        thinned, _ = thin(current, keep)
         if cfg.budget is not None and cfg.budget.met_by(measure(thinned)):
             fraction = _least_fraction(current, cfg, measure)
-            thinned, _ = thin(current, plan(current, fraction, cfg.score, cfg.scope))
+            thinned, _ = thin(current, plan(current, fraction, cfg.score, cfg.scope, cfg.channel_multiple))
         distill(teaching, thinned, data, replace(schedule, seed=schedule.seed + number))
         step = {"step": number, "fraction": round(fraction, 4), "val_accuracy": accuracy(thinned, data.val),
                 **measure(thinned)}
@@ -158,7 +165,7 @@ def _least_fraction(model, cfg: PruneConfig, measure, halvings: int = 6) -> floa
     low, high = 0.0, cfg.step_fraction  # removing `low` misses the budget, removing `high` meets it
     for _ in range(halvings):
         middle = (low + high) / 2
-        thinned, _ = thin(model, plan(model, middle, cfg.score, cfg.scope))
+        thinned, _ = thin(model, plan(model, middle, cfg.score, cfg.scope, cfg.channel_multiple))
         if cfg.budget.met_by(measure(thinned)):
             high = middle
         else:

@@ -57,7 +57,8 @@ def _blocker(model, layer):
     return None
 
 
-def plan(model, fraction: float, score: str = "l1", scope: str = "layer") -> dict[str, np.ndarray]:
+def plan(model, fraction: float, score: str = "l1", scope: str = "layer",
+         multiple: int = 1) -> dict[str, np.ndarray]:
     """The output channels to keep in each prunable layer after removing `fraction` of them.
 
     Args:
@@ -68,6 +69,9 @@ def plan(model, fraction: float, score: str = "l1", scope: str = "layer") -> dic
         scope: "layer" removes `fraction` of every layer; "global" ranks all channels together (each layer's
             scores divided by their mean, so layers compare) and removes the lowest `fraction`, keeping at
             least one channel per layer.
+        multiple: each layer keeps a multiple of this many channels, the nearest to what `fraction` asks (at
+            least one multiple; a layer narrower than that is left whole). 8 keeps training fast: the host's
+            oneDNN convolutions train the odd counts plain pruning leaves at about half speed.
 
     Returns:
         Layer name -> sorted indices of the channels to keep.
@@ -76,6 +80,8 @@ def plan(model, fraction: float, score: str = "l1", scope: str = "layer") -> dic
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     if score not in SCORES or scope not in ("layer", "global"):
         raise ValueError(f"score must be one of {SCORES} and scope 'layer' or 'global'")
+    if multiple < 1:
+        raise ValueError(f"multiple must be at least 1, got {multiple}")
     scores = {name: channel_scores(model, name, score) for name in prunable_layers(model)}
     if not scores:
         blocked = [(layer.name, _blocker(model, layer)) for layer in _candidates(model)]
@@ -86,11 +92,12 @@ def plan(model, fraction: float, score: str = "l1", scope: str = "layer") -> dic
                          + "; use prune.method: magnitude, or give the model convolutions or dense layers that "
                          "feed the next convolution or dense layer through activations, pooling or batch norms")
     if scope == "layer":
-        return {name: _top(s, max(1, math.ceil(len(s) * (1.0 - fraction)))) for name, s in scores.items()}
-    pooled = np.concatenate([s / (s.mean() or 1.0) for s in scores.values()])
-    total = len(pooled)
-    threshold = np.sort(pooled)[int(total * fraction)] if fraction > 0 else -np.inf
-    return {name: _top(s, max(1, int(np.sum(s / (s.mean() or 1.0) >= threshold)))) for name, s in scores.items()}
+        wanted = {name: len(s) * (1.0 - fraction) for name, s in scores.items()}
+    else:
+        pooled = np.concatenate([s / (s.mean() or 1.0) for s in scores.values()])
+        threshold = np.sort(pooled)[int(len(pooled) * fraction)] if fraction > 0 else -np.inf
+        wanted = {name: float(np.sum(s / (s.mean() or 1.0) >= threshold)) for name, s in scores.items()}
+    return {name: _top(s, _width(len(s), wanted[name], multiple)) for name, s in scores.items()}
 
 
 def channel_scores(model, name: str, score: str = "l1") -> np.ndarray:
@@ -211,6 +218,14 @@ def _feeds_output_directly(model, layer) -> bool:
             if type(after).__name__ in ("Flatten", "Reshape", "Activation"):
                 frontier.append(after)
     return False
+
+
+def _width(width: int, wanted: float, multiple: int) -> int:
+    """How many of a layer's `width` channels to keep when `wanted` are asked for: `wanted` rounded up (at least
+    one), or its nearest multiple of `multiple` (at least one multiple, at most `width`)."""
+    if multiple == 1:
+        return max(1, math.ceil(wanted))
+    return min(width, max(multiple, multiple * math.floor(wanted / multiple + 0.5)))
 
 
 def _top(scores: np.ndarray, count: int) -> np.ndarray:
