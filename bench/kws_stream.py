@@ -19,6 +19,10 @@ words the errors were: each false accept as "heard -> detected" ("lift -> left")
 required in it, suppression) on the model's scores, which they do not change: each is judged on the validation
 stream at its own chosen threshold, and only the best is applied to the test stream (`settings_search` in the
 JSON). The headline figures stay those of the recipe's `stream` section.
+
+`--teacher` judges the build's teacher instead of its student, post-training quantized to int8 on the recipe's
+representative samples (`teacher/teacher_int8.tflite` in the run): whether a stream miss is the student's
+capacity or what the data teaches any model. Write it to another `--out`.
 """
 
 from __future__ import annotations
@@ -57,10 +61,18 @@ def main() -> None:
                         help="a recipe override for the build, as `tinykd build --set` (repeatable)")
     parser.add_argument("--settings-search", action="store_true",
                         help="also choose the recognizer's settings (SETTINGS_GRID) on the validation stream")
+    parser.add_argument("--teacher", action="store_true",
+                        help="judge the build's teacher, post-training quantized to int8, instead of its student")
     args = parser.parse_args()
 
     cfg = config.load(args.recipe, config.parse_overrides(args.overrides))
-    model = _build(args.recipe, args.runs, args.overrides, cfg)
+    run = args.runs / cfg.name
+    if args.teacher and (run / "teacher" / "teacher.keras").is_file():
+        model = _teacher_int8(run, cfg, args.recipe.parent)  # the teacher is all it needs: no rebuild
+    else:
+        model = _build(args.recipe, args.runs, args.overrides, cfg)
+        if args.teacher:
+            model = _teacher_int8(run, cfg, args.recipe.parent)
     streams = {split: _stream(args.runs / "streams", split, minutes, cfg)
                for split, minutes in (("val", args.val_minutes), ("test", args.test_minutes))}
     heard, curves, seconds = {}, {}, {}
@@ -108,6 +120,21 @@ def _build(recipe: Path, runs: Path, overrides: list[str], cfg) -> Path:
     subprocess.run(command, cwd=REPO, check=True)
     run = runs / cfg.name
     return run / "compress" / "model.tflite" if cfg.compress is not None else run / "convert" / "model.tflite"
+
+
+def _teacher_int8(run: Path, cfg, recipe_folder: Path) -> Path:
+    """The build's teacher as a full-int8 .tflite, calibrated as the pipeline calibrates its student (made once)."""
+    path = run / "teacher" / "teacher_int8.tflite"
+    if not path.is_file():
+        from tinykd import artifacts, convert
+        from tinykd import data as data_layer
+        from tinykd.models import load_model
+
+        print(f"  post-training quantizing {run / 'teacher' / 'teacher.keras'}", flush=True)
+        data = data_layer.load(cfg.data, cfg.data.seed, (recipe_folder,), frontend=cfg.frontend)
+        teacher = load_model(run / "teacher" / "teacher.keras")
+        artifacts.write_bytes(path, convert.int8_model(teacher, data, cfg, cfg.convert.representative_samples))
+    return path
 
 
 def _stream(folder: Path, split: str, minutes: float, cfg) -> Path:
