@@ -98,7 +98,7 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
         validation accuracy, whether it was kept); with `cfg.rewind_epochs` the last kept step also has
         `rewind_epochs` and `rewound_val_accuracy`.
     """
-    from tinykd.structured import plan, thin
+    from tinykd.structured import thin
 
     measure = _by_shape(measure)
     reference = accuracy(student, data.val)
@@ -108,7 +108,7 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
         if cfg.budget is not None and cfg.budget.met_by(steps[-1]):
             break
         fraction = cfg.step_fraction
-        keep = plan(current, fraction, cfg.score, cfg.scope, cfg.channel_multiple)
+        keep = _plan(current, fraction, cfg)
         widths = {name: current.get_layer(name).output.shape[-1] for name in keep}
         if all(len(kept) == widths[name] for name, kept in keep.items()):
             raise ModelError(f"prune step {number} would remove no filter: with channel_multiple "
@@ -118,7 +118,7 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
         thinned, _ = thin(current, keep)
         if cfg.budget is not None and cfg.budget.met_by(measure(thinned)):
             fraction = _least_fraction(current, cfg, measure)
-            thinned, _ = thin(current, plan(current, fraction, cfg.score, cfg.scope, cfg.channel_multiple))
+            thinned, _ = thin(current, _plan(current, fraction, cfg))
         distill(teaching, thinned, data, replace(schedule, seed=schedule.seed + number))
         step = {"step": number, "fraction": round(fraction, 4), "val_accuracy": accuracy(thinned, data.val),
                 **measure(thinned)}
@@ -136,6 +136,13 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
         kept["rewind_epochs"] = cfg.rewind_epochs
         kept["rewound_val_accuracy"] = accuracy(current, data.val)
     return current, steps
+
+
+def _plan(model, fraction: float, cfg: PruneConfig) -> dict:
+    """tinykd.structured.plan with the recipe's score, scope and channel multiple."""
+    from tinykd.structured import plan
+
+    return plan(model, fraction, cfg.score, cfg.scope, cfg.channel_multiple)
 
 
 def _by_shape(measure):
@@ -160,12 +167,12 @@ def _least_fraction(model, cfg: PruneConfig, measure, halvings: int = 6) -> floa
     a whole step's fewer. Bytes, MACs and latency depend on the shapes alone, so the untrained thinned model is
     measured (a conversion and an estimate each, seconds); bisection to 1/64 of a step.
     """
-    from tinykd.structured import plan, thin
+    from tinykd.structured import thin
 
     low, high = 0.0, cfg.step_fraction  # removing `low` misses the budget, removing `high` meets it
     for _ in range(halvings):
         middle = (low + high) / 2
-        thinned, _ = thin(model, plan(model, middle, cfg.score, cfg.scope, cfg.channel_multiple))
+        thinned, _ = thin(model, _plan(model, middle, cfg))
         if cfg.budget.met_by(measure(thinned)):
             high = middle
         else:
