@@ -523,7 +523,7 @@ class QuantizeConfig:
     `calibrate_ranges` starts every activation range where the float student's activations lie on 1,000 training
     inputs (tinykd.qat.calibrate_ranges) instead of at TFMOT's [-6, 6]. Turn it on for a short QAT of a model whose
     activations or logits go past 6: 16 steps left a small MLP clipped at 6 (int8 72.5% against 95.0% with it).
-    It is off by default because the keyword recipe lost 1.1-1.3 points with it and Fashion-MNIST nothing
+    It is off by default because the keyword recipe lost 1.1 points with it and Fashion-MNIST nothing
     (docs/findings.md): TFMOT's start clips the ReLUs near 6-15 while QAT trains, which the keyword model liked.
     """
 
