@@ -229,6 +229,46 @@ def test_fit_width_scales_each_draw_to_the_widest_that_meets_the_budget(runs, tm
     assert {t["index"] for t in summary["trials"]} == {0} | {c["index"] for c in feasible}
 
 
+def test_a_recipe_student_over_the_budget_is_also_measured_thinned_as_pruning_would_thin_it(runs, tmp_path):
+    """Under a budget the recipe's student misses, the first bracket ends with that student thinned by the recipe's
+    prune steps to the budget, measured and trained like any draw: the student a searched one has to beat."""
+    from tinykd.boards import get_board
+    from tinykd.data import load
+    from tinykd.report.arena import Worker
+    from tinykd.search.measure import measure, over_budget
+
+    cfg = _smoke(trials=2, min_epochs=1, max_epochs=1)
+    data = load(cfg.data, cfg.data.seed)
+    board = get_board(cfg.target.board)
+    with Worker() as worker:
+        reference = measure(cfg.distill.student, data, cfg, board, worker)
+    budget = {"latency_ms": reference.latency_ms * 0.8}
+    cfg = replace(cfg, search=replace(cfg.search, **budget))
+    seen = []
+    summary = search(cfg, runs, SearchOptions(out_dir=tmp_path / "out", log=seen.append)).summary
+    recipe_student, *_, last = summary["candidates"]
+    assert recipe_student["over_budget"] and recipe_student["name"] == "cnn 8-16 pool pool_flatten"
+    assert last["thinned_from"] == recipe_student["name"]
+    assert not last["over_budget"] and last["cost"]["latency_ms"] <= budget["latency_ms"]
+    assert any(f"[candidate {last['index']}] {last['name']} (the recipe's student, thinned to the budget)" in line
+               for line in seen)
+    assert last["index"] in {t["index"] for t in summary["trials"]}
+    # The build's own pruning code (tinykd.structured on the Keras student, the latency from an int8 conversion and
+    # `tinykd report` as the build measures it) settles on the same widths for this budget.
+    from tinykd import models
+    from tinykd.config import BudgetConfig
+    from tinykd.prune import _budget_figures, _least_fraction
+    from tinykd.structured import plan, prunable_layers, thin
+
+    model = models.build(cfg.distill.student, data.input_shape, data.num_classes, "student", seed=cfg.seed)
+    prune = replace(cfg.prune, method="structured", budget=BudgetConfig(latency_ms=budget["latency_ms"]))
+    figures = lambda thinned: _budget_figures(thinned, data, cfg, board.id)  # noqa: E731
+    assert prune.budget.met_by(figures(thin(model, plan(model, prune.step_fraction))[0])), "one step meets it here"
+    pruned, _ = thin(model, plan(model, _least_fraction(model, prune, figures)))
+    widths = [pruned.get_layer(name).filters for name in prunable_layers(pruned)]
+    assert widths == last["student"]["filters"] and widths != recipe_student["student"]["filters"]
+
+
 def test_near_chance_compares_the_best_first_rung_with_the_most_common_class():
     balanced = np.repeat(np.arange(12), 39)  # 468 validation clips of 12 classes, as the keyword set
     first = [{"rung": 0, "epochs": 2, "int8_val_accuracy": a} for a in (0.143, 0.150, 0.160)]  # what 2 epochs gave

@@ -97,7 +97,7 @@ def plan(model, fraction: float, score: str = "l1", scope: str = "layer",
         pooled = np.concatenate([s / (s.mean() or 1.0) for s in scores.values()])
         threshold = np.sort(pooled)[int(len(pooled) * fraction)] if fraction > 0 else -np.inf
         wanted = {name: float(np.sum(s / (s.mean() or 1.0) >= threshold)) for name, s in scores.items()}
-    return {name: _top(s, _width(len(s), wanted[name], multiple)) for name, s in scores.items()}
+    return {name: _top(s, kept_width(len(s), wanted[name], multiple)) for name, s in scores.items()}
 
 
 def channel_scores(model, name: str, score: str = "l1") -> np.ndarray:
@@ -220,7 +220,7 @@ def _feeds_output_directly(model, layer) -> bool:
     return False
 
 
-def _width(width: int, wanted: float, multiple: int) -> int:
+def kept_width(width: int, wanted: float, multiple: int) -> int:
     """How many of a layer's `width` channels to keep when `wanted` are asked for: `wanted` rounded up (at least
     one), or its nearest multiple of `multiple` (at least one multiple, at most `width`)."""
     if multiple == 1:

@@ -20,7 +20,8 @@ from tinykd import artifacts, config, data as data_layer, teacher
 from tinykd.artifacts import Run
 from tinykd.boards import Board, get_board
 from tinykd.search import halving, results, space
-from tinykd.search.measure import BUDGET_KEYS, check_feasible, fit_width, measure, over_budget
+from tinykd.search.measure import (BUDGET_KEYS, Cost, check_feasible, fit_width, measure, over_budget,
+                                   thin_to_budget)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,14 +118,15 @@ def search(cfg: config.Config, runs_dir: Path, options: SearchOptions = SearchOp
 
 def _candidates(cfg: config.Config, data, board: Board, budget: dict, out: Path, log, bracket: int,
                 earlier: list[dict]) -> tuple[list[dict], float]:
-    """Sample and measure one bracket's candidates (the first starts with the recipe's student; later ones draw
-    students no earlier bracket drew), or reuse them from disk when the space, board and data are unchanged."""
+    """Sample and measure one bracket's candidates (the first starts with the recipe's student, and ends with it
+    thinned to the budget when it is over; later ones draw students no earlier bracket drew), or reuse them from
+    disk when the space, board, data and recipe are unchanged."""
     from tinykd.report.arena import Worker
 
     chosen_space = space.resolve(cfg.search, space.data_kind(cfg))
     key = artifacts.key("candidates", asdict(chosen_space), cfg.search.trials, cfg.search.seed,
-                        cfg.search.fit_width, config.as_dict(cfg.distill.student), cfg.seed, board.id,
-                        data.fingerprint, bracket, [c["name"] for c in earlier])
+                        cfg.search.fit_width, config.as_dict(cfg.distill.student), config.as_dict(cfg.prune),
+                        cfg.seed, board.id, data.fingerprint, bracket, [c["name"] for c in earlier])
     path = out / ("candidates.json" if bracket == 0 else f"candidates-b{bracket}.json")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -142,26 +144,46 @@ def _candidates(cfg: config.Config, data, board: Board, budget: dict, out: Path,
     log(f"[search] bracket {bracket}: measuring {len(students)} untrained candidates as int8 models on {board.id}"
         f"{fitting}")
     candidates, taken = [], {c["name"] for c in earlier}
+
+    def add(student: config.ModelConfig, cost, record: dict, source: str) -> None:
+        name = space.describe(student)
+        if name in taken:
+            log(f"[search] {name}{f' ({source})' if source else ''} is already a candidate: skipped")
+            return
+        taken.add(name)
+        index = len(earlier) + len(candidates)
+        candidates.append({"index": index, "name": name, "bracket": bracket, "student": config.as_dict(student),
+                           "cost": asdict(cost)} | record)
+        log(f"[candidate {index}] {name}{f' ({source})' if source else ''}: {cost.latency_ms:.3f} ms, "
+            f"{cost.flash_bytes:,} B flash, {cost.ram_bytes:,} B RAM")
+
     with Worker() as worker:
+        def measure_at(student: config.ModelConfig):
+            return measure(student, data, cfg, board, worker)
+
         for number, student in enumerate(students):
-            cost, record = measure(student, data, cfg, board, worker), {}
+            cost, record, source = measure_at(student), {}, ""
             if cfg.search.fit_width and not (bracket == 0 and number == 0):  # the recipe's student stays itself
-                width, cost, probes = fit_width(student, cost, budget, lambda w: measure(
-                    replace(student, width_multiplier=w), data, cfg, board, worker))
+                width, cost, probes = fit_width(student, cost, budget, lambda w: measure_at(
+                    replace(student, width_multiplier=w)))
                 record = {"drawn": config.as_dict(student), "drawn_name": space.describe(student),
                           "fit_measurements": probes}
                 student = replace(student, width_multiplier=width)
-            name = space.describe(student)
-            if name in taken:
-                log(f"[search] {record.get('drawn_name', name)} fits to {name}, already a candidate: skipped")
-                continue
-            taken.add(name)
-            index = len(earlier) + len(candidates)
-            candidates.append({"index": index, "name": name, "bracket": bracket, "student": config.as_dict(student),
-                               "cost": asdict(cost)} | record)
-            fitted = f" (fitted from {record['drawn_name']})" if record.get("drawn_name", name) != name else ""
-            log(f"[candidate {index}] {name}{fitted}: {cost.latency_ms:.3f} ms, {cost.flash_bytes:,} B "
-                f"flash, {cost.ram_bytes:,} B RAM")
+                if space.describe(student) != record["drawn_name"]:
+                    source = f"fitted from {record['drawn_name']}"
+            add(student, cost, record, source)
+        # The recipe's student over the budget cannot win. Thinned as structured pruning thins it, it is what a build
+        # of the recipe would ship under this budget, the student a searched one has to beat: measured too.
+        if bracket == 0 and candidates and over_budget(candidates[0]["cost"], budget):
+            reference = students[0]
+            found = thin_to_budget(reference, cfg.prune, Cost(**candidates[0]["cost"]), budget, measure_at)
+            if found is None:
+                log(f"[search] the recipe's student cannot be thinned to the budget in {cfg.prune.max_steps} steps "
+                    f"of {cfg.prune.step_fraction:.0%} (prune.max_steps, prune.step_fraction)")
+            else:
+                student, cost, probes = found
+                add(student, cost, {"thinned_from": space.describe(reference), "fit_measurements": probes},
+                    "the recipe's student, thinned to the budget")
     seconds = time.perf_counter() - started
     artifacts.write_json(path, {"key": key, "candidates": candidates, "seconds": seconds})
     return _judged(candidates, budget), seconds

@@ -114,6 +114,59 @@ def fit_width(student: config.ModelConfig, first: Cost, budget: dict, measure_at
     return WIDTHS[good], at(good), len(costs) - 1
 
 
+def thin_to_budget(student: config.ModelConfig, prune: config.PruneConfig, first: Cost, budget: dict,
+                   measure_at) -> tuple[config.ModelConfig, Cost, int] | None:
+    """The recipe's `student` thinned as its structured pruning thins it, until it meets `budget`; its cost and how
+    many measurements it took. None for a model of your own, or when `prune.max_steps` steps or the narrowest
+    widths come first. `first` is the cost of `student`, `measure_at(student) -> Cost`.
+
+    Each step removes `prune.step_fraction` of every block's filters (and hidden units), each keeping the nearest
+    multiple of `prune.channel_multiple`, and the step that meets the budget removes only the least share that does
+    (bisected to 1/64 of a step), as tinykd.prune does. When every layer loses the same share (`prune.scope` layer)
+    the widths do not depend on the weights, so the shape is the one the build's pruning reaches when no step costs
+    too much accuracy; with `scope: global` the build's shape depends on the trained weights and may differ.
+    """
+    if student.path is not None or student.factory is not None:
+        return None
+    costs = {student: first}
+
+    def at(model: config.ModelConfig) -> Cost:
+        if model not in costs:
+            costs[model] = measure_at(model)
+        return costs[model]
+
+    def meets(model: config.ModelConfig) -> bool:
+        return not over_budget(vars(at(model)), budget)
+
+    current = student
+    for _ in range(prune.max_steps):
+        if meets(current):
+            break
+        step = thinned(current, prune.step_fraction, prune.channel_multiple)
+        if step == current:
+            return None
+        if meets(step):
+            low, high = 0.0, prune.step_fraction  # removing `low` misses the budget, removing `high` meets it
+            for _ in range(6):
+                middle = (low + high) / 2
+                low, high = (low, middle) if meets(thinned(current, middle, prune.channel_multiple)) else (middle, high)
+            step = thinned(current, high, prune.channel_multiple)
+        current = step
+    return (current, at(current), len(costs) - 1) if meets(current) else None
+
+
+def thinned(student: config.ModelConfig, fraction: float, multiple: int) -> config.ModelConfig:
+    """`student` with `fraction` of every block's filters and of its hidden units removed, each keeping the
+    nearest multiple of `multiple` (tinykd.structured's rule for one layer)."""
+    from tinykd.structured import kept_width
+
+    def keep(width: int) -> int:
+        return kept_width(width, width * (1.0 - fraction), multiple)
+
+    return replace(student, filters=tuple(keep(width) for width in models.widths(student)), width_multiplier=1.0,
+                   dense_units=keep(student.dense_units) if student.dense_units else 0)
+
+
 def over_budget(cost: dict, budget: dict) -> list[str]:
     """What `cost` (a Cost as a dict) exceeds: e.g. ["latency_ms 3.1 > 2.5"]; empty when it is feasible."""
     over = [f"{key} {cost[key]:,.4g} > {limit:,.4g}" if key == "latency_ms" else f"{key} {cost[key]:,} > {limit:,}"

@@ -1,6 +1,7 @@
 """The students a search samples: the zoo's knobs (tinykd.models) with defaults per kind of data.
 
-A candidate is a plain `ModelConfig`; the recipe's own student is always candidate 0, so every search measures
+A candidate is a plain `ModelConfig`; the recipe's own student is always candidate 0, and when it is over the
+budget the first bracket also measures it thinned to the budget (measure.thin_to_budget), so every search measures
 what it has to beat. Sampling is seeded and skips students the input cannot hold (a pooling on a 1-pixel map).
 """
 
