@@ -193,6 +193,25 @@ def test_structured_pruning_in_a_build_meets_a_mac_budget(tmp_path):
     assert "then retrained 1 epochs at the distillation's learning rate" in report["pruning_note"]
 
 
+def test_without_a_budget_pruning_stops_kept_when_the_next_step_would_remove_no_filter(tmp_path):
+    """The smoke student (8-16) at channel_multiple 8 and half of every layer a step: step 1 leaves 8-8, where the
+    multiple allows no fewer. With no budget to meet, the build keeps step 1's model and says why it stopped,
+    instead of failing after the work (with a budget, the same stall is the error above)."""
+    from conftest import SMOKE_RECIPE
+    from tinykd import config
+    from tinykd.pipeline import BuildOptions, build
+
+    cfg = config.load(SMOKE_RECIPE, {"prune": "{method: structured, step_fraction: 0.5, channel_multiple: 8, "
+                                               "max_steps: 4, epochs: 1, batch_size: 64, max_accuracy_drop: 0.9}"})
+    seen = []
+    report = build(cfg, tmp_path, BuildOptions(log=seen.append)).report
+    steps = json.loads((tmp_path / cfg.name / "prune" / "stage.json").read_text())["metrics"]["steps"]
+    assert [s["step"] for s in steps] == [0, 1] and all(s["kept"] for s in steps)
+    assert report["stages"][-1]["macs"] == steps[-1]["macs"] < steps[0]["macs"]
+    assert any("[prune] stopped after step 1 of 4: another 50% of every layer rounds back to the whole layer at "
+               "channel_multiple 8" in line for line in seen), seen
+
+
 def test_the_budget_figures_are_asked_once_per_architecture():
     """Figures depend on shapes alone: new weights on the same shapes reuse the answer, fewer filters do not."""
     from tinykd.prune import _by_shape

@@ -441,8 +441,9 @@ class PruneConfig:
     multiple of `channel_multiple`, 8 for fast training on the host), rebuilds a thinner dense model
     and fine-tunes it `epochs`, except that a step which would overshoot the budget removes only the share that
     meets it (found on the untrained thinned model, whose figures depend on its shapes alone); steps stop when
-    `budget` is met, after `max_steps`, or when a step would cost more than `max_accuracy_drop` validation
-    accuracy against the distilled student (that step is undone). Then, with
+    `budget` is met, after `max_steps`, when a step would cost more than `max_accuracy_drop` validation
+    accuracy against the distilled student (that step is undone), or, without a budget, when the next step would
+    remove no filter (every layer at the narrowest `channel_multiple` allows). Then, with
     `rewind_epochs`, the kept model retrains that long at the distillation's learning rate (learning-rate
     rewinding, Renda et al. 2020: short fine-tunes at a small rate leave accuracy behind that a fresh schedule
     recovers).

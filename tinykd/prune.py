@@ -40,6 +40,11 @@ def stage(run: Run, cfg: config.Config, data: Dataset, teaching: Teaching, stude
                     + ("" if step["kept"] else " (over max_accuracy_drop: undone)")
                     + (f"; after {step['rewind_epochs']} rewind epochs val {step['rewound_val_accuracy']:.4f}"
                        if "rewind_epochs" in step else ""))
+        stalled = cfg.prune.budget is None and steps[-1]["kept"] and len(steps) - 1 < cfg.prune.max_steps
+        if stalled:
+            run.log(f"[prune] stopped after step {len(steps) - 1} of {cfg.prune.max_steps}: another "
+                    f"{cfg.prune.step_fraction:.0%} of every layer rounds back to the whole layer at channel_multiple "
+                    f"{cfg.prune.channel_multiple}")
         return pruned, {"method": "structured", "sparsity": round(sparsity(pruned), 4), "steps": steps,
                         "budget_board": board,
                         "budget_met": None if cfg.prune.budget is None
@@ -89,6 +94,9 @@ def prune(student, teaching: Teaching, data: Dataset, cfg: PruneConfig, schedule
 def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfig, schedule: Schedule, measure):
     """Remove filters step by step until `cfg.budget` is met, recovering with distillation after each step.
 
+    Without a budget, `cfg.max_steps` steps, or fewer when the next would remove no filter (the narrowest widths
+    `cfg.channel_multiple` allows); with one, such a step is an error, as the budget can no longer be met.
+
     Args:
         measure: model -> {"macs": ..., "tflite_bytes": ..., "latency_ms": ...}, what the budget is checked on
             (the pipeline converts to int8 and asks `tinykd report` for the latency).
@@ -111,6 +119,8 @@ def prune_structured(student, teaching: Teaching, data: Dataset, cfg: PruneConfi
         keep = _plan(current, fraction, cfg)
         widths = {name: current.get_layer(name).output.shape[-1] for name in keep}
         if all(len(kept) == widths[name] for name, kept in keep.items()):
+            if cfg.budget is None and number > 1:
+                break  # no budget to meet: the narrowest widths the multiple allows end the steps, kept
             raise ModelError(f"prune step {number} would remove no filter: with channel_multiple "
                              f"{cfg.channel_multiple}, {cfg.step_fraction:.0%} of every layer's filters "
                              f"({', '.join(f'{name} {width}' for name, width in widths.items())}) rounds back to "
