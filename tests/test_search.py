@@ -253,6 +253,8 @@ def test_a_recipe_student_over_the_budget_is_also_measured_thinned_as_pruning_wo
     assert any(f"[candidate {last['index']}] {last['name']} (the recipe's student, thinned to the budget)" in line
                for line in seen)
     assert last["index"] in {t["index"] for t in summary["trials"]}
+    assert f"| {last['index']} | {last['name']} (the recipe's, thinned to the budget) |" in (
+        tmp_path / "out" / "table.md").read_text()
     # The build's own pruning code (tinykd.structured on the Keras student, the latency from an int8 conversion and
     # `tinykd report` as the build measures it) settles on the same widths for this budget.
     from tinykd import models

@@ -51,7 +51,9 @@ def table(candidates: list[dict], trials: list[dict]) -> str:
             reason = "over budget: " + "; ".join(candidate["over_budget"]) if candidate["over_budget"] else \
                 "not trained (time budget)"
             result = f"- | {reason} | -"
-        lines.append(f"| {candidate['index']} | {candidate['name']} | {cost['latency_ms']:.3f} | "
+        name = candidate["name"] + (" (the recipe's)" if candidate["index"] == 0 else
+                                    " (the recipe's, thinned to the budget)" if "thinned_from" in candidate else "")
+        lines.append(f"| {candidate['index']} | {name} | {cost['latency_ms']:.3f} | "
                      f"{cost['flash_bytes']:,} | {cost['ram_bytes']:,} | {cost['params']:,} | {cost['macs']:,} | "
                      f"{result} |")
     return "\n".join(lines) + "\n"
