@@ -177,17 +177,10 @@ def _least_fraction(model, cfg: PruneConfig, measure, halvings: int = 6) -> floa
     a whole step's fewer. Bytes, MACs and latency depend on the shapes alone, so the untrained thinned model is
     measured (a conversion and an estimate each, seconds); bisection to 1/64 of a step.
     """
-    from tinykd.structured import thin
+    from tinykd.structured import least_fraction, thin
 
-    low, high = 0.0, cfg.step_fraction  # removing `low` misses the budget, removing `high` meets it
-    for _ in range(halvings):
-        middle = (low + high) / 2
-        thinned, _ = thin(model, _plan(model, middle, cfg))
-        if cfg.budget.met_by(measure(thinned)):
-            high = middle
-        else:
-            low = middle
-    return high
+    return least_fraction(lambda share: cfg.budget.met_by(measure(thin(model, _plan(model, share, cfg))[0])),
+                          cfg.step_fraction, halvings)
 
 
 def sparsity(model) -> float:

@@ -220,6 +220,16 @@ def _feeds_output_directly(model, layer) -> bool:
     return False
 
 
+def least_fraction(meets, most: float, halvings: int = 6) -> float:
+    """The smallest share of channels, to `most` / 2**halvings, whose removal `meets(share)` accepts, given that
+    removing `most` does (bisection; what meets is assumed to stay met as the share grows)."""
+    low, high = 0.0, most  # removing `low` misses, removing `high` meets
+    for _ in range(halvings):
+        middle = (low + high) / 2
+        low, high = (low, middle) if meets(middle) else (middle, high)
+    return high
+
+
 def kept_width(width: int, wanted: float, multiple: int) -> int:
     """How many of a layer's `width` channels to keep when `wanted` are asked for: `wanted` rounded up (at least
     one), or its nearest multiple of `multiple` (at least one multiple, at most `width`)."""

@@ -126,6 +126,8 @@ def thin_to_budget(student: config.ModelConfig, prune: config.PruneConfig, first
     the widths do not depend on the weights, so the shape is the one the build's pruning reaches when no step costs
     too much accuracy; with `scope: global` the build's shape depends on the trained weights and may differ.
     """
+    from tinykd.structured import least_fraction
+
     if student.path is not None or student.factory is not None:
         return None
     costs = {student: first}
@@ -146,11 +148,9 @@ def thin_to_budget(student: config.ModelConfig, prune: config.PruneConfig, first
         if step == current:
             return None
         if meets(step):
-            low, high = 0.0, prune.step_fraction  # removing `low` misses the budget, removing `high` meets it
-            for _ in range(6):
-                middle = (low + high) / 2
-                low, high = (low, middle) if meets(thinned(current, middle, prune.channel_multiple)) else (middle, high)
-            step = thinned(current, high, prune.channel_multiple)
+            share = least_fraction(lambda share: meets(thinned(current, share, prune.channel_multiple)),
+                                   prune.step_fraction)
+            step = thinned(current, share, prune.channel_multiple)
         current = step
     return (current, at(current), len(costs) - 1) if meets(current) else None
 
