@@ -71,6 +71,23 @@ def test_more_near_miss_clips_only_add_files(made, tmp_path):
         synthesize(tmp_path / "none", near_miss_clips=0, **TINY)
 
 
+def test_extra_training_speakers_only_add_training_files(made, tmp_path):
+    root, _ = made
+    more = synthesize(tmp_path / "more", seed=3, jobs=2, extra_train_speakers=2, **TINY)
+    assert dict(more.speakers) == {"train": 5, "val": 1, "test": 1}
+    before, after = digests(root), digests(tmp_path / "more")
+    # The held-out speakers, and so the validation and test clips a model is judged on, are those of 5 speakers.
+    for held_out in ("validation_list.txt", "testing_list.txt"):
+        assert (tmp_path / "more" / held_out).read_text() == (root / held_out).read_text()
+    assert {name: after[name] for name in before if name.endswith(".wav")} == \
+        {name: digest for name, digest in before.items() if name.endswith(".wav")}
+    added = speaker_ids(name for name in after if name not in before and name.endswith(".wav"))
+    assert len(added) == 2 and not added & speaker_ids(name for name in before if name.endswith(".wav"))
+    for extra in (-1, 225):  # 229 speakers in the pool
+        with pytest.raises(DataError, match=f"extra_train_speakers: {extra} is out of range.* use 0 to 224"):
+            synthesize(tmp_path / "too_many", extra_train_speakers=extra, **TINY)
+
+
 def test_validation_and_test_speakers_are_never_heard_in_training(made):
     root, summary = made
     val = speaker_ids((root / "validation_list.txt").read_text().splitlines())

@@ -304,16 +304,20 @@ def data() -> None:
               help="Same seed, same files, byte for byte.")
 @click.option("--speakers", default=128, show_default=True, type=click.IntRange(min=3),
               help="Synthetic speakers (engine, voice, variant); a tenth each are held out for validation and test.")
+@click.option("--extra-train-speakers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="More speakers for training only; the held-out speakers stay those of --speakers alone.")
 @click.option("--near-miss-clips", default=3, show_default=True, type=click.IntRange(min=1),
               help="Clips per speaker of each near miss of a keyword (lift, own, town, ...), the words a stream's "
                    "false accepts come from; the other unknown words get one.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")
-def keywords_command(out_dir: Path, seed: int, speakers: int, near_miss_clips: int, jobs: int | None) -> None:
+def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speakers: int, near_miss_clips: int,
+                     jobs: int | None) -> None:
     """Write a synthetic Speech Commands dataset to OUT_DIR with espeak-ng and flite (offline)."""
     from tinykd.data.keywords import synthesize
 
     started = time.time()
-    summary = synthesize(out_dir, seed=seed, speakers=speakers, near_miss_clips=near_miss_clips, jobs=jobs)
+    summary = synthesize(out_dir, seed=seed, speakers=speakers, extra_train_speakers=extra_train_speakers,
+                         near_miss_clips=near_miss_clips, jobs=jobs)
     speakers_text = ", ".join(f"{count} {split}" for split, count in summary.speakers)
     click.echo(f"wrote {summary.clips:,} clips ({summary.keyword_clips:,} keywords, {summary.other_clips:,} other "
                f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "

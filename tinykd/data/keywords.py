@@ -79,13 +79,15 @@ class Summary:
 
 
 def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SPEAKERS,
-               clips_per_speaker_word: int = 3,
+               extra_train_speakers: int = 0, clips_per_speaker_word: int = 3,
                near_miss_clips: int = DEFAULT_NEAR_MISS_CLIPS, jobs: int | None = None) -> Summary:
     """Write a keyword dataset in the Speech Commands layout to `out_dir` (which must not exist or be empty).
 
     Args:
         seed: decides voices, splits, every random choice per clip and the noise; same seed, same bytes.
         speakers: how many (engine, voice, variant) speakers, at least 3; 10% each are validation and test.
+        extra_train_speakers: more speakers, for training only: the held-out speakers (and so the validation and
+            test clips, and `tinykd data stream`'s voices) stay those of `speakers` alone.
         clips_per_speaker_word: clips of each keyword per speaker.
         near_miss_clips: clips of each NEAR_MISSES word per speaker: the words a stream's false accepts come
             from (`lift` -> left), which training can then show more often (data.train_unknown_fraction). The
@@ -98,10 +100,14 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     """
     out_dir = Path(out_dir).expanduser().resolve()
     _check(out_dir, speakers, clips_per_speaker_word, near_miss_clips, jobs)
+    pool = len(ESPEAK_VOICES) * len(ESPEAK_VARIANTS) + len(FLITE_VOICES)
+    if not 0 <= extra_train_speakers <= pool - speakers:
+        raise DataError(f"extra_train_speakers: {extra_train_speakers} is out of range; the pool has {pool} speakers, "
+                        f"so with speakers: {speakers} use 0 to {pool - speakers}")
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
-    chosen = choose_speakers(speakers, seed)
-    split_of = split_speakers(chosen, seed)
+    chosen = choose_speakers(speakers + extra_train_speakers, seed)  # the first `speakers` whatever the extra
+    split_of = split_speakers(chosen[:speakers], seed) | {speaker: "train" for speaker in chosen[speakers:]}
     partial = out_dir.with_name(f".{out_dir.name}.partial")  # renamed when complete, so no reader sees half of it
     if partial.exists():
         shutil.rmtree(partial)
