@@ -502,6 +502,12 @@ def kws_stream_table(results: dict) -> str:
                         ("kws_stream_seed2", "the same recipe, seed 2"),
                         ("kws_stream_teacher", "seed 0's teacher (DS-CNN 64x5), post-training quantized to int8 "
                                                "(`--teacher`)"),
+                        ("kws_stream_more_voices", "the same recipe trained on 203 voices instead of 102 "
+                                                   "(`tinykd data keywords --extra-train-speakers 101`: same "
+                                                   "validation and test speakers, same streams), seed 0"),
+                        ("kws_stream_more_voices_seed1", "the same, seed 1"),
+                        ("kws_stream_more_voices_teacher", "that data's teacher, post-training quantized to int8 "
+                                                           "(`--teacher`)"),
                         ("kws_stream_2848556", "the same recipe, seed 0, before Keras was handed the training batches "
                                                "repeated (commit 2848556: other shuffles and augmentations)"),
                         ("kws_stream_79b7e3c", "the same student with one clip of each near miss per speaker and 8 "
