@@ -39,6 +39,7 @@ ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3
                    "linda", "steph", "travis")
 FLITE_VOICES = {"kal": (85.0, 130.0), "kal16": (85.0, 130.0), "awb": (90.0, 140.0), "rms": (85.0, 130.0),
                 "slt": (150.0, 230.0)}  # voice -> range of its mean pitch in Hz
+POOL = len(ESPEAK_VOICES) * len(ESPEAK_VARIANTS) + len(FLITE_VOICES)  # distinct speakers there can be: 229
 FLITE_EVERY = 8  # every eighth speaker is a flite voice (there are five); the rest are espeak-ng
 NOISES = ("white", "pink", "brown", "hum", "babble", "fan")
 NOISE_SECONDS = 30
@@ -100,10 +101,9 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     """
     out_dir = Path(out_dir).expanduser().resolve()
     _check(out_dir, speakers, clips_per_speaker_word, near_miss_clips, jobs)
-    pool = len(ESPEAK_VOICES) * len(ESPEAK_VARIANTS) + len(FLITE_VOICES)
-    if not 0 <= extra_train_speakers <= pool - speakers:
-        raise DataError(f"extra_train_speakers: {extra_train_speakers} is out of range; the pool has {pool} speakers, "
-                        f"so with speakers: {speakers} use 0 to {pool - speakers}")
+    if not 0 <= extra_train_speakers <= POOL - speakers:
+        raise DataError(f"extra_train_speakers: {extra_train_speakers} is out of range; the pool has {POOL} speakers, "
+                        f"so with speakers: {speakers} use 0 to {POOL - speakers}")
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
     chosen = choose_speakers(speakers + extra_train_speakers, seed)  # the first `speakers` whatever the extra
@@ -211,9 +211,8 @@ def _check(out_dir: Path, speakers: int, clips_per_speaker_word: int, near_miss_
     if missing:
         raise DataError(f"{' and '.join(missing)} not found: the keyword synthesizer runs espeak-ng and flite; "
                         f"{INSTALL}")
-    available = len(ESPEAK_VOICES) * len(ESPEAK_VARIANTS) + len(FLITE_VOICES)
-    if not 3 <= speakers <= available:
-        raise DataError(f"speakers: {speakers} is out of range; use 3 to {available} (one train, validation and "
+    if not 3 <= speakers <= POOL:
+        raise DataError(f"speakers: {speakers} is out of range; use 3 to {POOL} (one train, validation and "
                         "test speaker at least)")
     if clips_per_speaker_word < 1 or (jobs is not None and jobs < 1):
         raise DataError("clips_per_speaker_word and jobs must be at least 1")
