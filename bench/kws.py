@@ -63,16 +63,17 @@ def main() -> None:
     args.runs.mkdir(parents=True)
     synthesis_seconds = args.synthesis_seconds
     data = args.data
-    if data is None:
+    cfg = config.load(args.recipe)
+    if data is None:  # the set the recipe's build would synthesize
         data = args.runs / "data"
-        command = [sys.executable, "-m", "tinykd", "data", "keywords", str(data)]
+        command = [sys.executable, "-m", "tinykd", "data", "keywords", str(data),
+                   "--extra-train-speakers", str(cfg.data.extra_train_speakers)]
         print("$", " ".join(command[2:]), flush=True)
         started = time.perf_counter()
         subprocess.run(command, cwd=REPO, check=True)
         synthesis_seconds = round(time.perf_counter() - started, 1)
         print(f"  {synthesis_seconds:.0f} s", flush=True)
 
-    cfg = config.load(args.recipe)
     common = [f"data.path={data.resolve()}", "data.synthesize=false"]
     carried = _carried(args.carry_from or args.out, args.variants)
     previous = previous_default(args.previous)  # read now: --previous may be --out, rewritten at the end

@@ -1,10 +1,13 @@
 """The keyword synthesizer with the real espeak-ng and flite, at a few speakers: layout, held-out speakers, bytes."""
 
 import hashlib
+import json
 import re
+import shutil
 import subprocess
 import sys
 import wave
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +89,22 @@ def test_extra_training_speakers_only_add_training_files(made, tmp_path):
     for extra in (-1, 225):  # 229 speakers in the pool
         with pytest.raises(DataError, match=f"extra_train_speakers: {extra} is out of range.* use 0 to 224"):
             synthesize(tmp_path / "too_many", extra_train_speakers=extra, **TINY)
+
+
+def test_a_recipe_asking_for_other_training_speakers_than_the_set_has_is_told_so(made, tmp_path):
+    root, _ = made
+    asking = DataConfig(format="speech_commands", path=str(root), synthesize=True, extra_train_speakers=2)
+    assert json.loads((root / keywords.SETTINGS_FILE).read_text())["extra_train_speakers"] == 0
+    with pytest.raises(DataError, match=rf"data.path: {re.escape(str(root))} holds a keyword set synthesized with 0 "
+                                        r"extra training speakers, but the recipe asks for 2.*delete the folder"):
+        load(asking, seed=3)
+    older = tmp_path / "older"  # made before sets said what they were made with: no extra speakers
+    shutil.copytree(root, older)
+    (older / keywords.SETTINGS_FILE).unlink()
+    with pytest.raises(DataError, match="synthesized with 0 extra training speakers"):
+        load(replace(asking, path=str(older)), seed=3)
+    (older / keywords.OUR_NOISE).unlink()  # no noise of ours: the user's own data, trained on as it is
+    assert load(replace(asking, path=str(older)), seed=3).num_classes == 12
 
 
 def test_validation_and_test_speakers_are_never_heard_in_training(made):

@@ -150,6 +150,9 @@ class DataConfig:
     sample_rate_hz: int = 16000
     clip_ms: int = 1000
     synthesize: bool = False
+    # With synthesize: this many more of the synthesizer's voices, for training only; the validation and test speakers
+    # (and so every clip a model is judged on) stay the same. A set already at `path` must have been made with as many.
+    extra_train_speakers: int = 0
     # Distillation on unlabelled data: the teacher gives soft targets for these inputs and the student learns from
     # them too. `unlabeled` is a path in the same format as `path`. `labeled_samples` keeps only that many labelled
     # training samples (seeded, stratified), to measure what labels are worth; `unlabeled: rest` then makes the
@@ -227,6 +230,9 @@ class DataConfig:
                  f"must hold a whole number of samples at {self.sample_rate_hz} Hz")
         _require(not self.synthesize or self.format == "speech_commands", "synthesize",
                  "applies only to format speech_commands (it writes a synthetic keyword dataset at data.path)")
+        _require(self.extra_train_speakers >= 0, "extra_train_speakers", "must be 0 or more (voices for training only)")
+        _require(not self.extra_train_speakers or self.format == "speech_commands", "extra_train_speakers",
+                 "applies only to format speech_commands (training-only voices of a synthesized keyword dataset)")
 
 
 @dataclass(frozen=True, kw_only=True)

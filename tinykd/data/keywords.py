@@ -10,6 +10,7 @@ espeak-ng/flite versions: byte-identical files, whatever `jobs` is.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -49,6 +50,8 @@ PEAK_DBFS = (-26.0, -3.0)  # speech peak; the noise on top must rarely clip
 HELD_OUT_SHARE = 0.1  # of the speakers, for validation and again for test
 DEFAULT_SPEAKERS = 128
 DEFAULT_NEAR_MISS_CLIPS = 3  # as many as of a keyword: with one, a stream's false accepts were mostly these words
+SETTINGS_FILE = "synthesis.json"  # what the set was made with, so a recipe asking for another set can tell
+OUR_NOISE = f"{BACKGROUND}/babble_noise.wav"  # real Speech Commands has no such file; every set made here has
 INSTALL = "install them with `sudo apt-get install espeak-ng flite` (Debian/Ubuntu)"
 
 
@@ -123,6 +126,9 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     for split, list_name in LIST_FILES.items():
         lines = sorted(_name(*clip) for clip in clips if split_of[clip[0]] == split)
         (partial / list_name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    settings = {"seed": seed, "speakers": speakers, "extra_train_speakers": extra_train_speakers,
+                "clips_per_speaker_word": clips_per_speaker_word, "near_miss_clips": near_miss_clips}
+    (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():
         out_dir.rmdir()  # empty, checked above
     partial.rename(out_dir)
@@ -130,6 +136,24 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     counts = tuple((split, sum(1 for s in chosen if split_of[s] == split)) for split in ("train", "val", "test"))
     return Summary(out_dir=out_dir, keyword_clips=keyword_clips, other_clips=len(clips) - keyword_clips,
                    speakers=counts, noise_files=tuple(f"{BACKGROUND}/{name}_noise.wav" for name in noises))
+
+
+def check_extra_train_speakers(root: Path, asked: int) -> None:
+    """Raise DataError when the keyword set at `root`, synthesized before, has another number of training-only
+    speakers than `asked` (a recipe's data.extra_train_speakers). A set without SETTINGS_FILE but with our noise
+    files predates it and has none; a folder without our noise files is someone's real data and passes."""
+    settings_file = root / SETTINGS_FILE
+    if settings_file.is_file():
+        made_with = json.loads(settings_file.read_text(encoding="utf-8")).get("extra_train_speakers", 0)
+    elif (root / OUR_NOISE).is_file():
+        made_with = 0
+    else:
+        return
+    if made_with != asked:
+        raise DataError(f"data.path: {root} holds a keyword set synthesized with {made_with} extra training "
+                        f"speakers, but the recipe asks for {asked} (data.extra_train_speakers); delete the folder "
+                        f"and the build synthesizes it again, or set data.extra_train_speakers: {made_with} to train "
+                        f"on it as it is")
 
 
 def choose_speakers(count: int, seed: int) -> list[Speaker]:
