@@ -506,6 +506,9 @@ def kws_stream_table(results: dict) -> str:
                                                    "(`tinykd data keywords --extra-train-speakers 101`: same "
                                                    "validation and test speakers, same streams), seed 0"),
                         ("kws_stream_more_voices_seed1", "the same, seed 1"),
+                        ("kws_stream_more_voices_seed2", "the same, seed 2"),
+                        ("kws_stream_more_voices_half_epochs", "the same data with every epoch count halved (as many "
+                                                               "training steps as the default), seed 0"),
                         ("kws_stream_more_voices_teacher", "that data's teacher, post-training quantized to int8 "
                                                            "(`--teacher`)"),
                         ("kws_stream_2848556", "the same recipe, seed 0, before Keras was handed the training batches "
