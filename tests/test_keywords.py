@@ -103,7 +103,7 @@ def test_a_recipe_asking_for_other_training_speakers_than_the_set_has_is_told_so
     (older / keywords.SETTINGS_FILE).unlink()
     with pytest.raises(DataError, match="synthesized with 0 extra training speakers"):
         load(replace(asking, path=str(older)), seed=3)
-    (older / keywords.OUR_NOISE).unlink()  # no noise of ours: the user's own data, trained on as it is
+    (older / keywords.noise_file("babble")).unlink()  # no noise of ours: the user's own data, trained on as it is
     assert load(replace(asking, path=str(older)), seed=3).num_classes == 12
 
 

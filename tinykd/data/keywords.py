@@ -51,7 +51,6 @@ HELD_OUT_SHARE = 0.1  # of the speakers, for validation and again for test
 DEFAULT_SPEAKERS = 128
 DEFAULT_NEAR_MISS_CLIPS = 3  # as many as of a keyword: with one, a stream's false accepts were mostly these words
 SETTINGS_FILE = "synthesis.json"  # what the set was made with, so a recipe asking for another set can tell
-OUR_NOISE = f"{BACKGROUND}/babble_noise.wav"  # real Speech Commands has no such file; every set made here has
 INSTALL = "install them with `sudo apt-get install espeak-ng flite` (Debian/Ubuntu)"
 
 
@@ -135,7 +134,7 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     keyword_clips = sum(1 for _, word, _ in clips if word in KEYWORDS)
     counts = tuple((split, sum(1 for s in chosen if split_of[s] == split)) for split in ("train", "val", "test"))
     return Summary(out_dir=out_dir, keyword_clips=keyword_clips, other_clips=len(clips) - keyword_clips,
-                   speakers=counts, noise_files=tuple(f"{BACKGROUND}/{name}_noise.wav" for name in noises))
+                   speakers=counts, noise_files=tuple(noise_file(name) for name in noises))
 
 
 def check_extra_train_speakers(root: Path, asked: int) -> None:
@@ -145,7 +144,7 @@ def check_extra_train_speakers(root: Path, asked: int) -> None:
     settings_file = root / SETTINGS_FILE
     if settings_file.is_file():
         made_with = json.loads(settings_file.read_text(encoding="utf-8")).get("extra_train_speakers", 0)
-    elif (root / OUR_NOISE).is_file():
+    elif (root / noise_file("babble")).is_file():  # real Speech Commands has no babble; every set made here has
         made_with = 0
     else:
         return
@@ -154,6 +153,11 @@ def check_extra_train_speakers(root: Path, asked: int) -> None:
                         f"speakers, but the recipe asks for {asked} (data.extra_train_speakers); delete the folder "
                         f"and the build synthesizes it again, or set data.extra_train_speakers: {made_with} to train "
                         f"on it as it is")
+
+
+def noise_file(name: str) -> str:
+    """Where noise `name` (one of NOISES) is written in a set, relative to its root."""
+    return f"{BACKGROUND}/{name}_noise.wav"
 
 
 def choose_speakers(count: int, seed: int) -> list[Speaker]:
@@ -216,7 +220,7 @@ def _write(partial: Path, clips: list, seed: int, jobs: int | None) -> dict[str,
     """The noise files, then every clip, the engines running `jobs` at a time; returns the noises."""
     noises = generate_noises(seed)
     for name, samples in noises.items():
-        wav.write(partial / BACKGROUND / f"{name}_noise.wav", samples, RATE_HZ)
+        wav.write(partial / noise_file(name), samples, RATE_HZ)
     for word in KEYWORDS + OTHER_WORDS:
         (partial / word).mkdir()
     with tempfile.TemporaryDirectory(prefix="tinykd-tts-") as scratch, \
