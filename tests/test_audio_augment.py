@@ -96,6 +96,41 @@ def test_training_features_change_every_epoch_and_nothing_else_is_augmented(tmp_
     np.testing.assert_array_equal(epoch_rows(_dataset(data.train, None, schedule, training=True)), first)
 
 
+def test_copies_are_computed_once_and_each_epoch_takes_one_of_them_per_clip(tmp_path):
+    augment = config.AugmentConfig(time_shift_ms=100, background_frequency=0.8, background_volume=0.5, copies=3)
+    cfg = sc_cfg(make_clips(tmp_path / "sc"), keywords=("yes", "no"), unknown_fraction=0.5, silence_fraction=0.5,
+                 augment=augment)
+    data = load(cfg, seed=3, frontend=FrontendConfig())
+    fresh = load(replace(cfg, augment=replace(augment, copies=0)), seed=3, frontend=FrontendConfig())
+    assert data.fingerprint != fresh.fingerprint  # other training inputs: cached stages are not reused
+    np.testing.assert_array_equal(np.asarray(data.train.x), np.asarray(fresh.train.x))  # calibration, predict
+
+    schedule = Schedule(epochs=2, batch_size=64, learning_rate=1e-3, seed=5, augment=augment)
+    seen = {}  # clip index -> the copies its epochs took; the clips are numbered through a second target
+    training = data.train.x.examples((data.train.y, np.arange(len(data.train))), schedule.seed)
+    epochs = [[(x, int(index)) for x, (_, index) in training.as_numpy_iterator()] for _ in range(4)]
+    bank = data.train.x._bank(schedule.seed)
+    assert bank.shape == (3, len(data.train), 49, 40, 1) and bank.dtype == np.int8
+    scale, offset = data.train.x.scale, data.train.x.offset
+    plain = np.asarray(fresh.train.x)
+    for epoch in epochs:
+        assert sorted(index for _, index in epoch) == list(range(len(data.train)))
+        for x, index in epoch:  # every training input is one of its clip's copies, never the plain clip
+            matches = [copy for copy in range(3) if np.array_equal(x, bank[copy, index] * scale + offset)]
+            assert matches, f"clip {index} is none of its copies"
+            seen.setdefault(index, set()).update(matches)
+    assert not all(np.array_equal(bank[0, i], bank[1, i]) for i in range(len(data.train)))
+    changed = [i for i in range(len(data.train)) if not np.array_equal(bank[0, i] * scale + offset, plain[i])]
+    assert len(changed) > len(data.train) // 2
+    assert sum(len(copies) > 1 for copies in seen.values()) > len(data.train) // 2  # epochs pick other copies
+    # A copy is what augmenting afresh with its seed pair gives: the same augmenter and front-end, only once.
+    draw = np.random.default_rng(schedule.seed).integers(0, np.iinfo(np.int64).max, 3)[1]
+    again = fresh.train.x.augmented(data.train.x.augment)._sample(tf.constant(4, tf.int64),
+                                                                  tf.constant([draw, 4], tf.int64), scaled=False)
+    np.testing.assert_array_equal(again.numpy(), bank[1, 4])
+    assert data.train.x._bank(schedule.seed) is bank  # kept, not recomputed
+
+
 def rows(x) -> np.ndarray:
     """The inputs as sorted flat rows: the same multiset of inputs gives the same array in any order."""
     flat = np.asarray(x).reshape(len(x), -1)
@@ -111,6 +146,8 @@ def epoch_rows(dataset) -> np.ndarray:
     ({"data.format": "speech_commands", "data.path": "x", "data.labeled_samples": "64"},
      "data.augment: audio augmentation cannot be combined with data.unlabeled or data.labeled_samples"),
     ({"data.augment": "{background_frequency: 0.8}"}, "data.augment.background_volume: and background_frequency go"),
+    ({"data.augment": "{flip_horizontal: true, copies: 4}"}, "data.augment.copies: keeps changed audio clips"),
+    ({"data.augment": "{time_shift_ms: 100, copies: 65}"}, "data.augment.copies: must be from 0"),
 ])
 def test_audio_augmentation_is_refused_where_it_cannot_apply(changes, message):
     with pytest.raises(ConfigError, match=message):

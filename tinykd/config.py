@@ -86,6 +86,11 @@ class AugmentConfig:
     trains: each clip moves by up to `time_shift_ms` either way (zero-padded), and `background_frequency` of the
     clips get a random cut of a `_background_noise_` recording at a gain drawn from [0, background_volume]; the
     front-end then runs on the changed clip, so every epoch sees new features (tinykd.audio.augment).
+
+    Audio `copies`: 0 runs the front-end on freshly changed clips every epoch; N > 0 computes N changed versions
+    of every training clip once, when training first asks (N front-end passes over the training clips, kept in
+    memory as int8: N x clips x frames x channels bytes), and each epoch takes one of them per clip at random.
+    The front-end then costs N passes per build instead of one per epoch.
     """
 
     flip_horizontal: bool = False
@@ -94,6 +99,7 @@ class AugmentConfig:
     time_shift_ms: int = 0
     background_frequency: float = 0.0
     background_volume: float = 0.0
+    copies: int = 0
 
     def __post_init__(self):
         _require(0.0 <= self.shift_fraction < 0.5, "shift_fraction", "must be in [0, 0.5), e.g. 0.1")
@@ -105,6 +111,10 @@ class AugmentConfig:
                  "must be in [0, 1]: the largest gain of the noise recording, e.g. 0.1")
         _require((self.background_frequency > 0.0) == (self.background_volume > 0.0), "background_volume",
                  "and background_frequency go together: set both above 0 (e.g. 0.1 and 0.8), or neither")
+        _require(0 <= self.copies <= 64, "copies", "must be from 0 (fresh every epoch) to 64, e.g. 8")
+        _require(self.copies == 0 or self.audio, "copies",
+                 "keeps changed audio clips' features; it needs time_shift_ms or background_frequency (images are "
+                 "changed per batch, which costs little: remove copies)")
 
     @property
     def image(self) -> bool:

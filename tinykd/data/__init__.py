@@ -91,7 +91,8 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
     if cfg.labeled_samples is not None:  # added only when used, so other fingerprints (and cached teachers) stay
         limits["labeled"] = cfg.labeled_samples
     if cfg.augment is not None and cfg.augment.active:  # what every training stage sees, the teacher's too
-        limits["augment"] = dataclasses.asdict(cfg.augment)
+        limits["augment"] = {key: value for key, value in dataclasses.asdict(cfg.augment).items()
+                             if key != "copies" or value}  # recipes without copies keep their fingerprints
     if raw.unlabeled is not None:
         limits["unlabeled"] = hashlib.sha256(np.ascontiguousarray(raw.unlabeled).tobytes()).hexdigest()[:16]
     fingerprint = hashlib.sha256((raw.fingerprint + json.dumps(limits, sort_keys=True)).encode()).hexdigest()[:16]
@@ -164,7 +165,8 @@ def _through_frontend(raw: Dataset, frontend, augment=None) -> Dataset:
     The model's input is (int8 + 128) / 256, so `raw` for the firmware is the int8 feature itself and its
     quantized input tensor receives exactly that int8 (tinykd.audio.INPUT_SCALE and INPUT_ZERO_POINT).
     With audio augmentation (`augment.audio`) the training clips stay clips, in memory or on disk, and the
-    pipeline computes their features from augmented audio every epoch (tinykd.audio.augment).
+    pipeline computes their features from augmented audio every epoch (tinykd.audio.augment), or once for
+    `augment.copies` versions of each clip.
     """
     from tinykd.audio import INPUT_SCALE, INPUT_ZERO_POINT, features, to_int8
     from tinykd.audio.augment import waveform_augmenter
@@ -190,7 +192,7 @@ def _through_frontend(raw: Dataset, frontend, augment=None) -> Dataset:
             train = Split(x=streaming.StreamedInputs(sources=tuple(range(len(train))), read=train.x.__getitem__,
                                                      raw_shape=tuple(train.x.shape[1:])), y=train.y)
         apply = waveform_augmenter(augment, frontend.sample_rate_hz, frontend.clip_samples, raw.background)
-        train = Split(x=train.x.augmented(apply), y=train.y)
+        train = Split(x=train.x.augmented(apply, copies=augment.copies), y=train.y)
     return replace(raw, train=split_features(train), val=split_features(raw.val),
                    test=split_features(raw.test), test_audio=raw.test.x, preprocessing=preprocessing,
                    fingerprint=f"{raw.fingerprint}:{settings[:16]}", unlabeled=unlabeled)

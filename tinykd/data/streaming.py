@@ -16,7 +16,7 @@ their bilinear resize is not Pillow's, and the firmware contract in model_settin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -59,8 +59,12 @@ class StreamedInputs:
     # Training only (`examples` with a seed): `augment(raw, seed) -> raw` changes each read sample before the
     # front-end (tinykd.audio.augment), with a fresh per-example seed pair every epoch.
     augment: Callable | None = None
+    # With `augment` and a front-end: > 0 computes this many augmented versions of every input's features once,
+    # when training first asks, and each epoch takes one of them per input (data.augment.copies).
+    copies: int = 0
     scale: float = 1.0
     offset: float = 0.0
+    _banks: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # training seed -> copies
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -98,9 +102,10 @@ class StreamedInputs:
         """Clips as the front-end's int8 features, (frames, channels, 1) float32, as tinykd.data does in memory."""
         return replace(self, frontend=frontend)
 
-    def augmented(self, augment: Callable) -> "StreamedInputs":
-        """The same inputs, changed by `augment(raw, seed)` in training pipelines (`examples` with a seed)."""
-        return replace(self, augment=augment)
+    def augmented(self, augment: Callable, copies: int = 0) -> "StreamedInputs":
+        """The same inputs, changed by `augment(raw, seed)` in training pipelines (`examples` with a seed): afresh
+        every epoch, or, with `copies` and a front-end, from that many versions of each computed once."""
+        return replace(self, augment=augment, copies=copies)
 
     def samples(self, order=None):
         """A tf.data pipeline of single inputs: in order, or in the order of the int64 dataset `order`."""
@@ -129,9 +134,48 @@ class StreamedInputs:
 
         if seed is not None and self.augment is not None:
             draws = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+            if self.banked:  # the draw picks one of the versions computed once
+                example = self._bank_reader(self._bank(seed), table)
             return tf.data.Dataset.zip((order, draws)).map(example, num_parallel_calls=tf.data.AUTOTUNE,
                                                            deterministic=True)
         return order.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    @property
+    def banked(self) -> bool:
+        """Whether training reads precomputed augmented features (`copies`) instead of augmenting per epoch."""
+        return self.copies > 0 and self.augment is not None and self.frontend is not None
+
+    def _bank_reader(self, bank: np.ndarray, table):
+        """`example(i, draw)` for `examples`: version `draw mod copies` of input i from `bank`, and its targets."""
+        from tinykd.keras_shim import tf
+
+        def example(i, draw):
+            copy = tf.math.floormod(draw, self.copies)
+            row = tf.numpy_function(lambda c, j: bank[c, j], [copy, i], tf.int8, stateful=False)
+            row.set_shape(self.sample_shape)
+            return self._scaled(tf.cast(row, tf.float32)), tf.nest.map_structure(lambda t: tf.gather(t, i), table)
+
+        return example
+
+    def _bank(self, seed: int) -> np.ndarray:
+        """(copies, inputs, *sample_shape) int8: the front-end's features of `copies` augmented versions of every
+        input, made with seeds drawn from `seed`; computed once per seed and kept."""
+        from tinykd.keras_shim import tf
+
+        if seed not in self._banks:
+            draws = np.random.default_rng(seed).integers(0, np.iinfo(np.int64).max, self.copies)
+            bank = np.empty((self.copies, len(self), *self.sample_shape), np.int8)
+            for copy, draw in enumerate(draws):
+                order = tf.data.Dataset.range(len(self))
+                features = order.map(lambda i: self._sample(i, tf.stack([tf.constant(draw, tf.int64), i]),
+                                                            scaled=False),
+                                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                start = 0
+                for rows in features.batch(256).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+                    bank[copy, start:start + len(rows)] = rows  # integers in [-128, 127]
+                    start += len(rows)
+            self._banks[seed] = bank
+        return self._banks[seed]
 
     def batches(self, batch_size: int):
         """Batches of inputs in order, prefetched (what `predict` reads)."""
@@ -147,7 +191,7 @@ class StreamedInputs:
         order = tf.data.Dataset.from_tensor_slices(np.asarray(picks, np.int64))
         return np.concatenate(list(self.samples(order).batch(256).as_numpy_iterator()))
 
-    def _sample(self, index, augment_seed=None):
+    def _sample(self, index, augment_seed=None, scaled: bool = True):
         from tinykd.keras_shim import tf
 
         sources, read = self.sources, self.read
@@ -157,6 +201,11 @@ class StreamedInputs:
         if augment_seed is not None:
             raw = self.augment(raw, augment_seed)
         x = raw if self.frontend is None else _features(raw, self.frontend)
+        return self._scaled(x) if scaled else x
+
+    def _scaled(self, x):
+        from tinykd.keras_shim import tf
+
         if self.scale == 1.0 and self.offset == 0.0:
             return x
         return x * tf.constant(self.scale, tf.float32) + tf.constant(self.offset, tf.float32)
