@@ -509,6 +509,12 @@ def kws_stream_table(results: dict) -> str:
                         ("kws_stream_more_voices_seed2", "the same, seed 2"),
                         ("kws_stream_more_voices_half_epochs", "the same data with every epoch count halved (as many "
                                                                "training steps as the default), seed 0"),
+                        ("kws_stream_more_voices_copies8", "the same data with 8 augmented versions of each "
+                                                           "training clip computed once (`data.augment.copies`), "
+                                                           "all epochs, seed 0"),
+                        ("kws_stream_more_voices_copies8_trimmed", "the same with the teacher trained 15 epochs and "
+                                                                   "the student distilled 45, "
+                                                                   "seed 0"),
                         ("kws_stream_more_voices_teacher", "that data's teacher, post-training quantized to int8 "
                                                            "(`--teacher`)"),
                         ("kws_stream_2848556", "the same recipe, seed 0, before Keras was handed the training batches "
