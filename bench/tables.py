@@ -515,6 +515,7 @@ def kws_stream_table(results: dict) -> str:
                         ("kws_stream_more_voices_copies8_trimmed", "the same with the teacher trained 15 epochs and "
                                                                    "the student distilled 45, "
                                                                    "seed 0"),
+                        ("kws_stream_more_voices_copies8_trimmed_seed1", "the same, seed 1"),
                         ("kws_stream_more_voices_teacher", "that data's teacher, post-training quantized to int8 "
                                                            "(`--teacher`)"),
                         ("kws_stream_2848556", "the same recipe, seed 0, before Keras was handed the training batches "
