@@ -516,6 +516,7 @@ def kws_stream_table(results: dict) -> str:
                                                                    "the student distilled 45, "
                                                                    "seed 0"),
                         ("kws_stream_more_voices_copies8_trimmed_seed1", "the same, seed 1"),
+                        ("kws_stream_more_voices_copies8_trimmed_seed2", "the same, seed 2"),
                         ("kws_stream_more_voices_teacher", "that data's teacher, post-training quantized to int8 "
                                                            "(`--teacher`)"),
                         ("kws_stream_2848556", "the same recipe, seed 0, before Keras was handed the training batches "
