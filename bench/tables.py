@@ -194,8 +194,8 @@ def kws_table(results: dict) -> str:
          f"{'distillation' if distils(r) else 'the recipe'} {points(r['kd_gain_over_baseline_points'])}",
          f"+0.5: {yes(met['kd_beats_baseline_by_0.5_points'])}"],
         *([] if "baseline_int8_accuracy" not in previous else [[
-            "the previous default student's hand baseline (the keyword issue's reference)"
-            + (", on the data set of its day" if r.get("previous_default_note") else ""),
+            "the previous default student's hand baseline (the keyword issue's reference), on the data set of its "
+            "day",
             f"{pct(previous['baseline_int8_accuracy'], 2)} mean "
             f"({seeds(previous['baseline_int8_accuracy_seeds'], 1)}): the recipe "
             f"{points(100 * (r['student_int8_accuracy'] - previous['baseline_int8_accuracy']))}",
