@@ -179,10 +179,13 @@ def _settings_search(heard: dict, cfg) -> dict:
     rejects among those meeting the false-accept target there, then fewest false accepts) applied once to test."""
     tried = []
     for values in itertools.product(*SETTINGS_GRID.values()):
-        settings = dataclasses.replace(cfg.stream, **dict(zip(SETTINGS_GRID, values)))
+        chosen = dict(zip(SETTINGS_GRID, values))
+        if chosen["min_count"] > chosen["average_window_ms"] // cfg.stream.stride_ms + 1:
+            continue  # more results than the window holds at this stride (StreamConfig.capacity)
+        settings = dataclasses.replace(cfg.stream, **chosen)
         point = _choose(_curve(heard["val"], cfg, settings))
         tried.append({"settings": config.plain(settings.__dict__), "validation": _without_words(point)})
-        print(f"  {dict(zip(SETTINGS_GRID, values))}: validation {100 * point['false_reject_rate']:.1f}% false "
+        print(f"  {chosen}: validation {100 * point['false_reject_rate']:.1f}% false "
               f"rejects at {point['false_accepts_per_hour']:g}/h (threshold {point['threshold']:.3f})", flush=True)
     meeting = [t for t in tried if t["validation"]["false_accepts_per_hour"] <= TARGET_FALSE_ACCEPTS_PER_HOUR] or tried
     best = min(meeting, key=lambda t: (t["validation"]["false_reject_rate"], t["validation"]["false_accepts_per_hour"]))

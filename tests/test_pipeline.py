@@ -279,6 +279,11 @@ def _check_audio_build(run, report, cfg):
     assert f"{name}_STREAM_THRESHOLD_LEVEL = {threshold_level(cfg.stream.threshold)};" in settings
     assert f"{name}_STREAM_STRIDE_MS = {cfg.stream.stride_ms};" in settings
     assert (run / "export" / f"{cfg.export_name}_recognizer.h").is_file()
+    # The board's estimated latency is weighed against the stride, from the report of the model it ships.
+    listening = report["listening"]
+    assert listening["stride_ms"] == cfg.stream.stride_ms
+    assert listening["latency_range_ms"] == [round(ms, 1) for ms in report["board"]["latency_range_ms"]]
+    assert "Listening: one inference every" in (run / "report.md").read_text()
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):

@@ -76,6 +76,7 @@ def write(run: Run, cfg: config.Config, data, records: dict[str, dict]) -> dict:
         "classes": class_metrics(verify["confusion"], data.labels),
         "data_repairs": dict(data.repairs),
         "frontend_parity": records["export"]["metrics"].get("frontend_parity"),
+        "listening": _listening(cfg, board),
         "firmware": records["export"]["metrics"].get("firmware"),
         "ensemble": records["ensemble"]["metrics"] if "ensemble" in records else None,
         "compression": None if compression is None else {
@@ -191,6 +192,8 @@ def render_markdown(report: dict) -> str:
         parity = report["frontend_parity"]
         lines += ["", f"Front-end parity: features recomputed from the exported model_settings.h are identical to "
                       f"the training features on {parity['identical_clips']:,} of {parity['test_clips']:,} test clips."]
+    if report.get("listening"):
+        lines += ["", listening_line(report["listening"], board["board"])]
     if report.get("firmware"):
         lines += ["", _firmware_line(report["firmware"])]
     if report["pruning_note"]:
@@ -307,6 +310,26 @@ def accuracy_axis(percents: list[float]) -> tuple[float, float]:
     if high - low < MIN_ACCURACY_SPAN:  # pressed against 0 or 100: grow the other way
         low, high = (0.0, max(high, MIN_ACCURACY_SPAN)) if low == 0.0 else (min(low, 100.0 - MIN_ACCURACY_SPAN), 100.0)
     return low, high
+
+
+def _listening(cfg: config.Config, board: dict) -> dict | None:
+    """For an audio model, whether the board runs it once per `stream.stride_ms` (tinykd.audio.stream.listening)."""
+    if cfg.frontend is None:
+        return None
+    from tinykd.audio import stream
+    return stream.listening(cfg.stream, tuple(board["latency_range_ms"]), cfg.frontend.window_stride_ms)
+
+
+def listening_line(listening: dict, board: str) -> str:
+    """One line on whether the board keeps up with the stream, with the fix when it does not."""
+    low, high = listening["latency_range_ms"]
+    said = (f"Listening: one inference every {listening['stride_ms']} ms (stream.stride_ms); {low:.0f}-{high:.0f} ms "
+            f"estimated on {board}, {listening['busy_fraction_at_high']:.0%} of the stride at the high end")
+    if listening["fits_with_room"]:
+        return said + ", leaving the rest for the front-end."
+    verdict = "keeps up only without the front-end's time" if listening["keeps_up"] else "**does not keep up**"
+    return (said + f": it {verdict}. Set stream.stride_ms to at least {listening['shortest_stride_ms']} "
+            "(a fifth of the stride spare), or choose a faster student.")
 
 
 def _firmware_line(firmware: dict) -> str:

@@ -85,6 +85,10 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
     log(f"done: teacher {result.teacher_accuracy:.2%} -> int8 student {result.tflm_accuracy:.2%} in TFLite Micro, "
         f"{result.tflite_bytes:,} B .tflite, {result.arena_bytes:,} B arena; "
         f"report: {result.run_dir / 'report.md'}")
+    listening = result.report.get("listening")
+    if listening and not listening["fits_with_room"]:
+        from tinykd.build_report import listening_line
+        log("warning: " + listening_line(listening, cfg.target.board).replace("**", ""))
 
 
 @cli.command()

@@ -34,6 +34,7 @@ from tinykd.errors import DataError
 
 PROBABILITY_ONE = 256  # probabilities are whole steps of 1/256, capped at 255
 EXP_ONE = 65535  # exp(0) in the softmax table: the largest a uint16 holds, so a sum of 255 classes fits int32
+LISTENING_BUSY_LIMIT = 0.8  # of a stride the model may take at its latency's high end; the rest is the front-end's
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -139,6 +140,22 @@ def recognize(scores: np.ndarray, times_ms: np.ndarray, keywords: Sequence[bool]
 def keyword_classes(labels: Sequence[str]) -> tuple[bool, ...]:
     """Per label, whether it is a keyword: TensorFlow's `_silence_` and `_unknown_` (a leading `_`) are not."""
     return tuple(not label.startswith("_") for label in labels)
+
+
+def listening(cfg: StreamConfig, latency_range_ms: tuple[float, float], window_stride_ms: int) -> dict:
+    """Whether one inference fits in `stride_ms`, from the board's estimated latency range (`tinykd report`).
+
+    A model slower than its stride falls behind the stream: results arrive late, then windows are skipped. The
+    front-end's windows of each stride are not in the estimate, so `fits_with_room` asks for a fifth of the stride
+    to spare at the range's high end, and `shortest_stride_ms` is the shortest stride (a multiple of
+    `window_stride_ms`) that gives it.
+    """
+    low_ms, high_ms = latency_range_ms
+    shortest = math.ceil(high_ms / LISTENING_BUSY_LIMIT / window_stride_ms) * window_stride_ms
+    return {"stride_ms": cfg.stride_ms, "latency_range_ms": [round(low_ms, 1), round(high_ms, 1)],
+            "busy_fraction_at_high": round(high_ms / cfg.stride_ms, 3),
+            "keeps_up": high_ms <= cfg.stride_ms, "fits_with_room": high_ms <= LISTENING_BUSY_LIMIT * cfg.stride_ms,
+            "shortest_stride_ms": shortest}
 
 
 def stream_defines(cfg: StreamConfig, name: str, labels: Sequence[str], output_scale: float,
