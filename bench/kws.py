@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -48,11 +49,14 @@ def main() -> None:
     parser.add_argument("--stream-results", type=Path, nargs="+",
                         help="only add the stream figures of these bench/kws_stream.py JSONs (one per kd seed of this "
                              "benchmark) to --out, building nothing; with --previous, also compare with that default")
+    parser.add_argument("--stream-note", metavar="TEXT",
+                        help="with --stream-results: a sentence on what the figures replace (kept as stream_note)")
     args = parser.parse_args()
     if args.synthesis_seconds is not None and args.data is None and not args.stream_results:
         sys.exit("--synthesis-seconds applies only with --data (without it the benchmark times the synthesis itself)")
     if args.stream_results:
-        _add_stream(args.out, args.stream_results, previous_default(args.previous), args.synthesis_seconds)
+        _add_stream(args.out, args.stream_results, previous_default(args.previous), args.synthesis_seconds,
+                    args.stream_note)
         return
 
     if args.data is not None and args.data.resolve().is_relative_to(args.runs.resolve()):
@@ -125,15 +129,16 @@ def _compare_with_previous(result: dict, previous: dict | None) -> None:
             result["student_latency_ms"] < previous["student_latency_ms"]
 
 
-def _add_stream(out: Path, stream_results: list[Path], previous: dict | None, synthesis_seconds: float | None) -> None:
+def _add_stream(out: Path, stream_results: list[Path], previous: dict | None, synthesis_seconds: float | None,
+                note: str | None) -> None:
     """Put the false rejects and false accepts per hour of stream benchmarks (one per seed's kd build) into the
-    results file: their means, and each seed's figure; and, when given, the default it replaces and the time the
-    synthesis of its --data took. The command is kept in `amended_by`."""
+    results file: their means, and each seed's figure; and, when given, the default it replaces, the time the
+    synthesis of its --data took and a note on the figures. The command is kept in `amended_by`."""
     result = json.loads(out.read_text())
     _compare_with_previous(result, previous)
     if synthesis_seconds is not None:
         _synthesis(result, synthesis_seconds)
-    result.setdefault("amended_by", []).append("python bench/kws.py " + " ".join(sys.argv[1:]))
+    result.setdefault("amended_by", []).append("python bench/kws.py " + shlex.join(sys.argv[1:]))
     streams = sorted((json.loads(path.read_text()) for path in stream_results), key=_stream_seed)
     seeds = [_stream_seed(stream) for stream in streams]
     if len(set(seeds)) != len(seeds):
@@ -149,6 +154,7 @@ def _add_stream(out: Path, stream_results: list[Path], previous: dict | None, sy
         "stream_false_reject_rate_seeds": frr,
         "stream_false_accepts_per_hour_seeds": fa,
         "stream_threshold_seeds": [stream["threshold"] for stream in streams],
+        "stream_settings": first["stream_settings"],
         "stream_source": f"bench/kws_stream.py on the kd builds of seeds {', '.join(map(str, seeds))} of this "
                          f"benchmark (`{first['command']}`, then the same with each seed), finished "
                          f"{streams[-1]['machine']['date']}: a {test['duration_ms'] / 60000:g}-minute test stream "
@@ -156,6 +162,9 @@ def _add_stream(out: Path, stream_results: list[Path], previous: dict | None, sy
                          f"threshold chosen on a {val['duration_ms'] / 60000:g}-minute validation stream",
     })
     result.pop("stream_threshold", None)
+    result.pop("stream_note", None)
+    if note:
+        result["stream_note"] = note
     temporary = out.with_suffix(".tmp")
     temporary.write_text(json.dumps(result, indent=2) + "\n")
     temporary.replace(out)
