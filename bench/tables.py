@@ -505,6 +505,10 @@ def kws_stream_table(results: dict) -> str:
                                        "inference every 160 ms, averaged over 750 ms), seed 0"),
                         ("kws_stream_seed1", "the same recipe, seed 1 (same data, same streams)"),
                         ("kws_stream_seed2", "the same recipe, seed 2"),
+                        ("kws_stream_val120", "the same students with the threshold chosen on a 120-minute "
+                                              "validation stream (same speakers) instead of 30, seed 0"),
+                        ("kws_stream_val120_seed1", "the same, seed 1"),
+                        ("kws_stream_val120_seed2", "the same, seed 2"),
                         ("kws_stream_0759a07", "the same students listening every 100 ms over 500 ms (commit 0759a07; "
                                                "their 102-126 ms on the board do not keep up), seed 0"),
                         ("kws_stream_0759a07_seed1", "the same, seed 1"),
