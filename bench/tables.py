@@ -511,6 +511,8 @@ def kws_stream_table(results: dict) -> str:
                         ("kws_stream_val120_seed2", "the same, seed 2"),
                         ("kws_stream_shift200", "the recipe with clips shifted by up to 200 ms in training instead "
                                                 "of 100 (`data.augment.time_shift_ms`), seed 0"),
+                        ("kws_stream_copies16", "the recipe with 16 augmented copies of each clip instead of 8 "
+                                                "(`data.augment.copies`), seed 0"),
                         ("kws_stream_0759a07", "the same students listening every 100 ms over 500 ms (commit 0759a07; "
                                                "their 102-126 ms on the board do not keep up), seed 0"),
                         ("kws_stream_0759a07_seed1", "the same, seed 1"),
