@@ -513,8 +513,9 @@ def kws_stream_table(results: dict) -> str:
                                                 "of 100 (`data.augment.time_shift_ms`), seed 0"),
                         ("kws_stream_copies16", "the recipe with 16 augmented copies of each clip instead of 8 "
                                                 "(`data.augment.copies`), seed 0"),
-                        ("kws_stream_0759a07", "the same students listening every 100 ms over 500 ms (commit 0759a07; "
-                                               "their 102-126 ms on the board do not keep up), seed 0"),
+                        ("kws_stream_0759a07", "the first three rows' students listening every 100 ms over 500 "
+                                               "ms (commit 0759a07; their 102-126 ms on the board do not keep "
+                                               "up), seed 0"),
                         ("kws_stream_0759a07_seed1", "the same, seed 1"),
                         ("kws_stream_0759a07_seed2", "the same, seed 2"),
                         ("kws_stream_657ff1e", "the default before (commit 657ff1e: 102 training voices, clips "
