@@ -91,9 +91,32 @@ def test_cli_table_markdown_and_plots(shared_models, tmp_path):
     assert done.returncode == 0 and "FULLY_CONNECTED" in done.stdout and "runtime code" in done.stdout
 
 
+def test_cli_every_says_per_board_whether_a_streaming_model_keeps_up(shared_models):
+    model = shared_models / "kws_ref_model.tflite"
+    done = tinykd("report", model, "--board", "nrf5340dk", "--board", "nucleo-l4r5zi", "--every", "100",
+                  "--format", "json")
+    assert done.returncode == 0, done.stderr
+    for result in json.loads(done.stdout):
+        low, high = result["latency_range_ms"]
+        listening = result["listening"]
+        assert listening["stride_ms"] == 100 and listening["latency_range_ms"] == [round(low, 1), round(high, 1)]
+        assert listening["keeps_up"] == (high <= 100) and listening["fits_with_room"] == (high <= 80)
+        shortest = listening["shortest_stride_ms"]
+        assert shortest % 20 == 0 and high <= 0.8 * shortest and high > 0.8 * (shortest - 20)
+    assert not any(result["listening"]["fits_with_room"] for result in json.loads(done.stdout))
+    slowest = max(json.loads(done.stdout), key=lambda result: result["latency_range_ms"][1])
+    enough = str(slowest["listening"]["shortest_stride_ms"])
+    done = tinykd("report", model, "--board", slowest["board"], "--every", enough)
+    assert done.returncode == 0, done.stderr
+    assert "leaving the rest for the front-end" in done.stdout.replace("\n    ", " ")
+    done = tinykd("report", model, "--board", "nrf5340dk", "--every", "40", "--format", "md")
+    assert "it **does not keep up**. Set --every to at least" in done.stdout
+    assert "Listening" not in tinykd("report", model, "--board", "nrf5340dk").stdout
+
+
 def test_cli_never_imports_tensorflow(shared_models):
     code = ("import sys; from tinykd.cli import main; sys.argv = ['tinykd', 'report', sys.argv[1], '--board', "
-            "'ek-ra6m4', '--format', 'json']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "'ek-ra6m4', '--format', 'json', '--every', '100']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras'))\n"
             "sys.stderr.write('IMPORTED ' + ','.join(bad))")
     done = subprocess.run([sys.executable, "-c", code, str(shared_models / "kws_ref_model.tflite")],

@@ -99,16 +99,16 @@ def test_threshold_compares_the_mean_probability():
 
 def test_listening_weighs_the_boards_latency_range_against_the_stride():
     """The keyword default's student is estimated at 102.1-125.5 ms on nrf5340dk: every 100 ms it falls behind."""
-    from tinykd.build_report import listening_line
+    from tinykd.audio.stream import listening_line
 
-    behind = listening(StreamConfig(stride_ms=100), (102.1, 125.5), window_stride_ms=20)
+    behind = listening(100, (102.1, 125.5), window_stride_ms=20)
     assert not behind["keeps_up"] and not behind["fits_with_room"]
     assert behind["shortest_stride_ms"] == 160  # 125.5 / 0.8 = 156.9, up to a whole 20-ms window
     assert "does not keep up" in listening_line(behind, "nrf5340dk") and "at least 160" in listening_line(behind, "x")
-    tight = listening(StreamConfig(stride_ms=140), (102.1, 125.5), window_stride_ms=20)
+    tight = listening(140, (102.1, 125.5), window_stride_ms=20)
     assert tight["keeps_up"] and not tight["fits_with_room"]
     assert "only without the front-end" in listening_line(tight, "nrf5340dk")
-    roomy = listening(StreamConfig(stride_ms=160), (102.1, 125.5), window_stride_ms=20)
+    roomy = listening(160, (102.1, 125.5), window_stride_ms=20)
     assert roomy["fits_with_room"] and roomy["busy_fraction_at_high"] == 0.784
     assert "Set stream.stride_ms" not in listening_line(roomy, "nrf5340dk")
 

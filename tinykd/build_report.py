@@ -193,6 +193,7 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"Front-end parity: features recomputed from the exported model_settings.h are identical to "
                       f"the training features on {parity['identical_clips']:,} of {parity['test_clips']:,} test clips."]
     if report.get("listening"):
+        from tinykd.audio.stream import listening_line
         lines += ["", listening_line(report["listening"], board["board"])]
     if report.get("firmware"):
         lines += ["", _firmware_line(report["firmware"])]
@@ -317,19 +318,7 @@ def _listening(cfg: config.Config, board: dict) -> dict | None:
     if cfg.frontend is None:
         return None
     from tinykd.audio import stream
-    return stream.listening(cfg.stream, tuple(board["latency_range_ms"]), cfg.frontend.window_stride_ms)
-
-
-def listening_line(listening: dict, board: str) -> str:
-    """One line on whether the board keeps up with the stream, with the fix when it does not."""
-    low, high = listening["latency_range_ms"]
-    said = (f"Listening: one inference every {listening['stride_ms']} ms (stream.stride_ms); {low:.0f}-{high:.0f} ms "
-            f"estimated on {board}, {listening['busy_fraction_at_high']:.0%} of the stride at the high end")
-    if listening["fits_with_room"]:
-        return said + ", leaving the rest for the front-end."
-    verdict = "keeps up only without the front-end's time" if listening["keeps_up"] else "**does not keep up**"
-    return (said + f": it {verdict}. Set stream.stride_ms to at least {listening['shortest_stride_ms']} "
-            "(a fifth of the stride spare), or choose a faster student.")
+    return stream.listening(cfg.stream.stride_ms, tuple(board["latency_range_ms"]), cfg.frontend.window_stride_ms)
 
 
 def _firmware_line(firmware: dict) -> str:

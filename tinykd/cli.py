@@ -87,7 +87,7 @@ def build(recipe: Path, overrides: tuple[str, ...], smoke: bool, force: tuple[st
         f"report: {result.run_dir / 'report.md'}")
     listening = result.report.get("listening")
     if listening and not listening["fits_with_room"]:
-        from tinykd.build_report import listening_line
+        from tinykd.audio.stream import listening_line
         log("warning: " + listening_line(listening, cfg.target.board).replace("**", ""))
 
 
@@ -187,8 +187,14 @@ def boards(output_format: str, boards_file: Path | None) -> None:
               help="Your measured latencies (CSV: model,board,latency_ms) to refit the latency of those boards.")
 @click.option("--boards", "boards_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A YAML file of your own boards (same keys as tinykd/boards.yaml).")
+@click.option("--every", "every_ms", type=click.IntRange(min=1), metavar="MS",
+              help="A streaming model runs once every MS ms (a keyword spotter's stride): say per board whether it "
+                   "keeps up, with a fifth of MS left for the audio front-end.")
+@click.option("--frame-stride-ms", default=20, show_default=True, type=click.IntRange(min=1),
+              help="With --every: the front-end's window stride; a suggested stride is a multiple of it.")
 def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir: Path | None,
-           calibration_csv: Path | None, boards_file: Path | None) -> None:
+           calibration_csv: Path | None, boards_file: Path | None, every_ms: int | None,
+           frame_stride_ms: int) -> None:
     """Flash, RAM and latency of MODEL (.tflite) on Cortex-M boards, and whether it fits. No TensorFlow needed."""
     from tinykd.boards import load_boards
     from tinykd.errors import ConfigError
@@ -207,12 +213,25 @@ def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir
 
         fit = latency.calibrate(FIT, calibration.load_measurements(calibration_csv, known))
     results = report_model(model, chosen, fit=fit)
+    listening, lines = [], []
+    if every_ms is not None:
+        from tinykd.audio.stream import listening as listening_on, listening_line
+
+        listening = [listening_on(every_ms, result.latency_range_ms, frame_stride_ms) for result in results]
+        lines = [listening_line(listened, result.board, "--every") for result, listened in zip(results, listening)]
     if output_format == "json":
-        click.echo(render.as_json(results))
+        rows = [result.as_dict() for result in results]
+        for row, listened in zip(rows, listening):
+            row["listening"] = listened
+        click.echo(json.dumps(rows, indent=2))
     elif output_format == "md":
-        click.echo(render.markdown(results, model.name), nl=False)
+        click.echo(render.markdown(results, model.name) + "".join(f"- {line}\n" for line in lines), nl=False)
     else:
-        click.echo(render.table(results, model.name))
+        import textwrap
+
+        click.echo("\n".join([render.table(results, model.name)] + [
+            textwrap.fill(line.replace("**", ""), render.TERMINAL_COLUMNS, subsequent_indent="    ")
+            for line in lines]))
     if plot_dir is not None:
         for path in render.plots(results, plot_dir, model.name):
             click.echo(f"wrote {path}", err=True)

@@ -142,7 +142,7 @@ def keyword_classes(labels: Sequence[str]) -> tuple[bool, ...]:
     return tuple(not label.startswith("_") for label in labels)
 
 
-def listening(cfg: StreamConfig, latency_range_ms: tuple[float, float], window_stride_ms: int) -> dict:
+def listening(stride_ms: int, latency_range_ms: tuple[float, float], window_stride_ms: int) -> dict:
     """Whether one inference fits in `stride_ms`, from the board's estimated latency range (`tinykd report`).
 
     A model slower than its stride falls behind the stream: results arrive late, then windows are skipped. The
@@ -152,10 +152,23 @@ def listening(cfg: StreamConfig, latency_range_ms: tuple[float, float], window_s
     """
     low_ms, high_ms = latency_range_ms
     shortest = math.ceil(high_ms / LISTENING_BUSY_LIMIT / window_stride_ms) * window_stride_ms
-    return {"stride_ms": cfg.stride_ms, "latency_range_ms": [round(low_ms, 1), round(high_ms, 1)],
-            "busy_fraction_at_high": round(high_ms / cfg.stride_ms, 3),
-            "keeps_up": high_ms <= cfg.stride_ms, "fits_with_room": high_ms <= LISTENING_BUSY_LIMIT * cfg.stride_ms,
+    return {"stride_ms": stride_ms, "latency_range_ms": [round(low_ms, 1), round(high_ms, 1)],
+            "busy_fraction_at_high": round(high_ms / stride_ms, 3),
+            "keeps_up": high_ms <= stride_ms, "fits_with_room": high_ms <= LISTENING_BUSY_LIMIT * stride_ms,
             "shortest_stride_ms": shortest}
+
+
+def listening_line(listening: dict, board: str, setting: str = "stream.stride_ms") -> str:
+    """One line on whether `board` keeps up with the stream, with the fix when it does not; `setting` names where
+    the stride was given (the recipe's key, or `tinykd report --every`)."""
+    low, high = listening["latency_range_ms"]
+    said = (f"Listening: one inference every {listening['stride_ms']} ms ({setting}); {low:.0f}-{high:.0f} ms "
+            f"estimated on {board}, {listening['busy_fraction_at_high']:.0%} of the stride at the high end")
+    if listening["fits_with_room"]:
+        return said + ", leaving the rest for the front-end."
+    verdict = "keeps up only without the front-end's time" if listening["keeps_up"] else "**does not keep up**"
+    return (said + f": it {verdict}. Set {setting} to at least {listening['shortest_stride_ms']} "
+            "(a fifth of the stride spare), or choose a faster model.")
 
 
 def stream_defines(cfg: StreamConfig, name: str, labels: Sequence[str], output_scale: float,
