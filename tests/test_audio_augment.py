@@ -13,7 +13,7 @@ from test_data_streaming import make_clips
 from test_speech_commands import sc_cfg
 from tinykd import config
 from tinykd.audio import FrontendConfig
-from tinykd.audio.augment import waveform_augmenter
+from tinykd.audio.augment import feature_masker, waveform_augmenter
 from tinykd.data import load, streaming
 from tinykd.distill import Schedule, _dataset
 from tinykd.errors import ConfigError
@@ -152,3 +152,51 @@ def epoch_rows(dataset) -> np.ndarray:
 def test_audio_augmentation_is_refused_where_it_cannot_apply(changes, message):
     with pytest.raises(ConfigError, match=message):
         config.load(SMOKE_RECIPE, {"data.augment": "{time_shift_ms: 100}"} | changes)
+
+
+def test_feature_masks_hide_at_most_their_widths_and_change_with_the_seed():
+    frames, channels = 49, 40
+    apply = feature_masker(config.AugmentConfig(time_mask_frames=5, freq_mask_channels=4), frames, channels)
+    features = np.random.default_rng(0).integers(-127, 128, (frames, channels, 1)).astype(np.float32)
+    hidden_rows, hidden_columns, outcomes = set(), set(), set()
+    for seed in range(200):
+        masked = apply(tf.constant(features), tf.constant([seed, 3], tf.int64)).numpy()
+        hidden = masked[..., 0] != features[..., 0]
+        assert np.all(masked[hidden] == -128.0)  # the floor, nothing else changes
+        rows, columns = np.flatnonzero(hidden.all(axis=1)), np.flatnonzero(hidden.all(axis=0))
+        assert len(rows) <= 5 and len(columns) <= 4
+        assert np.all(np.diff(rows) == 1) and np.all(np.diff(columns) == 1)  # one band each
+        assert np.array_equal(hidden, np.isin(np.arange(frames), rows)[:, None] | np.isin(np.arange(channels),
+                                                                                            columns)[None, :])
+        hidden_rows.update(rows.tolist())
+        hidden_columns.update(columns.tolist())
+        outcomes.add((tuple(rows), tuple(columns)))
+    assert {0, frames - 1} <= hidden_rows and {0, channels - 1} <= hidden_columns  # bands reach both edges
+    assert len(outcomes) > 150  # the seed moves them
+    again = apply(tf.constant(features), tf.constant([7, 3], tf.int64)).numpy()
+    np.testing.assert_array_equal(again, apply(tf.constant(features), tf.constant([7, 3], tf.int64)).numpy())
+
+
+def test_banked_copies_are_masked_afresh_every_epoch_and_never_outside_training(tmp_path):
+    augment = config.AugmentConfig(time_shift_ms=100, copies=2, time_mask_frames=8, freq_mask_channels=6)
+    cfg = sc_cfg(make_clips(tmp_path / "sc"), keywords=("yes", "no"), unknown_fraction=0.5, silence_fraction=0.5,
+                 augment=augment)
+    data = load(cfg, seed=3, frontend=FrontendConfig())
+    unmasked = load(replace(cfg, augment=replace(augment, time_mask_frames=0, freq_mask_channels=0)), seed=3,
+                    frontend=FrontendConfig())
+    assert data.fingerprint != unmasked.fingerprint
+    np.testing.assert_array_equal(np.asarray(data.val.x), np.asarray(unmasked.val.x))
+    np.testing.assert_array_equal(np.asarray(data.train.x), np.asarray(unmasked.train.x))  # calibration, predict
+
+    training = data.train.x.examples((data.train.y, np.arange(len(data.train))), 5)
+    bank = data.train.x._bank(5)
+    floor = -128 * data.train.x.scale + data.train.x.offset
+    masks = {}  # clip index -> the hidden patterns its epochs saw
+    for _ in range(4):
+        for x, (_, index) in training.as_numpy_iterator():
+            copies = [bank[copy, index, ..., 0] * data.train.x.scale + data.train.x.offset for copy in range(2)]
+            nearest = min(copies, key=lambda copy: np.count_nonzero(x[..., 0] != copy))
+            changed = x[..., 0] != nearest
+            assert np.all(x[..., 0][changed] == floor)  # one of its copies with some of it set to the floor
+            masks.setdefault(int(index), set()).add(changed.tobytes())
+    assert sum(len(seen) > 1 for seen in masks.values()) > len(masks) // 2  # epochs mask them differently

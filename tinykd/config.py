@@ -91,6 +91,10 @@ class AugmentConfig:
     of every training clip once, when training first asks (N front-end passes over the training clips, kept in
     memory as int8: N x clips x frames x channels bytes), and each epoch takes one of them per clip at random.
     The front-end then costs N passes per build instead of one per epoch.
+
+    Audio `time_mask_frames` and `freq_mask_channels` (SpecAugment): after the front-end, every training example
+    gets up to that many consecutive frames and channels of its features set to the floor (-128, silence), each
+    width and place drawn afresh per example and epoch; with `copies` they change every epoch at no front-end cost.
     """
 
     flip_horizontal: bool = False
@@ -100,6 +104,8 @@ class AugmentConfig:
     background_frequency: float = 0.0
     background_volume: float = 0.0
     copies: int = 0
+    time_mask_frames: int = 0
+    freq_mask_channels: int = 0
 
     def __post_init__(self):
         _require(0.0 <= self.shift_fraction < 0.5, "shift_fraction", "must be in [0, 0.5), e.g. 0.1")
@@ -112,7 +118,10 @@ class AugmentConfig:
         _require((self.background_frequency > 0.0) == (self.background_volume > 0.0), "background_volume",
                  "and background_frequency go together: set both above 0 (e.g. 0.1 and 0.8), or neither")
         _require(0 <= self.copies <= 64, "copies", "must be from 0 (fresh every epoch) to 64, e.g. 8")
-        _require(self.copies == 0 or self.audio, "copies",
+        _require(0 <= self.time_mask_frames <= 100, "time_mask_frames",
+                 "must be from 0 to 100 frames, e.g. 5 (100 ms of 20-ms frames)")
+        _require(0 <= self.freq_mask_channels <= 100, "freq_mask_channels", "must be from 0 to 100 channels, e.g. 5")
+        _require(self.copies == 0 or self.waveform, "copies",
                  "keeps changed audio clips' features; it needs time_shift_ms or background_frequency (images are "
                  "changed per batch, which costs little: remove copies)")
 
@@ -121,8 +130,16 @@ class AugmentConfig:
         return self.flip_horizontal or self.shift_fraction > 0.0 or self.crop_fraction > 0.0
 
     @property
-    def audio(self) -> bool:
+    def waveform(self) -> bool:
         return self.time_shift_ms > 0 or self.background_frequency > 0.0
+
+    @property
+    def masks(self) -> bool:
+        return self.time_mask_frames > 0 or self.freq_mask_channels > 0
+
+    @property
+    def audio(self) -> bool:
+        return self.waveform or self.masks
 
     @property
     def active(self) -> bool:
@@ -207,9 +224,9 @@ class DataConfig:
         self._check_keywords()
         if self.augment is not None and self.augment.audio:
             _require(self.format == "speech_commands", "augment",
-                     "time_shift_ms, background_frequency and background_volume change audio clips (format "
-                     f"speech_commands); {self.format} gives images: use flip_horizontal, shift_fraction, "
-                     "crop_fraction")
+                     "time_shift_ms, background_frequency, background_volume and the feature masks change audio "
+                     f"clips (format speech_commands); {self.format} gives images: use flip_horizontal, "
+                     "shift_fraction, crop_fraction")
             _require(not (self.unlabeled or self.labeled_samples), "augment",
                      "audio augmentation cannot be combined with data.unlabeled or data.labeled_samples yet; "
                      "remove one of them")

@@ -60,3 +60,34 @@ def waveform_augmenter(augment: AugmentConfig, sample_rate_hz: int, clip_samples
         return tf.clip_by_value(tf.round(clip), -32768.0, 32767.0)
 
     return apply
+
+
+def feature_masker(augment: AugmentConfig, frames: int, channels: int):
+    """`apply(features, seed) -> features`: SpecAugment's masks on one example's front-end features, (frames,
+    channels, 1) float32 in int8 units. Up to `time_mask_frames` consecutive frames and up to `freq_mask_channels`
+    consecutive channels are set to -128, the features' floor (what the front-end gives for silence); each width is
+    uniform from 0 to its limit and each place uniform where the band fits. `seed` is the example's int64 pair, the
+    one the waveform augmenter takes (folded, so the masks draw apart from the shift and the noise).
+    """
+    from tinykd.keras_shim import tf
+
+    widths = (min(augment.time_mask_frames, frames), min(augment.freq_mask_channels, channels))
+
+    def band(size: int, limit: int, width_seed, place_seed):
+        """A boolean (size,) band of up to `limit` consecutive True."""
+        width = tf.random.stateless_uniform([], width_seed, 0, limit + 1, dtype=tf.int32)
+        start = tf.random.stateless_uniform([], place_seed, 0, size - width + 1, dtype=tf.int32)
+        positions = tf.range(size)
+        return (positions >= start) & (positions < start + width)
+
+    def apply(features, seed):
+        seeds = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 1), 4)
+        hidden = tf.zeros([frames, channels], tf.bool)
+        if widths[0]:
+            hidden |= band(frames, widths[0], seeds[0], seeds[1])[:, tf.newaxis]
+        if widths[1]:
+            hidden |= band(channels, widths[1], seeds[2], seeds[3])[tf.newaxis, :]
+        return tf.where(hidden[..., tf.newaxis], tf.constant(-128.0, features.dtype), features)
+
+    return apply

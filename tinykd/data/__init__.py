@@ -92,7 +92,8 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
         limits["labeled"] = cfg.labeled_samples
     if cfg.augment is not None and cfg.augment.active:  # what every training stage sees, the teacher's too
         limits["augment"] = {key: value for key, value in dataclasses.asdict(cfg.augment).items()
-                             if key != "copies" or value}  # recipes without copies keep their fingerprints
+                             if value or key not in ("copies", "time_mask_frames", "freq_mask_channels")}
+        # (recipes without copies or masks keep their fingerprints)
     if raw.unlabeled is not None:
         limits["unlabeled"] = hashlib.sha256(np.ascontiguousarray(raw.unlabeled).tobytes()).hexdigest()[:16]
     fingerprint = hashlib.sha256((raw.fingerprint + json.dumps(limits, sort_keys=True)).encode()).hexdigest()[:16]
@@ -169,7 +170,7 @@ def _through_frontend(raw: Dataset, frontend, augment=None) -> Dataset:
     `augment.copies` versions of each clip.
     """
     from tinykd.audio import INPUT_SCALE, INPUT_ZERO_POINT, features, to_int8
-    from tinykd.audio.augment import waveform_augmenter
+    from tinykd.audio.augment import feature_masker, waveform_augmenter
 
     def split_features(split: Split) -> Split:
         if streaming.is_streamed(split.x):  # the same op and settings, per clip in the pipeline
@@ -192,7 +193,8 @@ def _through_frontend(raw: Dataset, frontend, augment=None) -> Dataset:
             train = Split(x=streaming.StreamedInputs(sources=tuple(range(len(train))), read=train.x.__getitem__,
                                                      raw_shape=tuple(train.x.shape[1:])), y=train.y)
         apply = waveform_augmenter(augment, frontend.sample_rate_hz, frontend.clip_samples, raw.background)
-        train = Split(x=train.x.augmented(apply, copies=augment.copies), y=train.y)
+        mask = feature_masker(augment, *frontend.feature_shape) if augment.masks else None
+        train = Split(x=train.x.augmented(apply, copies=augment.copies, mask=mask), y=train.y)
     return replace(raw, train=split_features(train), val=split_features(raw.val),
                    test=split_features(raw.test), test_audio=raw.test.x, preprocessing=preprocessing,
                    fingerprint=f"{raw.fingerprint}:{settings[:16]}", unlabeled=unlabeled)

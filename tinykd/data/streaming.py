@@ -62,6 +62,9 @@ class StreamedInputs:
     # With `augment` and a front-end: > 0 computes this many augmented versions of every input's features once,
     # when training first asks, and each epoch takes one of them per input (data.augment.copies).
     copies: int = 0
+    # Training only, after the front-end (or the bank): `mask(features, seed) -> features` hides bands of the
+    # features, drawn afresh every epoch (data.augment.time_mask_frames, freq_mask_channels).
+    mask: Callable | None = None
     scale: float = 1.0
     offset: float = 0.0
     _banks: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # training seed -> copies
@@ -102,10 +105,11 @@ class StreamedInputs:
         """Clips as the front-end's int8 features, (frames, channels, 1) float32, as tinykd.data does in memory."""
         return replace(self, frontend=frontend)
 
-    def augmented(self, augment: Callable, copies: int = 0) -> "StreamedInputs":
+    def augmented(self, augment: Callable, copies: int = 0, mask: Callable | None = None) -> "StreamedInputs":
         """The same inputs, changed by `augment(raw, seed)` in training pipelines (`examples` with a seed): afresh
-        every epoch, or, with `copies` and a front-end, from that many versions of each computed once."""
-        return replace(self, augment=augment, copies=copies)
+        every epoch, or, with `copies` and a front-end, from that many versions of each computed once; then, with
+        `mask`, their features masked afresh every epoch."""
+        return replace(self, augment=augment, copies=copies, mask=mask)
 
     def samples(self, order=None):
         """A tf.data pipeline of single inputs: in order, or in the order of the int64 dataset `order`."""
@@ -153,7 +157,10 @@ class StreamedInputs:
             copy = tf.math.floormod(draw, self.copies)
             row = tf.numpy_function(lambda c, j: bank[c, j], [copy, i], tf.int8, stateful=False)
             row.set_shape(self.sample_shape)
-            return self._scaled(tf.cast(row, tf.float32)), tf.nest.map_structure(lambda t: tf.gather(t, i), table)
+            features = tf.cast(row, tf.float32)
+            if self.mask is not None:  # the draw changes every epoch, so the masks do
+                features = self.mask(features, tf.stack([draw, i]))
+            return self._scaled(features), tf.nest.map_structure(lambda t: tf.gather(t, i), table)
 
         return example
 
@@ -167,9 +174,9 @@ class StreamedInputs:
             bank = np.empty((self.copies, len(self), *self.sample_shape), np.int8)
             for copy, draw in enumerate(draws):
                 order = tf.data.Dataset.range(len(self))
-                features = order.map(lambda i: self._sample(i, tf.stack([tf.constant(draw, tf.int64), i]),
-                                                            scaled=False),
-                                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                features = order.map(
+                    lambda i: self._read_augmented(i, tf.stack([tf.constant(draw, tf.int64), i])),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 start = 0
                 for rows in features.batch(256).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
                     bank[copy, start:start + len(rows)] = rows  # integers in [-128, 127]
@@ -192,6 +199,14 @@ class StreamedInputs:
         return np.concatenate(list(self.samples(order).batch(256).as_numpy_iterator()))
 
     def _sample(self, index, augment_seed=None, scaled: bool = True):
+        x = self._read_augmented(index, augment_seed)
+        if augment_seed is not None and self.mask is not None:
+            x = self.mask(x, augment_seed)
+        return self._scaled(x) if scaled else x
+
+    def _read_augmented(self, index, augment_seed=None):
+        """Input `index` as read, augmented with `augment_seed` when given, through the front-end if any; unscaled
+        and unmasked (what a bank keeps)."""
         from tinykd.keras_shim import tf
 
         sources, read = self.sources, self.read
@@ -200,8 +215,7 @@ class StreamedInputs:
         raw.set_shape(self.raw_shape)
         if augment_seed is not None:
             raw = self.augment(raw, augment_seed)
-        x = raw if self.frontend is None else _features(raw, self.frontend)
-        return self._scaled(x) if scaled else x
+        return raw if self.frontend is None else _features(raw, self.frontend)
 
     def _scaled(self, x):
         from tinykd.keras_shim import tf
