@@ -513,6 +513,8 @@ def kws_stream_table(results: dict) -> str:
                                                 "of 100 (`data.augment.time_shift_ms`), seed 0"),
                         ("kws_stream_copies16", "the recipe with 16 augmented copies of each clip instead of 8 "
                                                 "(`data.augment.copies`), seed 0"),
+                        ("kws_stream_masks", "the recipe with SpecAugment's masks (up to 5 frames and 5 channels, "
+                                             "`data.augment.time_mask_frames`, `freq_mask_channels`), seed 0"),
                         ("kws_stream_0759a07", "the first three rows' students listening every 100 ms over 500 "
                                                "ms (commit 0759a07; their 102-126 ms on the board do not keep "
                                                "up), seed 0"),
