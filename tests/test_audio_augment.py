@@ -177,6 +177,11 @@ def test_feature_masks_hide_at_most_their_widths_and_change_with_the_seed():
     np.testing.assert_array_equal(again, apply(tf.constant(features), tf.constant([7, 3], tf.int64)).numpy())
 
 
+def test_a_mask_as_wide_as_the_features_is_refused_with_its_key():
+    with pytest.raises(ConfigError, match="data.augment.freq_mask_channels: 40 could hide all 40 channels"):
+        feature_masker(config.AugmentConfig(freq_mask_channels=40), 49, 40)
+
+
 def test_banked_copies_are_masked_afresh_every_epoch_and_never_outside_training(tmp_path):
     augment = config.AugmentConfig(time_shift_ms=100, copies=2, time_mask_frames=8, freq_mask_channels=6)
     cfg = sc_cfg(make_clips(tmp_path / "sc"), keywords=("yes", "no"), unknown_fraction=0.5, silence_fraction=0.5,

@@ -112,6 +112,11 @@ def test_cli_every_says_per_board_whether_a_streaming_model_keeps_up(shared_mode
     done = tinykd("report", model, "--board", "nrf5340dk", "--every", "40", "--format", "md")
     assert "it **does not keep up**. Set --every to at least" in done.stdout
     assert "Listening" not in tinykd("report", model, "--board", "nrf5340dk").stdout
+    done = tinykd("report", model, "--board", "nrf5340dk", "--every", "100", "--frame-stride-ms", "32", "--format",
+                  "json")
+    assert json.loads(done.stdout)[0]["listening"]["shortest_stride_ms"] % 32 == 0
+    done = tinykd("report", model, "--board", "nrf5340dk", "--frame-stride-ms", "32")
+    assert done.returncode == 2 and "--frame-stride-ms only applies to a stride: add --every MS" in done.stderr
 
 
 def test_cli_never_imports_tensorflow(shared_models):

@@ -190,16 +190,19 @@ def boards(output_format: str, boards_file: Path | None) -> None:
 @click.option("--every", "every_ms", type=click.IntRange(min=1), metavar="MS",
               help="A streaming model runs once every MS ms (a keyword spotter's stride): say per board whether it "
                    "keeps up, with a fifth of MS left for the audio front-end.")
-@click.option("--frame-stride-ms", default=20, show_default=True, type=click.IntRange(min=1),
-              help="With --every: the front-end's window stride; a suggested stride is a multiple of it.")
+@click.option("--frame-stride-ms", type=click.IntRange(min=1),
+              help="With --every: the front-end's window stride; a suggested stride is a multiple of it. "
+                   "[default: 20, micro_speech's]")
 def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir: Path | None,
            calibration_csv: Path | None, boards_file: Path | None, every_ms: int | None,
-           frame_stride_ms: int) -> None:
+           frame_stride_ms: int | None) -> None:
     """Flash, RAM and latency of MODEL (.tflite) on Cortex-M boards, and whether it fits. No TensorFlow needed."""
     from tinykd.boards import load_boards
     from tinykd.errors import ConfigError
     from tinykd.report import render, report_model
 
+    if frame_stride_ms is not None and every_ms is None:
+        raise click.UsageError("--frame-stride-ms only applies to a stride: add --every MS")
     known = load_boards(boards_file)
     unknown = [b for b in board_ids if b not in known]
     if unknown:
@@ -217,7 +220,7 @@ def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir
     if every_ms is not None:
         from tinykd.audio.stream import listening as listening_on, listening_line
 
-        listening = [listening_on(every_ms, result.latency_range_ms, frame_stride_ms) for result in results]
+        listening = [listening_on(every_ms, result.latency_range_ms, frame_stride_ms or 20) for result in results]
         lines = [listening_line(listened, result.board, "--every") for result, listened in zip(results, listening)]
     if output_format == "json":
         rows = [result.as_dict() for result in results]

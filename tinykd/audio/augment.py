@@ -68,10 +68,18 @@ def feature_masker(augment: AugmentConfig, frames: int, channels: int):
     consecutive channels are set to -128, the features' floor (what the front-end gives for silence); each width is
     uniform from 0 to its limit and each place uniform where the band fits. `seed` is the example's int64 pair, the
     one the waveform augmenter takes (folded, so the masks draw apart from the shift and the noise).
+
+    Raises:
+        ConfigError: a mask as wide as the features (it could hide them all).
     """
     from tinykd.keras_shim import tf
 
-    widths = (min(augment.time_mask_frames, frames), min(augment.freq_mask_channels, channels))
+    for key, width, size, unit in (("time_mask_frames", augment.time_mask_frames, frames, "frames"),
+                                   ("freq_mask_channels", augment.freq_mask_channels, channels, "channels")):
+        if width >= size:
+            raise ConfigError(f"data.augment.{key}: {width} could hide all {size} {unit} of the front-end's "
+                              f"features; use fewer, e.g. {max(1, size // 8)}")
+    widths = (augment.time_mask_frames, augment.freq_mask_channels)
 
     def band(size: int, limit: int, width_seed, place_seed):
         """A boolean (size,) band of up to `limit` consecutive True."""
