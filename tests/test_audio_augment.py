@@ -13,7 +13,7 @@ from test_data_streaming import make_clips
 from test_speech_commands import sc_cfg
 from tinykd import config
 from tinykd.audio import FrontendConfig
-from tinykd.audio.augment import feature_masker, waveform_augmenter
+from tinykd.audio.augment import feature_masker, resampled, waveform_augmenter
 from tinykd.data import load, streaming
 from tinykd.distill import Schedule, _dataset
 from tinykd.errors import ConfigError
@@ -205,3 +205,29 @@ def test_banked_copies_are_masked_afresh_every_epoch_and_never_outside_training(
             assert np.all(x[..., 0][changed] == floor)  # one of its copies with some of it set to the floor
             masks.setdefault(int(index), set()).add(changed.tobytes())
     assert sum(len(seen) > 1 for seen in masks.values()) > len(masks) // 2  # epochs mask them differently
+
+
+def test_speed_perturbation_moves_a_tone_by_the_rate_about_the_clips_middle():
+    rate_hz, samples = 16000, 16000
+    tone = 8000.0 * np.sin(2 * np.pi * 500.0 * np.arange(samples) / rate_hz)
+
+    def peak_hz(clip):
+        return np.argmax(np.abs(np.fft.rfft(clip * np.hanning(samples)))) * rate_hz / samples
+
+    for rate in (0.9, 1.1):
+        played = resampled(tf.constant(tone, tf.float32), tf.constant(rate, tf.float32)).numpy()
+        assert abs(peak_hz(played) - 500.0 * rate) <= 2.0
+        if rate > 1.0:  # faster: the ends come from beyond the clip (0.05 s either side), zeros
+            assert np.all(played[:700] == 0.0) and np.all(played[-700:] == 0.0) and np.any(played[800:900])
+    np.testing.assert_allclose(resampled(tf.constant(tone, tf.float32), tf.constant(1.0)).numpy(), tone, atol=1e-3)
+
+    apply = waveform_augmenter(config.AugmentConfig(speed_perturbation=0.1), rate_hz, samples, ())
+    heard = {round(peak_hz(run(apply, tone, [seed, 1])), 1) for seed in range(20)}
+    assert len(heard) > 10 and min(heard) >= 450.0 - 2.0 and max(heard) <= 550.0 + 2.0
+    # Without it, a recipe's shift and noise draws are what they were before the option existed.
+    old = waveform_augmenter(config.AugmentConfig(time_shift_ms=10), rate_hz, samples, ())
+    both = waveform_augmenter(config.AugmentConfig(time_shift_ms=10, speed_perturbation=0.1), rate_hz, samples, ())
+    click = np.zeros(samples, np.float32)
+    click[8000] = 1000.0
+    moved = [int(np.argmax(run(fn, click, [4, 2]))) for fn in (old, both)]
+    assert abs(moved[0] - moved[1]) <= 1  # the same shift; the speed change moves the middle by under a sample

@@ -92,6 +92,9 @@ class AugmentConfig:
     memory as int8: N x clips x frames x channels bytes), and each epoch takes one of them per clip at random.
     The front-end then costs N passes per build instead of one per epoch.
 
+    Audio `speed_perturbation` s: each clip first plays at a rate drawn from [1 - s, 1 + s] about its middle (pitch
+    and formants move with it, as another speaker's would; Kaldi's speed perturbation).
+
     Audio `time_mask_frames` and `freq_mask_channels` (SpecAugment): after the front-end, every training example
     gets up to that many consecutive frames and channels of its features set to the floor (-128, silence), each
     width and place drawn afresh per example and epoch; with `copies` they change every epoch at no front-end cost.
@@ -104,6 +107,7 @@ class AugmentConfig:
     background_frequency: float = 0.0
     background_volume: float = 0.0
     copies: int = 0
+    speed_perturbation: float = 0.0
     time_mask_frames: int = 0
     freq_mask_channels: int = 0
 
@@ -118,6 +122,8 @@ class AugmentConfig:
         _require((self.background_frequency > 0.0) == (self.background_volume > 0.0), "background_volume",
                  "and background_frequency go together: set both above 0 (e.g. 0.1 and 0.8), or neither")
         _require(0 <= self.copies <= 64, "copies", "must be from 0 (fresh every epoch) to 64, e.g. 8")
+        _require(0.0 <= self.speed_perturbation <= 0.3, "speed_perturbation",
+                 "must be in [0, 0.3]: clips play up to that much faster or slower, e.g. 0.1")
         _require(0 <= self.time_mask_frames <= 100, "time_mask_frames",
                  "must be from 0 to 100 frames, e.g. 5 (100 ms of 20-ms frames)")
         _require(0 <= self.freq_mask_channels <= 100, "freq_mask_channels", "must be from 0 to 100 channels, e.g. 5")
@@ -131,7 +137,7 @@ class AugmentConfig:
 
     @property
     def waveform(self) -> bool:
-        return self.time_shift_ms > 0 or self.background_frequency > 0.0
+        return self.time_shift_ms > 0 or self.background_frequency > 0.0 or self.speed_perturbation > 0.0
 
     @property
     def masks(self) -> bool:
@@ -224,9 +230,9 @@ class DataConfig:
         self._check_keywords()
         if self.augment is not None and self.augment.audio:
             _require(self.format == "speech_commands", "augment",
-                     "time_shift_ms, background_frequency, background_volume and the feature masks change audio "
-                     f"clips (format speech_commands); {self.format} gives images: use flip_horizontal, "
-                     "shift_fraction, crop_fraction")
+                     "time_shift_ms, background_frequency, background_volume, speed_perturbation and the feature "
+                     f"masks change audio clips (format speech_commands); {self.format} gives images: use "
+                     "flip_horizontal, shift_fraction, crop_fraction")
             _require(not (self.unlabeled or self.labeled_samples), "augment",
                      "audio augmentation cannot be combined with data.unlabeled or data.labeled_samples yet; "
                      "remove one of them")

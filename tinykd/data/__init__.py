@@ -57,6 +57,10 @@ READERS = {"fashion_mnist": _fashion_mnist, "image_folder": _image_folder, "arra
            "speech_commands": _speech_commands}
 
 
+# In a fingerprint only when set, so recipes written before these keys keep theirs (and their cached teachers).
+AUGMENT_KEYS_ADDED_LATER = ("copies", "speed_perturbation", "time_mask_frames", "freq_mask_channels")
+
+
 def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), frontend=None) -> Dataset:
     """Read the dataset a recipe names, cut to the recipe's sample limits, through the front-end, normalised.
 
@@ -92,8 +96,7 @@ def load(cfg: DataConfig, seed: int, search_dirs: tuple[Path, ...] = (), fronten
         limits["labeled"] = cfg.labeled_samples
     if cfg.augment is not None and cfg.augment.active:  # what every training stage sees, the teacher's too
         limits["augment"] = {key: value for key, value in dataclasses.asdict(cfg.augment).items()
-                             if value or key not in ("copies", "time_mask_frames", "freq_mask_channels")}
-        # (recipes without copies or masks keep their fingerprints)
+                             if value or key not in AUGMENT_KEYS_ADDED_LATER}
     if raw.unlabeled is not None:
         limits["unlabeled"] = hashlib.sha256(np.ascontiguousarray(raw.unlabeled).tobytes()).hexdigest()[:16]
     fingerprint = hashlib.sha256((raw.fingerprint + json.dumps(limits, sort_keys=True)).encode()).hexdigest()[:16]
