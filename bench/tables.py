@@ -515,6 +515,8 @@ def kws_stream_table(results: dict) -> str:
                                                 "(`data.augment.copies`), seed 0"),
                         ("kws_stream_masks", "the recipe with SpecAugment's masks (up to 5 frames and 5 channels, "
                                              "`data.augment.time_mask_frames`, `freq_mask_channels`), seed 0"),
+                        ("kws_stream_speed", "the recipe with clips played up to 10% faster or slower "
+                                             "(`data.augment.speed_perturbation: 0.1`), seed 0"),
                         ("kws_stream_0759a07", "the first three rows' students listening every 100 ms over 500 "
                                                "ms (commit 0759a07; their 102-126 ms on the board do not keep "
                                                "up), seed 0"),
