@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -230,8 +231,6 @@ def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir
     elif output_format == "md":
         click.echo(render.markdown(results, model.name) + "".join(f"- {line}\n" for line in lines), nl=False)
     else:
-        import textwrap
-
         click.echo("\n".join([render.table(results, model.name)] + [
             textwrap.fill(line.replace("**", ""), render.TERMINAL_COLUMNS, subsequent_indent="    ")
             for line in lines]))

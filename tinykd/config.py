@@ -128,8 +128,8 @@ class AugmentConfig:
                  "must be from 0 to 100 frames, e.g. 5 (100 ms of 20-ms frames)")
         _require(0 <= self.freq_mask_channels <= 100, "freq_mask_channels", "must be from 0 to 100 channels, e.g. 5")
         _require(self.copies == 0 or self.waveform, "copies",
-                 "keeps changed audio clips' features; it needs time_shift_ms or background_frequency (images are "
-                 "changed per batch, which costs little: remove copies)")
+                 "keeps changed audio clips' features; it needs time_shift_ms, background_frequency or "
+                 "speed_perturbation (images are changed per batch, which costs little: remove copies)")
 
     @property
     def image(self) -> bool:
