@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -219,9 +218,11 @@ def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir
     results = report_model(model, chosen, fit=fit)
     listening, lines = [], []
     if every_ms is not None:
+        from tinykd.audio import FrontendConfig
         from tinykd.audio.stream import listening as listening_on, listening_line
 
-        listening = [listening_on(every_ms, result.latency_range_ms, frame_stride_ms or 20) for result in results]
+        frame_stride_ms = frame_stride_ms or FrontendConfig.window_stride_ms  # micro_speech's, the default
+        listening = [listening_on(every_ms, result.latency_range_ms, frame_stride_ms) for result in results]
         lines = [listening_line(listened, result.board, "--every") for result, listened in zip(results, listening)]
     if output_format == "json":
         rows = [result.as_dict() for result in results]
@@ -229,11 +230,9 @@ def report(model: Path, board_ids: tuple[str, ...], output_format: str, plot_dir
             row["listening"] = listened
         click.echo(json.dumps(rows, indent=2))
     elif output_format == "md":
-        click.echo(render.markdown(results, model.name) + "".join(f"- {line}\n" for line in lines), nl=False)
+        click.echo(render.markdown(results, model.name, notes=lines), nl=False)
     else:
-        click.echo("\n".join([render.table(results, model.name)] + [
-            textwrap.fill(line.replace("**", ""), render.TERMINAL_COLUMNS, subsequent_indent="    ")
-            for line in lines]))
+        click.echo(render.table(results, model.name, notes=lines))
     if plot_dir is not None:
         for path in render.plots(results, plot_dir, model.name):
             click.echo(f"wrote {path}", err=True)

@@ -6,6 +6,7 @@ import io
 import json
 import textwrap
 from pathlib import Path
+from typing import Sequence
 
 from tinykd import artifacts
 from tinykd.report import Report
@@ -18,8 +19,9 @@ def as_json(reports: tuple[Report, ...]) -> str:
     return json.dumps([report.as_dict() for report in reports], indent=2)
 
 
-def table(reports: tuple[Report, ...], source: str) -> str:
-    """A summary table within TERMINAL_COLUMNS, then per-layer detail when there is a single board."""
+def table(reports: tuple[Report, ...], source: str, notes: Sequence[str] = ()) -> str:
+    """A summary table within TERMINAL_COLUMNS, then per-layer detail when there is a single board; `notes` (lines
+    that may hold Markdown bold, which is dropped here) end it."""
     first = reports[0]
     lines = [f"{source}: {first.precision}, {first.macs:,} MACs, {first.model_bytes:,} B model, "
              f"{len(first.layers)} ops ({', '.join(sorted({layer.op for layer in first.layers}))})",
@@ -49,11 +51,12 @@ def table(reports: tuple[Report, ...], source: str) -> str:
                   f"latency: {first.latency_basis}"]
     lines += [f"warning: {warning}" for warning in first.warnings]
     lines.append("RAM is against the largest contiguous SRAM region; fits uses the high end of the flash estimate.")
+    lines += [note.replace("**", "") for note in notes]
     return "\n".join(textwrap.fill(line, TERMINAL_COLUMNS, subsequent_indent="    ") for line in lines)
 
 
-def markdown(reports: tuple[Report, ...], source: str) -> str:
-    """A Markdown summary for a pull request."""
+def markdown(reports: tuple[Report, ...], source: str, notes: Sequence[str] = ()) -> str:
+    """A Markdown summary for a pull request; `notes` end its list."""
     first = reports[0]
     lines = [f"### `{source}` on {len(reports)} board{'s' if len(reports) > 1 else ''}", "",
              f"{first.precision}, {first.macs:,} MACs, {first.model_bytes:,} B model, {len(first.layers)} ops.", "",
@@ -67,6 +70,7 @@ def markdown(reports: tuple[Report, ...], source: str) -> str:
                      f"{'yes' if report.fits else '**no**'} |")
     lines += ["", f"- flash = {first.flash_counts}; {first.flash_estimated}.", f"- RAM = {first.ram_counts}."]
     lines += [f"- **warning:** {warning}" for warning in first.warnings]
+    lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
