@@ -71,7 +71,8 @@ def main() -> None:
     if data is None:  # the set the recipe's build would synthesize
         data = args.runs / "data"
         command = [sys.executable, "-m", "tinykd", "data", "keywords", str(data),
-                   "--extra-train-speakers", str(cfg.data.extra_train_speakers)]
+                   "--extra-train-speakers", str(cfg.data.extra_train_speakers),
+                   "--held-out", cfg.data.held_out_speakers]
         print("$", " ".join(command[2:]), flush=True)
         started = time.perf_counter()
         subprocess.run(command, cwd=REPO, check=True)

@@ -139,10 +139,12 @@ def _teacher_int8(run: Path, cfg, recipe_folder: Path) -> Path:
 
 def _stream(folder: Path, split: str, minutes: float, cfg) -> Path:
     """`tinykd data stream` for the data set's held-out `split` speakers, unless it was made before."""
-    path = folder / f"{split}_{minutes:g}min_seed{cfg.data.seed}.wav"
+    held_out = cfg.data.held_out_speakers  # a stream made for the other split of speakers is not reused
+    suffix = "" if held_out == "random" else f"_{held_out}"
+    path = folder / f"{split}_{minutes:g}min_seed{cfg.data.seed}{suffix}.wav"
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         command = [sys.executable, "-m", "tinykd", "data", "stream", str(path), "--split", split,
-                   "--minutes", f"{minutes:g}", "--seed", str(cfg.data.seed)]
+                   "--minutes", f"{minutes:g}", "--seed", str(cfg.data.seed), "--held-out", held_out]
         print("$", " ".join(command[2:]), flush=True)
         subprocess.run(command, cwd=REPO, check=True)
     return path

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import wave
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -95,13 +96,16 @@ def test_a_recipe_asking_for_other_training_speakers_than_the_set_has_is_told_so
     root, _ = made
     asking = DataConfig(format="speech_commands", path=str(root), synthesize=True, extra_train_speakers=2)
     assert json.loads((root / keywords.SETTINGS_FILE).read_text())["extra_train_speakers"] == 0
-    with pytest.raises(DataError, match=rf"data.path: {re.escape(str(root))} holds a keyword set synthesized with 0 "
-                                        r"extra training speakers, but the recipe asks for 2.*delete the folder"):
+    with pytest.raises(DataError, match=rf"data.path: {re.escape(str(root))} holds a keyword set synthesized with "
+                                        r"data.extra_train_speakers: 0, but the recipe asks for 2.*delete the folder"):
         load(asking, seed=3)
+    with pytest.raises(DataError, match=r"synthesized with data.held_out_speakers: random, but the recipe asks for "
+                                        r"matched.*or set data.held_out_speakers: random"):
+        load(replace(asking, extra_train_speakers=0, held_out_speakers="matched"), seed=3)
     older = tmp_path / "older"  # made before sets said what they were made with: no extra speakers
     shutil.copytree(root, older)
     (older / keywords.SETTINGS_FILE).unlink()
-    with pytest.raises(DataError, match="synthesized with 0 extra training speakers"):
+    with pytest.raises(DataError, match="synthesized with data.extra_train_speakers: 0,"):
         load(replace(asking, path=str(older)), seed=3)
     (older / keywords.noise_file("babble")).unlink()  # no noise of ours: the user's own data, trained on as it is
     assert load(replace(asking, path=str(older)), seed=3).num_classes == 12
@@ -206,3 +210,27 @@ def test_cli_turns_errors_into_exit_code_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tinykd", "data", "keywords", str(tmp_path / "taken")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2 and "already exists and is not an empty folder" in result.stderr
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matched_held_out_speakers_give_validation_and_test_the_same_kinds_of_voice(seed):
+    chosen = keywords.choose_speakers(keywords.DEFAULT_SPEAKERS, seed)
+    random_split = keywords.split_speakers(chosen, seed)
+    matched = keywords.split_speakers(chosen, seed, "matched")
+    assert keywords.split_speakers(chosen, seed, "matched") == matched  # seeded
+
+    def kinds(split_of, split):
+        return Counter(keywords.voice_kind(speaker) for speaker, where in split_of.items() if where == split)
+
+    for split_of in (random_split, matched):
+        assert sorted(Counter(split_of.values()).items()) == [("test", 13), ("train", 102), ("val", 13)]
+    assert kinds(matched, "val") == kinds(matched, "test")
+    assert set(kinds(matched, "val")) & set(kinds(matched, "train"))  # training keeps voices of the held-out kinds
+    # Drawn at random they differ: seed 0 gave validation flite's awb, whisper and three steph, and test none.
+    assert kinds(random_split, "val") != kinds(random_split, "test")
+    with pytest.raises(DataError, match="held_out: 'balanced' is not one of random, matched"):
+        keywords.split_speakers(chosen, seed, "balanced")
+    with pytest.raises(DataError, match="held_out: matched needs 1 kinds of voice with two speakers each among 5 "
+                                        "speakers, and there are 0; use more speakers or held_out: random"):
+        keywords.split_speakers([keywords.Speaker("espeak-ng", "en", variant)
+                                 for variant in keywords.ESPEAK_VARIANTS[:5]], seed, "matched")

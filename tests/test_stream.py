@@ -14,7 +14,7 @@ from tinykd.audio import stream_eval
 from tinykd.audio.frontend import FrontendConfig
 from tinykd.audio.stream import (Detection, StreamConfig, keyword_classes, listening, probabilities, recognize,
                                  threshold_level)
-from tinykd.data import keyword_stream
+from tinykd.data import keyword_stream, keywords
 from tinykd.data.keyword_stream import Event, Stream
 from tinykd.errors import ConfigError
 from tinykd.export import FirmwareSpec, export
@@ -341,3 +341,19 @@ def test_data_stream_command_writes_the_audio_and_its_events(tmp_path):
     made = keyword_stream.read_stream(out)
     assert made.split == "val" and made.duration_ms == 12_000 and made.events
     assert f"wrote {out}" in done.output and "val speakers" in done.output
+
+
+def test_a_stream_of_matched_held_out_speakers_is_spoken_by_that_split(tmp_path):
+    from click.testing import CliRunner
+
+    from tinykd.cli import cli
+
+    out = tmp_path / "val_matched.wav"
+    done = CliRunner().invoke(cli, ["data", "stream", str(out), "--minutes", "0.2", "--split", "val",
+                                    "--speakers", "20", "--held-out", "matched", "--jobs", "1"])
+
+    assert done.exit_code == 0, done.output
+    chosen = keywords.choose_speakers(20, 0)
+    split_of = keywords.split_speakers(chosen, 0, "matched")
+    assert set(keyword_stream.read_stream(out).speakers) == {s.id for s in chosen if split_of[s] == "val"}
+    assert split_of != keywords.split_speakers(chosen, 0)  # not the random split's voices

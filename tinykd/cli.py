@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from tinykd.config import HELD_OUT_SPLITS
 from tinykd.errors import TinykdError
 
 EXIT_USAGE = 2
@@ -330,18 +331,21 @@ def data() -> None:
               help="Synthetic speakers (engine, voice, variant); a tenth each are held out for validation and test.")
 @click.option("--extra-train-speakers", default=0, show_default=True, type=click.IntRange(min=0),
               help="More speakers for training only; the held-out speakers stay those of --speakers alone.")
+@click.option("--held-out", type=click.Choice(HELD_OUT_SPLITS), default="random", show_default=True,
+              help="How the validation and test speakers are drawn: at random, or matched so that both hold the "
+                   "same kinds of voice (engine, variant family).")
 @click.option("--near-miss-clips", default=3, show_default=True, type=click.IntRange(min=1),
               help="Clips per speaker of each near miss of a keyword (lift, own, town, ...), the words a stream's "
                    "false accepts come from; the other unknown words get one.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")
-def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speakers: int, near_miss_clips: int,
-                     jobs: int | None) -> None:
+def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speakers: int, held_out: str,
+                     near_miss_clips: int, jobs: int | None) -> None:
     """Write a synthetic Speech Commands dataset to OUT_DIR with espeak-ng and flite (offline)."""
     from tinykd.data.keywords import synthesize
 
     started = time.time()
     summary = synthesize(out_dir, seed=seed, speakers=speakers, extra_train_speakers=extra_train_speakers,
-                         near_miss_clips=near_miss_clips, jobs=jobs)
+                         near_miss_clips=near_miss_clips, held_out=held_out, jobs=jobs)
     speakers_text = ", ".join(f"{count} {split}" for split, count in summary.speakers)
     click.echo(f"wrote {summary.clips:,} clips ({summary.keyword_clips:,} keywords, {summary.other_clips:,} other "
                f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "
@@ -358,13 +362,16 @@ def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speake
               help="The data set's seed (it picks the held-out speakers); same seed, same stream.")
 @click.option("--speakers", default=128, show_default=True, type=click.IntRange(min=3),
               help="The data set's speaker count, as given to `tinykd data keywords`.")
+@click.option("--held-out", type=click.Choice(HELD_OUT_SPLITS), default="random", show_default=True,
+              help="How the data set's held-out speakers were drawn, as given to `tinykd data keywords`.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")
-def stream_command(out_wav: Path, minutes: float, split: str, seed: int, speakers: int, jobs: int | None) -> None:
+def stream_command(out_wav: Path, minutes: float, split: str, seed: int, speakers: int, held_out: str,
+                   jobs: int | None) -> None:
     """Write a long keyword-spotting evaluation stream to OUT_WAV, and its events at known times beside it (.json)."""
     from tinykd.data.keyword_stream import make_stream, write_stream
 
     started = time.time()
-    made = make_stream(minutes, split=split, seed=seed, speakers=speakers, jobs=jobs)
+    made = make_stream(minutes, split=split, seed=seed, speakers=speakers, held_out=held_out, jobs=jobs)
     audio_path, labels_path = write_stream(made, out_wav)
     counts = made.composition()
     click.echo(f"wrote {audio_path} ({counts['duration_ms'] / 60000:.1f} min: {counts['keyword_events']} keywords, "

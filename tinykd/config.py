@@ -41,6 +41,7 @@ SMOKE_OVERRIDES = {
 DATA_FORMATS = ("fashion_mnist", "image_folder", "arrays", "speech_commands")
 STREAM_MODES = ("auto", "always", "never")  # data.stream (true is always, false never): see tinykd.data.streaming
 STREAMED_FORMATS = ("image_folder", "speech_commands")
+HELD_OUT_SPLITS = ("random", "matched")  # data.held_out_speakers: see tinykd.data.keywords.split_speakers
 MAX_TRAIN_FRACTION = 4.0  # data.train_unknown_fraction / train_silence_fraction: negatives per keyword clip
 
 # The architecture zoo (tinykd.models) and its classifier heads.
@@ -186,6 +187,9 @@ class DataConfig:
     # With synthesize: this many more of the synthesizer's voices, for training only; the validation and test speakers
     # (and so every clip a model is judged on) stay the same. A set already at `path` must have been made with as many.
     extra_train_speakers: int = 0
+    # With synthesize: how the validation and test speakers are drawn, "random" or "matched" (both splits hold the
+    # same kinds of voice: tinykd.data.keywords.split_speakers). A set already at `path` must have been made so.
+    held_out_speakers: str = "random"
     # Distillation on unlabelled data: the teacher gives soft targets for these inputs and the student learns from
     # them too. `unlabeled` is a path in the same format as `path`. `labeled_samples` keeps only that many labelled
     # training samples (seeded, stratified), to measure what labels are worth; `unlabeled: rest` then makes the
@@ -266,6 +270,10 @@ class DataConfig:
         _require(self.extra_train_speakers >= 0, "extra_train_speakers", "must be 0 or more (voices for training only)")
         _require(not self.extra_train_speakers or self.format == "speech_commands", "extra_train_speakers",
                  "applies only to format speech_commands (training-only voices of a synthesized keyword dataset)")
+        _require(self.held_out_speakers in HELD_OUT_SPLITS, "held_out_speakers",
+                 f"must be one of {', '.join(HELD_OUT_SPLITS)}")
+        _require(self.held_out_speakers == "random" or self.format == "speech_commands", "held_out_speakers",
+                 "applies only to format speech_commands (the held-out voices of a synthesized keyword dataset)")
 
 
 @dataclass(frozen=True, kw_only=True)

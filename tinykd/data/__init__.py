@@ -47,9 +47,10 @@ def _speech_commands(cfg, seed, search_dirs):
     # The synthesizer writes the reader's layout, so it imports the reader; the reader never imports it.
     root = Path(cfg.path).expanduser()
     if cfg.synthesize and speech_commands.absent(root):
-        keywords.synthesize(root, seed=seed, extra_train_speakers=cfg.extra_train_speakers)
+        keywords.synthesize(root, seed=seed, extra_train_speakers=cfg.extra_train_speakers,
+                            held_out=cfg.held_out_speakers)
     elif cfg.synthesize:
-        keywords.check_extra_train_speakers(root, cfg.extra_train_speakers)
+        keywords.check_made_with(root, cfg.extra_train_speakers, cfg.held_out_speakers)
     return speech_commands.read(cfg, seed)
 
 

@@ -68,9 +68,9 @@ class Stream:
 
 
 def make_stream(minutes: float, *, split: str = "test", seed: int = 0, speakers: int = keywords.DEFAULT_SPEAKERS,
-                jobs: int | None = None) -> Stream:
+                held_out: str = "random", jobs: int | None = None) -> Stream:
     """Synthesize `minutes` of stream spoken by the `split` speakers of `tinykd data keywords --seed seed
-    --speakers speakers`.
+    --speakers speakers --held-out held_out`.
 
     Raises:
         DataError: espeak-ng or flite missing or failing, or a bad argument.
@@ -79,7 +79,7 @@ def make_stream(minutes: float, *, split: str = "test", seed: int = 0, speakers:
         raise DataError(f"stream: split {split!r} must be one of {', '.join(SPLITS)} and minutes ({minutes}) "
                         "positive")
     chosen = keywords.choose_speakers(speakers, seed)
-    split_of = keywords.split_speakers(chosen, seed)
+    split_of = keywords.split_speakers(chosen, seed, held_out)
     voices = [speaker for speaker in chosen if split_of[speaker] == split]
     rng = np.random.default_rng([seed, 10, SPLITS.index(split)])
     plan = _plan(int(minutes * 60_000), rng, voices)

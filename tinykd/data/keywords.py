@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinykd.config import HELD_OUT_SPLITS
 from tinykd.data import wav
 from tinykd.data.speech_commands import BACKGROUND, LIST_FILES
 from tinykd.errors import DataError
@@ -83,7 +84,8 @@ class Summary:
 
 def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SPEAKERS,
                extra_train_speakers: int = 0, clips_per_speaker_word: int = 3,
-               near_miss_clips: int = DEFAULT_NEAR_MISS_CLIPS, jobs: int | None = None) -> Summary:
+               near_miss_clips: int = DEFAULT_NEAR_MISS_CLIPS, held_out: str = "random",
+               jobs: int | None = None) -> Summary:
     """Write a keyword dataset in the Speech Commands layout to `out_dir` (which must not exist or be empty).
 
     Args:
@@ -96,6 +98,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
             from (`lift` -> left), which training can then show more often (data.train_unknown_fraction). The
             auxiliary words get one each. Clip n of a word is the same file whatever this is, so a larger value
             only adds clips.
+        held_out: how the validation and test speakers are drawn from `speakers` (split_speakers): "random",
+            or "matched" so that both splits hold the same kinds of voices.
         jobs: engine processes at once; default os.cpu_count().
 
     Raises:
@@ -109,7 +113,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
     chosen = choose_speakers(speakers + extra_train_speakers, seed)  # the first `speakers` whatever the extra
-    split_of = split_speakers(chosen[:speakers], seed) | {speaker: "train" for speaker in chosen[speakers:]}
+    split_of = split_speakers(chosen[:speakers], seed, held_out)
+    split_of |= {speaker: "train" for speaker in chosen[speakers:]}
     partial = out_dir.with_name(f".{out_dir.name}.partial")  # renamed when complete, so no reader sees half of it
     if partial.exists():
         shutil.rmtree(partial)
@@ -126,7 +131,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
         lines = sorted(_name(*clip) for clip in clips if split_of[clip[0]] == split)
         (partial / list_name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     settings = {"seed": seed, "speakers": speakers, "extra_train_speakers": extra_train_speakers,
-                "clips_per_speaker_word": clips_per_speaker_word, "near_miss_clips": near_miss_clips}
+                "clips_per_speaker_word": clips_per_speaker_word, "near_miss_clips": near_miss_clips,
+                "held_out": held_out}
     (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():
         out_dir.rmdir()  # empty, checked above
@@ -137,22 +143,26 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
                    speakers=counts, noise_files=tuple(noise_file(name) for name in noises))
 
 
-def check_extra_train_speakers(root: Path, asked: int) -> None:
-    """Raise DataError when the keyword set at `root`, synthesized before, has another number of training-only
-    speakers than `asked` (a recipe's data.extra_train_speakers). A set without SETTINGS_FILE but with our noise
-    files predates it and has none; a folder without our noise files is someone's real data and passes."""
+def check_made_with(root: Path, extra_train_speakers: int, held_out: str) -> None:
+    """Raise DataError when the keyword set at `root`, synthesized before, was made with another number of
+    training-only speakers or another held-out split than a recipe asks for (data.extra_train_speakers,
+    data.held_out_speakers). A set without SETTINGS_FILE but with our noise files predates both: none extra, held
+    out at random; a folder without our noise files is someone's real data and passes."""
     settings_file = root / SETTINGS_FILE
     if settings_file.is_file():
-        made_with = json.loads(settings_file.read_text(encoding="utf-8")).get("extra_train_speakers", 0)
+        settings = json.loads(settings_file.read_text(encoding="utf-8"))
     elif (root / noise_file("babble")).is_file():  # real Speech Commands has no babble; every set made here has
-        made_with = 0
+        settings = {}
     else:
         return
-    if made_with != asked:
-        raise DataError(f"data.path: {root} holds a keyword set synthesized with {made_with} extra training "
-                        f"speakers, but the recipe asks for {asked} (data.extra_train_speakers); delete the folder "
-                        f"and the build synthesizes it again, or set data.extra_train_speakers: {made_with} to train "
-                        f"on it as it is")
+    made_with = {"extra_train_speakers": settings.get("extra_train_speakers", 0),
+                 "held_out_speakers": settings.get("held_out", "random")}
+    asked = {"extra_train_speakers": extra_train_speakers, "held_out_speakers": held_out}
+    for key, value in asked.items():
+        if made_with[key] != value:
+            raise DataError(f"data.path: {root} holds a keyword set synthesized with data.{key}: {made_with[key]}, "
+                            f"but the recipe asks for {value}; delete the folder and the build synthesizes it "
+                            f"again, or set data.{key}: {made_with[key]} to train on it as it is")
 
 
 def noise_file(name: str) -> str:
@@ -173,12 +183,41 @@ def choose_speakers(count: int, seed: int) -> list[Speaker]:
     return chosen
 
 
-def split_speakers(chosen: list[Speaker], seed: int) -> dict[Speaker, str]:
-    """Each speaker's split: "val" or "test" for a HELD_OUT_SHARE each (at least one), "train" for the rest."""
+def split_speakers(chosen: list[Speaker], seed: int, held_out: str = "random") -> dict[Speaker, str]:
+    """Each speaker's split: "val" or "test" for a HELD_OUT_SHARE each (at least one), "train" for the rest.
+
+    `held_out` (one of HELD_OUT_SPLITS) says how those are drawn: "random" from all of `chosen`; "matched" as
+    twins, two speakers of one kind of voice (`voice_kind`: engine and variant) at a time, one for validation and
+    one for test, the kinds and twins at random: each split then holds the same kinds of voice, so a threshold
+    chosen on validation voices is chosen on voices like the test ones.
+
+    Raises:
+        DataError: `held_out` is not one of HELD_OUT_SPLITS, or `chosen` has too few kinds with two speakers.
+    """
+    if held_out not in HELD_OUT_SPLITS:
+        raise DataError(f"held_out: {held_out!r} is not one of {', '.join(HELD_OUT_SPLITS)}")
     order = np.random.default_rng([seed, 1]).permutation(len(chosen))
-    held_out = max(1, round(HELD_OUT_SHARE * len(chosen)))
-    return {chosen[i]: "val" if rank < held_out else "test" if rank < 2 * held_out else "train"
-            for rank, i in enumerate(order)}
+    count = max(1, round(HELD_OUT_SHARE * len(chosen)))
+    if held_out == "random":
+        return {chosen[i]: "val" if rank < count else "test" if rank < 2 * count else "train"
+                for rank, i in enumerate(order)}
+    kinds: dict[tuple[str, str], list[Speaker]] = {}
+    for i in order:  # kinds in the order their first speaker comes, speakers in random order within a kind
+        kinds.setdefault(voice_kind(chosen[i]), []).append(chosen[i])
+    twins = [speakers[:2] for speakers in kinds.values() if len(speakers) >= 2][:count]
+    if len(twins) < count:
+        raise DataError(f"held_out: matched needs {count} kinds of voice with two speakers each among "
+                        f"{len(chosen)} speakers, and there are {len(twins)}; use more speakers or held_out: random")
+    split_of = dict.fromkeys(chosen, "train")
+    for val, test in twins:
+        split_of[val], split_of[test] = "val", "test"
+    return split_of
+
+
+def voice_kind(speaker: Speaker) -> tuple[str, str]:
+    """The kind of voice a speaker has: its engine and espeak-ng's variant (m1, whisper, steph, ...; "" for a
+    voice's own and for every flite voice), whatever the language voice or flite voice under it."""
+    return speaker.engine, speaker.variant
 
 
 def generate_noises(seed: int) -> dict[str, np.ndarray]:
