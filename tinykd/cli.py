@@ -332,8 +332,8 @@ def data() -> None:
 @click.option("--extra-train-speakers", default=0, show_default=True, type=click.IntRange(min=0),
               help="More speakers for training only; the held-out speakers stay those of --speakers alone.")
 @click.option("--held-out", type=click.Choice(HELD_OUT_SPLITS), default="random", show_default=True,
-              help="How the validation and test speakers are drawn: at random, or matched so that both hold the "
-                   "same kinds of voice (engine, variant family).")
+              help="How the validation and test speakers are drawn: at random, or matched, as pairs of one "
+                   "engine and variant, so that both hold the same kinds of voice.")
 @click.option("--near-miss-clips", default=3, show_default=True, type=click.IntRange(min=1),
               help="Clips per speaker of each near miss of a keyword (lift, own, town, ...), the words a stream's "
                    "false accepts come from; the other unknown words get one.")
