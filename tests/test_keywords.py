@@ -234,3 +234,21 @@ def test_matched_held_out_speakers_give_validation_and_test_the_same_kinds_of_vo
                                         "speakers, and there are 0; use more speakers or held_out: random"):
         keywords.split_speakers([keywords.Speaker("espeak-ng", "en", variant)
                                  for variant in keywords.ESPEAK_VARIANTS[:5]], seed, "matched")
+
+
+def test_a_set_made_with_matched_held_out_speakers_holds_twins_and_says_so(tmp_path):
+    root = tmp_path / "matched"
+    # 9 speakers: one validation and one test speaker, and two flite voices (every eighth) make at least one twin.
+    summary = synthesize(root, seed=3, jobs=2, speakers=9, clips_per_speaker_word=1, near_miss_clips=1,
+                         held_out="matched")
+    assert dict(summary.speakers) == {"train": 7, "val": 1, "test": 1}
+    kind_of = {speaker.id: keywords.voice_kind(speaker) for speaker in keywords.choose_speakers(9, 3)}
+    (val,) = speaker_ids((root / "validation_list.txt").read_text().split())
+    (test,) = speaker_ids((root / "testing_list.txt").read_text().split())
+    assert val != test and kind_of[val] == kind_of[test]
+    assert json.loads((root / keywords.SETTINGS_FILE).read_text())["held_out"] == "matched"
+    asking = DataConfig(format="speech_commands", path=str(root), synthesize=True, held_out_speakers="matched")
+    assert load(asking, seed=3).num_classes == 12
+    with pytest.raises(DataError, match="synthesized with data.held_out_speakers: matched, but the recipe asks for "
+                                        "random"):
+        load(replace(asking, held_out_speakers="random"), seed=3)
