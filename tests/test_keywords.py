@@ -230,7 +230,7 @@ def test_matched_held_out_speakers_give_validation_and_test_the_same_kinds_of_vo
     assert kinds(random_split, "val") != kinds(random_split, "test")
     with pytest.raises(DataError, match="held_out: 'balanced' is not one of random, matched"):
         keywords.split_speakers(chosen, seed, "balanced")
-    with pytest.raises(DataError, match="held_out: matched needs 1 kinds of voice with two speakers each among 5 "
+    with pytest.raises(DataError, match="held_out: matched needs a kind of voice with two speakers each among 5 "
                                         "speakers, and there are 0; use more speakers or held_out: random"):
         keywords.split_speakers([keywords.Speaker("espeak-ng", "en", variant)
                                  for variant in keywords.ESPEAK_VARIANTS[:5]], seed, "matched")

@@ -206,7 +206,8 @@ def split_speakers(chosen: list[Speaker], seed: int, held_out: str = "random") -
         kinds.setdefault(voice_kind(chosen[i]), []).append(chosen[i])
     twins = [speakers[:2] for speakers in kinds.values() if len(speakers) >= 2][:count]
     if len(twins) < count:
-        raise DataError(f"held_out: matched needs {count} kinds of voice with two speakers each among "
+        needed = "a kind" if count == 1 else f"{count} kinds"
+        raise DataError(f"held_out: matched needs {needed} of voice with two speakers each among "
                         f"{len(chosen)} speakers, and there are {len(twins)}; use more speakers or held_out: random")
     split_of = dict.fromkeys(chosen, "train")
     for val, test in twins:
