@@ -162,9 +162,11 @@ def _curve(heard, cfg, settings) -> list[dict]:
     """The DET curve of the recognizer with `settings` over the probabilities `heard` on one stream."""
     from tinykd.audio import stream as recognizer
     from tinykd.audio import stream_eval
+    from tinykd.data import keywords
     from tinykd.data.speech_commands import SILENCE, UNKNOWN
     stream, probabilities, ends_ms = heard
     labels = (SILENCE, UNKNOWN, *cfg.data.keywords)
+    voices = {speaker.id: speaker.name for speaker in keywords.choose_speakers(keywords.POOL, stream.seed)}
     smoothed = recognizer.smooth(probabilities, ends_ms, settings)
     outcomes = stream_eval.sweep(smoothed, stream, labels, settings,
                                  tolerance_ms=cfg.frontend.clip_ms + settings.average_window_ms)
@@ -173,7 +175,10 @@ def _curve(heard, cfg, settings) -> list[dict]:
              "keywords": o.keywords, "false_accepts": o.false_accepts,
              "false_accepts_by_kind": dict(o.false_accepts_by_kind),
              "false_accepts_by_word": dict(o.false_accepts_by_word),
-             "false_rejects_by_word": dict(o.false_rejects_by_word)} for o in outcomes]
+             "false_rejects_by_word": dict(o.false_rejects_by_word),
+             "false_rejects_by_voice": {voices.get(speaker, speaker): [missed, said]
+                                        for speaker, missed, said in o.false_rejects_by_speaker}}
+            for o in outcomes]
 
 
 def _settings_search(heard: dict, cfg) -> dict:
@@ -201,8 +206,10 @@ def _settings_search(heard: dict, cfg) -> dict:
 
 
 def _without_words(point: dict) -> dict:
-    """A curve point without its per-word errors, which only the chosen points keep (the curve has 255 points)."""
-    return {k: v for k, v in point.items() if k not in ("false_accepts_by_word", "false_rejects_by_word")}
+    """A curve point without its per-word and per-voice errors, which only the chosen points keep (the curve has 255
+    points)."""
+    return {k: v for k, v in point.items()
+            if k not in ("false_accepts_by_word", "false_rejects_by_word", "false_rejects_by_voice")}
 
 
 def _choose(curve: list[dict]) -> dict:

@@ -147,9 +147,12 @@ def test_clips_vary_in_voice_timing_level_and_noise(made):
     assert np.all(np.abs(samples[:, :80]).max(axis=1) > 0)  # noise under everything, never digital silence
 
 
-def test_every_speaker_in_the_pool_has_its_own_id():
-    everyone = keywords.choose_speakers(len(keywords.ESPEAK_VOICES) * len(keywords.ESPEAK_VARIANTS) + 5, seed=0)
-    assert len({speaker.id for speaker in everyone}) == len(everyone) == len(set(everyone))
+def test_every_speaker_in_the_pool_has_its_own_id_and_name():
+    everyone = keywords.choose_speakers(keywords.POOL, seed=0)
+    assert len({speaker.id for speaker in everyone}) == len({speaker.name for speaker in everyone}) == len(everyone) \
+        == len(set(everyone))
+    assert {keywords.Speaker("espeak-ng", "en-029", "whisper").name, keywords.Speaker("flite", "kal16").name} == \
+        {"espeak-ng en-029+whisper", "flite kal16"}  # what `espeak-ng -v` and `flite -voice` take after the engine
     assert [s.engine for s in everyone[:9]] == ["flite"] + ["espeak-ng"] * 7 + ["flite"]
 
 

@@ -287,9 +287,9 @@ def test_window_features_are_the_clip_features_at_each_stride(short_stream):
 
 
 def test_score_counts_misses_wrong_labels_and_repeats():
-    events = (Event(kind="keyword", word="yes", start_ms=1000, end_ms=1400),
-              Event(kind="unknown", word="yet", start_ms=4000, end_ms=4300),
-              Event(kind="keyword", word="no", start_ms=8000, end_ms=8300))
+    events = (Event(kind="keyword", word="yes", start_ms=1000, end_ms=1400, speaker="0a0a0a0a"),
+              Event(kind="unknown", word="yet", start_ms=4000, end_ms=4300, speaker="0a0a0a0a"),
+              Event(kind="keyword", word="no", start_ms=8000, end_ms=8300, speaker="1b1b1b1b"))
     stream = Stream(samples=np.zeros(16 * 36_000, np.int16), rate_hz=16000, events=events, split="test", seed=0,
                     speakers=())
     labels = ("_silence_", "_unknown_", "yes", "no")
@@ -304,6 +304,7 @@ def test_score_counts_misses_wrong_labels_and_repeats():
     assert dict(outcome.false_accepts_by_kind) == {"keyword": 2, "unknown": 1, "noise": 0, "background": 0}
     assert dict(outcome.false_accepts_by_word) == {"yes -> yes": 1, "yet -> no": 1, "no -> yes": 1}
     assert outcome.false_rejects_by_word == (("no", 1),)
+    assert outcome.false_rejects_by_speaker == (("1b1b1b1b", 1, 1), ("0a0a0a0a", 0, 1))  # the unknown word not counted
     late = stream_eval.score([Detection(2901, 2, 200.0)], stream, labels, tolerance_ms=1500, threshold=0.5)
     assert (late.false_rejects, late.false_accepts) == (2, 1)
     assert dict(late.false_accepts_by_kind)["background"] == 1

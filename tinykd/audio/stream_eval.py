@@ -41,6 +41,9 @@ class Outcome:
     # the keywords missed; most frequent first.
     false_accepts_by_word: tuple[tuple[str, int], ...] = ()
     false_rejects_by_word: tuple[tuple[str, int], ...] = ()
+    # (speaker id, keywords missed, keywords said) per speaker, the largest share missed first: the misses of a
+    # stream follow its voices more than its words.
+    false_rejects_by_speaker: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def false_reject_rate(self) -> float:
@@ -93,8 +96,8 @@ def tflm_scores(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
 def score(detections: Sequence[recognizer.Detection], stream: Stream, labels: Sequence[str],
           tolerance_ms: int, threshold: float) -> Outcome:
     """Match `detections` to the stream's spoken keywords (see the module docstring) and count the errors."""
-    spoken = [(event.start_ms, event.end_ms + tolerance_ms, labels.index(event.word), event.word)
-              for event in stream.events if event.kind == "keyword"]
+    said = [event for event in stream.events if event.kind == "keyword"]
+    spoken = [(event.start_ms, event.end_ms + tolerance_ms, labels.index(event.word), event.word) for event in said]
     matched = [False] * len(spoken)
     heard = {"keyword": 0, "unknown": 0, "noise": 0, "background": 0}
     confused = Counter()
@@ -108,10 +111,14 @@ def score(detections: Sequence[recognizer.Detection], stream: Stream, labels: Se
         heard[near[-1].kind if near else "background"] += 1
         confused[f"{near[-1].word if near else '_background_'} -> {labels[detection.label]}"] += 1
     missed = Counter(word for (*_, word), found in zip(spoken, matched) if not found)
+    by_speaker = Counter(event.speaker for event in said)
+    missed_by_speaker = Counter(event.speaker for event, found in zip(said, matched) if not found)
+    speakers = sorted(by_speaker, key=lambda s: (-missed_by_speaker[s] / by_speaker[s], -by_speaker[s], s))
     return Outcome(threshold=threshold, keywords=len(spoken), false_rejects=matched.count(False),
                    false_accepts=sum(heard.values()), hours=stream.duration_ms / 3_600_000,
                    false_accepts_by_kind=tuple(heard.items()), false_accepts_by_word=tuple(confused.most_common()),
-                   false_rejects_by_word=tuple(missed.most_common()))
+                   false_rejects_by_word=tuple(missed.most_common()),
+                   false_rejects_by_speaker=tuple((s, missed_by_speaker[s], by_speaker[s]) for s in speakers))
 
 
 def sweep(smoothed: recognizer.Smoothed, stream: Stream, labels: Sequence[str], cfg: recognizer.StreamConfig,

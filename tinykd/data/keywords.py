@@ -66,6 +66,11 @@ class Speaker:
         """Eight hex digits, like the speaker ids of the real data set."""
         return hashlib.sha1(f"{self.engine}:{self.voice}:{self.variant}".encode()).hexdigest()[:8]
 
+    @property
+    def name(self) -> str:
+        """The voice as its engine calls it: `espeak-ng en-029+whisper`, `flite kal16`."""
+        return f"{self.engine} {self.voice}+{self.variant}" if self.variant else f"{self.engine} {self.voice}"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Summary:
