@@ -72,7 +72,7 @@ def main() -> None:
         data = args.runs / "data"
         command = [sys.executable, "-m", "tinykd", "data", "keywords", str(data),
                    "--extra-train-speakers", str(cfg.data.extra_train_speakers),
-                   "--held-out", cfg.data.held_out_speakers]
+                   "--held-out", cfg.data.held_out_speakers, "--flite-clip-factor", str(cfg.data.flite_clip_factor)]
         print("$", " ".join(command[2:]), flush=True)
         started = time.perf_counter()
         subprocess.run(command, cwd=REPO, check=True)

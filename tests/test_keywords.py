@@ -92,6 +92,29 @@ def test_extra_training_speakers_only_add_training_files(made, tmp_path):
             synthesize(tmp_path / "too_many", extra_train_speakers=extra, **TINY)
 
 
+def test_a_flite_clip_factor_only_adds_clips_of_the_flite_voices_in_training(made, tmp_path):
+    root, _ = made  # seed 3's five speakers: flite kal16 in training, four espeak-ng voices
+    flite = next(speaker for speaker in keywords.choose_speakers(5, 3) if speaker.engine == "flite")
+    synthesize(tmp_path / "flite", seed=3, jobs=2, flite_clip_factor=3, **TINY)
+    before, after = digests(root), digests(tmp_path / "flite")
+    for held_out in ("validation_list.txt", "testing_list.txt"):  # what a model is judged on is unchanged
+        assert (tmp_path / "flite" / held_out).read_text() == (root / held_out).read_text()
+        assert flite.id not in (root / held_out).read_text()
+    assert {name: after[name] for name in before if name.endswith(".wav")} == \
+        {name: digest for name, digest in before.items() if name.endswith(".wav")}
+    added = [name for name in after if name not in before and name.endswith(".wav")]
+    assert speaker_ids(added) == {flite.id}
+    assert len(added) == 2 * sum(1 for name in before if name.endswith(".wav") and flite.id in name)
+    assert json.loads((tmp_path / "flite" / keywords.SETTINGS_FILE).read_text())["flite_clip_factor"] == 3
+    asking = DataConfig(format="speech_commands", path=str(tmp_path / "flite"), synthesize=True)
+    with pytest.raises(DataError, match=r"synthesized with data.flite_clip_factor: 3, but the recipe asks for 1.*"
+                                        r"or set data.flite_clip_factor: 3"):
+        load(asking, seed=3)
+    assert load(replace(asking, flite_clip_factor=3), seed=3).num_classes == 12
+    with pytest.raises(DataError, match="flite_clip_factor: 0 is less than 1"):
+        synthesize(tmp_path / "none", flite_clip_factor=0, **TINY)
+
+
 def test_a_recipe_asking_for_other_training_speakers_than_the_set_has_is_told_so(made, tmp_path):
     root, _ = made
     asking = DataConfig(format="speech_commands", path=str(root), synthesize=True, extra_train_speakers=2)

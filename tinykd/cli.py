@@ -334,18 +334,22 @@ def data() -> None:
 @click.option("--held-out", type=click.Choice(HELD_OUT_SPLITS), default="random", show_default=True,
               help="How the validation and test speakers are drawn: at random, or matched, as pairs of one "
                    "engine and variant, so that both hold the same kinds of voice.")
+@click.option("--flite-clip-factor", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Each flite voice in training says this many times the clips: flite has 5 voices to "
+                   "espeak-ng's 224, so 8 brings it to about an eighth of the training clips.")
 @click.option("--near-miss-clips", default=3, show_default=True, type=click.IntRange(min=1),
               help="Clips per speaker of each near miss of a keyword (lift, own, town, ...), the words a stream's "
                    "false accepts come from; the other unknown words get one.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")
 def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speakers: int, held_out: str,
-                     near_miss_clips: int, jobs: int | None) -> None:
+                     flite_clip_factor: int, near_miss_clips: int, jobs: int | None) -> None:
     """Write a synthetic Speech Commands dataset to OUT_DIR with espeak-ng and flite (offline)."""
     from tinykd.data.keywords import synthesize
 
     started = time.time()
     summary = synthesize(out_dir, seed=seed, speakers=speakers, extra_train_speakers=extra_train_speakers,
-                         near_miss_clips=near_miss_clips, held_out=held_out, jobs=jobs)
+                         near_miss_clips=near_miss_clips, held_out=held_out, flite_clip_factor=flite_clip_factor,
+                         jobs=jobs)
     speakers_text = ", ".join(f"{count} {split}" for split, count in summary.speakers)
     click.echo(f"wrote {summary.clips:,} clips ({summary.keyword_clips:,} keywords, {summary.other_clips:,} other "
                f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "

@@ -190,6 +190,9 @@ class DataConfig:
     # With synthesize: how the validation and test speakers are drawn, "random" or "matched" (both splits hold the
     # same kinds of voice: tinykd.data.keywords.split_speakers). A set already at `path` must have been made so.
     held_out_speakers: str = "random"
+    # With synthesize: each flite voice in training says this many times the clips (the pool has 5 flite voices to
+    # 224 of espeak-ng; tinykd.data.keywords.synthesize). A set already at `path` must have been made with it.
+    flite_clip_factor: int = 1
     # Distillation on unlabelled data: the teacher gives soft targets for these inputs and the student learns from
     # them too. `unlabeled` is a path in the same format as `path`. `labeled_samples` keeps only that many labelled
     # training samples (seeded, stratified), to measure what labels are worth; `unlabeled: rest` then makes the
@@ -274,6 +277,10 @@ class DataConfig:
                  f"must be one of {', '.join(HELD_OUT_SPLITS)}")
         _require(self.held_out_speakers == "random" or self.format == "speech_commands", "held_out_speakers",
                  "applies only to format speech_commands (the held-out voices of a synthesized keyword dataset)")
+        _require(self.flite_clip_factor >= 1, "flite_clip_factor",
+                 "must be 1 or more (times the clips each flite voice in training says)")
+        _require(self.flite_clip_factor == 1 or self.format == "speech_commands", "flite_clip_factor",
+                 "applies only to format speech_commands (the flite voices of a synthesized keyword dataset)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,9 +48,9 @@ def _speech_commands(cfg, seed, search_dirs):
     root = Path(cfg.path).expanduser()
     if cfg.synthesize and speech_commands.absent(root):
         keywords.synthesize(root, seed=seed, extra_train_speakers=cfg.extra_train_speakers,
-                            held_out=cfg.held_out_speakers)
+                            held_out=cfg.held_out_speakers, flite_clip_factor=cfg.flite_clip_factor)
     elif cfg.synthesize:
-        keywords.check_made_with(root, cfg.extra_train_speakers, cfg.held_out_speakers)
+        keywords.check_made_with(root, cfg.extra_train_speakers, cfg.held_out_speakers, cfg.flite_clip_factor)
     return speech_commands.read(cfg, seed)
 
 

@@ -90,7 +90,7 @@ class Summary:
 def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SPEAKERS,
                extra_train_speakers: int = 0, clips_per_speaker_word: int = 3,
                near_miss_clips: int = DEFAULT_NEAR_MISS_CLIPS, held_out: str = "random",
-               jobs: int | None = None) -> Summary:
+               flite_clip_factor: int = 1, jobs: int | None = None) -> Summary:
     """Write a keyword dataset in the Speech Commands layout to `out_dir` (which must not exist or be empty).
 
     Args:
@@ -105,6 +105,10 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
             only adds clips.
         held_out: how the validation and test speakers are drawn from `speakers` (split_speakers): "random",
             or "matched" so that both splits hold the same kinds of voices.
+        flite_clip_factor: each flite voice in training says this many times the clips of every word. The pool
+            has 5 flite voices to 224 of espeak-ng, so flite is 3 or 4 of 203 training voices, under 2% of the
+            clips; 8 makes it about an eighth (FLITE_EVERY, what `choose_speakers` meant for speakers). Held-out
+            voices say the usual number, so validation, test and the streams stay as they were.
         jobs: engine processes at once; default os.cpu_count().
 
     Raises:
@@ -117,6 +121,9 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
                         f"so with speakers: {speakers} use 0 to {POOL - speakers}")
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
+    if flite_clip_factor < 1:
+        raise DataError(f"flite_clip_factor: {flite_clip_factor} is less than 1; use 1 (as many clips as any voice) "
+                        "or more")
     chosen = choose_speakers(speakers + extra_train_speakers, seed)  # the first `speakers` whatever the extra
     split_of = split_speakers(chosen[:speakers], seed, held_out)
     split_of |= {speaker: "train" for speaker in chosen[speakers:]}
@@ -124,9 +131,13 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     if partial.exists():
         shutil.rmtree(partial)
     (partial / BACKGROUND).mkdir(parents=True)
+
+    def clip_count(speaker: Speaker, word: str) -> int:  # clip n of a word is the same file whatever the count
+        count = clips_per_speaker_word if word in KEYWORDS else near_miss_clips if word in NEAR_MISSES else 1
+        return count * flite_clip_factor if speaker.engine == "flite" and split_of[speaker] == "train" else count
+
     clips = [(speaker, word, number) for speaker in chosen for word in KEYWORDS + OTHER_WORDS
-             for number in range(clips_per_speaker_word if word in KEYWORDS else
-                                 near_miss_clips if word in NEAR_MISSES else 1)]
+             for number in range(clip_count(speaker, word))]
     try:
         noises = _write(partial, clips, seed, jobs)
     except BaseException:  # an engine failed or the user interrupted: leave no half-written dataset behind
@@ -137,7 +148,7 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
         (partial / list_name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     settings = {"seed": seed, "speakers": speakers, "extra_train_speakers": extra_train_speakers,
                 "clips_per_speaker_word": clips_per_speaker_word, "near_miss_clips": near_miss_clips,
-                "held_out": held_out}
+                "held_out": held_out, "flite_clip_factor": flite_clip_factor}
     (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():
         out_dir.rmdir()  # empty, checked above
@@ -148,11 +159,12 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
                    speakers=counts, noise_files=tuple(noise_file(name) for name in noises))
 
 
-def check_made_with(root: Path, extra_train_speakers: int, held_out: str) -> None:
+def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_clip_factor: int = 1) -> None:
     """Raise DataError when the keyword set at `root`, synthesized before, was made with another number of
-    training-only speakers or another held-out split than a recipe asks for (data.extra_train_speakers,
-    data.held_out_speakers). A set without SETTINGS_FILE but with our noise files predates both: none extra, held
-    out at random; a folder without our noise files is someone's real data and passes."""
+    training-only speakers, another held-out split or another flite clip factor than a recipe asks for
+    (data.extra_train_speakers, data.held_out_speakers, data.flite_clip_factor). A set without SETTINGS_FILE but
+    with our noise files predates all three: none extra, held out at random, factor 1; a folder without our noise
+    files is someone's real data and passes."""
     settings_file = root / SETTINGS_FILE
     if settings_file.is_file():
         settings = json.loads(settings_file.read_text(encoding="utf-8"))
@@ -161,8 +173,10 @@ def check_made_with(root: Path, extra_train_speakers: int, held_out: str) -> Non
     else:
         return
     made_with = {"extra_train_speakers": settings.get("extra_train_speakers", 0),
-                 "held_out_speakers": settings.get("held_out", "random")}
-    asked = {"extra_train_speakers": extra_train_speakers, "held_out_speakers": held_out}
+                 "held_out_speakers": settings.get("held_out", "random"),
+                 "flite_clip_factor": settings.get("flite_clip_factor", 1)}
+    asked = {"extra_train_speakers": extra_train_speakers, "held_out_speakers": held_out,
+             "flite_clip_factor": flite_clip_factor}
     for key, value in asked.items():
         if made_with[key] != value:
             raise DataError(f"data.path: {root} holds a keyword set synthesized with data.{key}: {made_with[key]}, "
