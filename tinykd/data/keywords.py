@@ -107,8 +107,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
             or "matched" so that both splits hold the same kinds of voices.
         flite_clip_factor: each flite voice in training says this many times the clips of every word. The pool
             has 5 flite voices to 224 of espeak-ng, so flite is 3 or 4 of 203 training voices, under 2% of the
-            clips; 8 makes it about an eighth (FLITE_EVERY, what `choose_speakers` meant for speakers). Held-out
-            voices say the usual number, so validation, test and the streams stay as they were.
+            clips; 8 makes it 11-14%, near the eighth of speakers FLITE_EVERY meant. Held-out voices say the
+            usual number, so validation, test and the streams stay as they were.
         jobs: engine processes at once; default os.cpu_count().
 
     Raises:
