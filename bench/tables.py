@@ -524,6 +524,14 @@ def kws_stream_table(results: dict) -> str:
                         ("kws_stream_matched", "the recipe on a data set whose validation and test speakers are "
                                                "twins of one engine and variant (`tinykd data keywords "
                                                "--held-out matched`: other held-out voices, other streams), seed 0"),
+                        ("kws_stream_matched_seed1", "the same, seed 1"),
+                        ("kws_stream_matched_seed2", "the same, seed 2"),
+                        ("kws_stream_flite8", "the same matched set with each flite voice in training saying 8 times "
+                                              "the clips (`tinykd data keywords --held-out matched "
+                                              "--flite-clip-factor 8`: the same held-out voices and streams), "
+                                              "seed 0"),
+                        ("kws_stream_flite8_seed1", "the same, seed 1"),
+                        ("kws_stream_flite8_seed2", "the same, seed 2"),
                         ("kws_stream_0759a07", "the first three rows' students listening every 100 ms over 500 "
                                                "ms (commit 0759a07; their 102-126 ms on the board do not keep "
                                                "up), seed 0"),
