@@ -97,12 +97,12 @@ def score(detections: Sequence[recognizer.Detection], stream: Stream, labels: Se
           tolerance_ms: int, threshold: float) -> Outcome:
     """Match `detections` to the stream's spoken keywords (see the module docstring) and count the errors."""
     said = [event for event in stream.events if event.kind == "keyword"]
-    spoken = [(event.start_ms, event.end_ms + tolerance_ms, labels.index(event.word), event.word) for event in said]
+    spoken = [(event.start_ms, event.end_ms + tolerance_ms, labels.index(event.word)) for event in said]
     matched = [False] * len(spoken)
     heard = {"keyword": 0, "unknown": 0, "noise": 0, "background": 0}
     confused = Counter()
     for detection in detections:
-        hit = next((i for i, (start, end, label, _) in enumerate(spoken)
+        hit = next((i for i, (start, end, label) in enumerate(spoken)
                     if not matched[i] and label == detection.label and start <= detection.time_ms <= end), None)
         if hit is not None:
             matched[hit] = True
@@ -110,9 +110,10 @@ def score(detections: Sequence[recognizer.Detection], stream: Stream, labels: Se
         near = [e for e in stream.events if e.start_ms <= detection.time_ms <= e.end_ms + tolerance_ms]
         heard[near[-1].kind if near else "background"] += 1
         confused[f"{near[-1].word if near else '_background_'} -> {labels[detection.label]}"] += 1
-    missed = Counter(word for (*_, word), found in zip(spoken, matched) if not found)
+    unmatched = [event for event, found in zip(said, matched) if not found]
+    missed = Counter(event.word for event in unmatched)
     by_speaker = Counter(event.speaker for event in said)
-    missed_by_speaker = Counter(event.speaker for event, found in zip(said, matched) if not found)
+    missed_by_speaker = Counter(event.speaker for event in unmatched)
     speakers = sorted(by_speaker, key=lambda s: (-missed_by_speaker[s] / by_speaker[s], -by_speaker[s], s))
     return Outcome(threshold=threshold, keywords=len(spoken), false_rejects=matched.count(False),
                    false_accepts=sum(heard.values()), hours=stream.duration_ms / 3_600_000,
