@@ -63,7 +63,7 @@ def main() -> None:
     cfg = config.load(args.recipe)
     common = [f"teacher.path={args.teacher.resolve()}"] if args.teacher else []
     variants = {name: overrides for name, overrides in _variants(cfg, common).items() if name in args.variants}
-    carried = _carried(args.carry_from or args.out, args.variants)
+    carried = _carried(args.carry_from or args.out, args.variants, cfg)
     previous = previous_default(args.previous)  # read now: --previous may be --out, rewritten at the end
     runs = {name: [] for name in variants}
     for name, overrides in variants.items():
@@ -126,11 +126,12 @@ def previous_default(path: Path | None) -> dict | None:
             "baseline_int8_accuracy_seeds": earlier["baseline_int8_accuracy_seeds"]}
 
 
-def _carried(path: Path, built: list[str]) -> dict:
-    """The figures of the arms not built, from an earlier results JSON, each with where it came from."""
+def _carried(path: Path, built: list[str], cfg) -> dict:
+    """The figures of the arms not built, from an earlier results JSON, each with where it came from (none for an
+    arm the recipe makes the kd arm itself)."""
     if "kd" not in built:
         sys.exit("--variants must include kd: every figure of the recipe comes from it")
-    missing = [name for name in VARIANTS if name not in built]
+    missing = [name for name in _variants(cfg, []) if name not in built]
     if not missing:
         return {}
     if "@" not in str(path) and not path.exists():
@@ -183,11 +184,14 @@ def _variants(cfg, common: list[str]) -> dict[str, list[str]]:
     """The overrides of each arm: the recipe, baseline (a) and baseline (b), with `common` added to all three."""
     total_epochs = cfg.distill.epochs + (cfg.prune.epochs if cfg.prune else 0) + \
         (cfg.quantize.epochs if cfg.quantize else 0)
-    return {
+    arms = {
         "kd": common,
         "baseline": common + ["distill.alpha=0", f"distill.epochs={total_epochs}", "prune=none", "quantize=none"],
         "no_kd": common + ["distill.alpha=0"],
     }
+    if cfg.distill.alpha == 0:  # the recipe trains on labels: its kd arm is the pipeline without KD (see _arm)
+        del arms["no_kd"]
+    return arms
 
 
 def _write_result(result: dict, out: Path, script: str) -> None:
@@ -306,9 +310,14 @@ def _arm(name: str, runs: dict, carried: dict) -> dict:
     """The int8 accuracy (mean and seeds) of a baseline arm, built in this run or carried from an earlier one."""
     if name in carried:
         return {**carried[name]["figures"], f"{name}_source": carried[name]["source"]}
-    seeds = [r["report"]["int8"]["tflm_accuracy"] for r in runs[name]]
+    if name in runs:
+        built, source = runs[name], "built in this run"
+    else:  # no_kd, which _variants leaves out of a recipe with distill.alpha 0: building it would repeat kd
+        built, source = runs["kd"], "the kd arm: the recipe trains on labels (distill.alpha 0), so it is the " \
+                                    "pipeline without KD"
+    seeds = [r["report"]["int8"]["tflm_accuracy"] for r in built]
     return {f"{name}_int8_accuracy": statistics.mean(seeds), f"{name}_int8_accuracy_seeds": seeds,
-            f"{name}_source": "built in this run"}
+            f"{name}_source": source}
 
 
 def _stage(run: dict, name: str) -> dict:
