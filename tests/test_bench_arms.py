@@ -1,0 +1,48 @@
+"""The benchmarks' arms: a recipe that trains on labels (distill.alpha 0) is itself the pipeline without KD, so
+its kd builds give the no_kd figures; nothing is built twice and no other pipeline's figure is carried for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import bench_module
+
+from tinykd import config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return bench_module("fashion_mnist")
+
+
+def _built(accuracies: list[float]) -> list[dict]:
+    return [{"report": {"int8": {"tflm_accuracy": a}}} for a in accuracies]
+
+
+def test_a_labels_only_recipe_takes_its_no_kd_figures_from_its_kd_builds(bench):
+    kws = config.load(REPO / "pipelines" / "kws_dscnn.yaml")
+    assert kws.distill.alpha == 0
+    assert list(bench._variants(kws, [])) == ["kd", "baseline"]
+    assert bench._carried(REPO / "bench" / "results" / "kws.json", ["kd", "baseline"], kws) == {}
+    carried = bench._carried(REPO / "bench" / "results" / "kws.json", ["kd"], kws)
+    assert list(carried) == ["baseline"]  # only the arm that is another pipeline comes from the earlier run
+
+    runs = {"kd": _built([0.90, 0.80]), "baseline": _built([0.85, 0.85])}
+    no_kd = bench._arm("no_kd", runs, {})
+    assert no_kd["no_kd_int8_accuracy_seeds"] == [0.90, 0.80]
+    assert no_kd["no_kd_int8_accuracy"] == pytest.approx(0.85)
+    assert "distill.alpha 0" in no_kd["no_kd_source"]
+
+
+def test_a_distilling_recipe_builds_or_carries_its_no_kd_arm(bench):
+    fashion = config.load(REPO / "pipelines" / "fashion_mnist.yaml")
+    assert fashion.distill.alpha > 0
+    arms = bench._variants(fashion, ["x=1"])
+    assert arms["no_kd"] == ["x=1", "distill.alpha=0"]
+    runs = {"kd": _built([0.9]), "no_kd": _built([0.7])}
+    assert bench._arm("no_kd", runs, {})["no_kd_int8_accuracy_seeds"] == [0.7]
+    carried = bench._carried(REPO / "bench" / "results" / "fashion_mnist.json", ["kd", "baseline"], fashion)
+    assert list(carried) == ["no_kd"] and carried["no_kd"]["source"].startswith("carried from")
