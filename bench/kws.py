@@ -10,7 +10,12 @@ Runs, each through the real `tinykd` commands:
   recipe at alpha 0 is that pipeline: its kd builds give both figures and nothing is built twice).
 Writes bench/results/kws.json with the same keys as the Fashion-MNIST benchmark plus the front-end parity, the
 false reject and false accept rates, and every target of the keyword-spotting issue checked. --variants,
---carry-from and --previous work as in bench/fashion_mnist.py.
+--carry-from and --previous work as in bench/fashion_mnist.py; a baseline carried from a run on a set made with other
+settings (its synthesis.json, kept as `data_settings`) is refused.
+
+A full run builds 6-7 times; on a slow machine that is longer than a working session. `--baseline-only` builds the
+hand baseline alone (with `--keep-runs`, resuming builds an interrupted run left) into its own JSON, and a later
+`--variants kd --carry-from THAT.json` on the same data builds the rest.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from fashion_mnist import _build, _carried, _stage, _summary, _variants, _write_result, add_variant_options, \
-    previous_default  # noqa: E402
+from fashion_mnist import _build, _carried, _results, _stage, _summary, _variants, _write_result, \
+    add_variant_options, previous_default  # noqa: E402
 
 from tinykd import config  # noqa: E402
+from tinykd.data import keywords  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +58,16 @@ def main() -> None:
                              "benchmark) to --out, building nothing; with --previous, also compare with that default")
     parser.add_argument("--stream-note", metavar="TEXT",
                         help="with --stream-results: a sentence on what the figures replace (kept as stream_note)")
+    parser.add_argument("--baseline-only", action="store_true",
+                        help="build only the hand baseline and write its figures to --out, for --carry-from of a "
+                             "later run on the same data (a full run is longer than some sessions on slow machines)")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="with --baseline-only: do not empty --runs; builds finished there are resumed, and "
+                             "their seconds are the stage times their reports recorded")
     args = parser.parse_args()
+    if args.keep_runs and not args.baseline_only:
+        sys.exit("--keep-runs applies only with --baseline-only: a full run empties --runs so every figure is timed "
+                 "from scratch")
     if args.synthesis_seconds is not None and args.data is None and not args.stream_results:
         sys.exit("--synthesis-seconds applies only with --data (without it the benchmark times the synthesis itself)")
     if args.stream_results:
@@ -63,9 +78,9 @@ def main() -> None:
     if args.data is not None and args.data.resolve().is_relative_to(args.runs.resolve()):
         sys.exit(f"--data {args.data} is inside --runs {args.runs}, which the benchmark empties before it builds: "
                  "move the data set out of it, or leave out --data to synthesize one")
-    if args.runs.exists():
+    if args.runs.exists() and not args.keep_runs:
         shutil.rmtree(args.runs)
-    args.runs.mkdir(parents=True)
+    args.runs.mkdir(parents=True, exist_ok=True)
     synthesis_seconds = args.synthesis_seconds
     data = args.data
     cfg = config.load(args.recipe)
@@ -81,7 +96,12 @@ def main() -> None:
         print(f"  {synthesis_seconds:.0f} s", flush=True)
 
     common = [f"data.path={data.resolve()}", "data.synthesize=false"]
+    if args.baseline_only:
+        _baseline_only(args, cfg, common, data)
+        return
     carried = _carried(args.carry_from or args.out, args.variants, cfg)
+    if "baseline" in carried:
+        _check_same_data(args.carry_from or args.out, data)
     previous = previous_default(args.previous)  # read now: --previous may be --out, rewritten at the end
     runs = {name: [_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides)
                    for seed in args.seeds]
@@ -99,6 +119,7 @@ def main() -> None:
     if "no_kd" not in carried:  # built, or the kd arm itself when the recipe's alpha is 0
         result["no_kd_float_accuracy_seeds"] = [_stage(r, "distill")["test_accuracy"] for r in runs.get("no_kd", kd)]
     result["test_clips"] = kd[0]["report"]["data"]["test"]
+    result["data_settings"] = data_settings(data)
     result["targets"] = {
         "student_int8_at_least_97pct_of_teacher": result["student_int8_accuracy"] >= 0.97 * result["teacher_accuracy"],
         "student_tflite_at_most_30KB": result["student_tflite_bytes"] <= 30 * 1000,
@@ -112,6 +133,44 @@ def main() -> None:
     _synthesis(result, synthesis_seconds)
     _compare_with_previous(result, previous)
     _write_result(result, args.out, "bench/kws.py")
+
+
+def _baseline_only(args, cfg, common: list[str], data: Path) -> None:
+    """Build the hand baseline alone (resuming builds --keep-runs left) and write what --carry-from reads."""
+    runs = [_build(args.recipe, args.runs, f"{cfg.name}-baseline-s{seed}", seed, _variants(cfg, common)["baseline"])
+            for seed in args.seeds]
+    for run in runs:
+        if "[distill] unchanged" in run["log"]:  # resumed: the process only read what an earlier one trained
+            run["seconds"], run["resumed"] = round(sum(run["report"]["seconds"].values()), 1), True
+    seeds = [r["report"]["int8"]["tflm_accuracy"] for r in runs]
+    _write_result({
+        "recipe": cfg.name,
+        "data": str(data),
+        "data_settings": data_settings(data),
+        "teacher_accuracy": _stage(runs[0], "teacher")["test_accuracy"],
+        "baseline_int8_accuracy": statistics.mean(seeds),
+        "baseline_int8_accuracy_seeds": seeds,
+        "baseline_source": "built in this run (--baseline-only)",
+        "test_clips": runs[0]["report"]["data"]["test"],
+        "runs": {"baseline": [{"name": r["name"], "seed": r["seed"], "seconds": r["seconds"],
+                               "resumed": r.get("resumed", False), "int8_accuracy": r["report"]["int8"]["tflm_accuracy"],
+                               "stages": r["report"]["stages"]} for r in runs]},
+    }, args.out, "bench/kws.py")
+
+
+def data_settings(data: Path) -> dict | None:
+    """What `tinykd data keywords` made the set with (its synthesis.json), or None for data it did not make."""
+    path = data / keywords.SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_same_data(path: Path, data: Path) -> None:
+    """Exit when the results the baseline is carried from were measured on a set made with other settings."""
+    earlier, source = _results(path)
+    if "data_settings" in earlier and earlier["data_settings"] != data_settings(data):
+        sys.exit(f"--carry-from {source} measured its baseline on a set made with {earlier['data_settings']}, but "
+                 f"{data} was made with {data_settings(data)}: build the baseline too (--variants kd baseline), or "
+                 "carry from a run on this set")
 
 
 def _synthesis(result: dict, seconds: float | None) -> None:

@@ -3,6 +3,7 @@ its kd builds give the no_kd figures; nothing is built twice and no other pipeli
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,21 @@ def test_a_distilling_recipe_builds_or_carries_its_no_kd_arm(bench):
     assert bench._arm("no_kd", runs, {})["no_kd_int8_accuracy_seeds"] == [0.7]
     carried = bench._carried(REPO / "bench" / "results" / "fashion_mnist.json", ["kd", "baseline"], fashion)
     assert list(carried) == ["no_kd"] and carried["no_kd"]["source"].startswith("carried from")
+
+
+def test_a_baseline_is_carried_only_from_a_run_on_a_set_made_the_same_way(tmp_path):
+    kws = bench_module("kws")
+    data = tmp_path / "data"
+    data.mkdir()
+    made = {"seed": 0, "extra_train_speakers": 101, "held_out": "matched", "flite_clip_factor": 1}
+    (data / "synthesis.json").write_text(json.dumps(made))
+    assert kws.data_settings(data) == made and kws.data_settings(tmp_path) is None
+
+    earlier = tmp_path / "baseline.json"
+    earlier.write_text(json.dumps({"data_settings": made}))
+    kws._check_same_data(earlier, data)  # same set: carried
+    earlier.write_text(json.dumps({"data_settings": made | {"held_out": "random"}}))
+    with pytest.raises(SystemExit, match="'held_out': 'random'.*build the baseline too"):
+        kws._check_same_data(earlier, data)
+    earlier.write_text(json.dumps({}))  # results from before data_settings was recorded: carried, with their note
+    kws._check_same_data(earlier, data)
