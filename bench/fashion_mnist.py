@@ -126,9 +126,10 @@ def previous_default(path: Path | None) -> dict | None:
             "baseline_int8_accuracy_seeds": earlier["baseline_int8_accuracy_seeds"]}
 
 
-def _carried(path: Path, built: list[str], cfg) -> dict:
+def _carried(path: Path, built: list[str], cfg, data_settings: dict | None = None) -> dict:
     """The figures of the arms not built, from an earlier results JSON, each with where it came from (none for an
-    arm the recipe makes the kd arm itself)."""
+    arm the recipe makes the kd arm itself). Exits when that JSON records `data_settings` (what the data set was
+    made with) other than this run's: its arms were measured on other clips."""
     if "kd" not in built:
         sys.exit("--variants must include kd: every figure of the recipe comes from it")
     missing = [name for name in _variants(cfg, []) if name not in built]
@@ -137,6 +138,10 @@ def _carried(path: Path, built: list[str], cfg) -> dict:
     if "@" not in str(path) and not path.exists():
         sys.exit(f"--variants leaves out {', '.join(missing)} but {path} (--carry-from) does not exist")
     earlier, source = _results(path)
+    if "data_settings" in earlier and earlier["data_settings"] != data_settings:
+        sys.exit(f"--carry-from {source} measured {', '.join(missing)} on a set made with "
+                 f"{earlier['data_settings']}, but this run's data was made with {data_settings}: build "
+                 f"{', '.join(missing)} too (--variants), or carry from a run on this set")
     carried = {}
     for name in missing:
         keys = [f"{name}_int8_accuracy", f"{name}_int8_accuracy_seeds"] + \

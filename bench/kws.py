@@ -99,9 +99,7 @@ def main() -> None:
     if args.baseline_only:
         _baseline_only(args, cfg, common, data)
         return
-    carried = _carried(args.carry_from or args.out, args.variants, cfg)
-    if "baseline" in carried:
-        _check_same_data(args.carry_from or args.out, data)
+    carried = _carried(args.carry_from or args.out, args.variants, cfg, keywords.made_with_settings(data))
     previous = previous_default(args.previous)  # read now: --previous may be --out, rewritten at the end
     runs = {name: [_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides)
                    for seed in args.seeds]
@@ -119,7 +117,7 @@ def main() -> None:
     if "no_kd" not in carried:  # built, or the kd arm itself when the recipe's alpha is 0
         result["no_kd_float_accuracy_seeds"] = [_stage(r, "distill")["test_accuracy"] for r in runs.get("no_kd", kd)]
     result["test_clips"] = kd[0]["report"]["data"]["test"]
-    result["data_settings"] = data_settings(data)
+    result["data_settings"] = keywords.made_with_settings(data)
     result["targets"] = {
         "student_int8_at_least_97pct_of_teacher": result["student_int8_accuracy"] >= 0.97 * result["teacher_accuracy"],
         "student_tflite_at_most_30KB": result["student_tflite_bytes"] <= 30 * 1000,
@@ -137,8 +135,8 @@ def main() -> None:
 
 def _baseline_only(args, cfg, common: list[str], data: Path) -> None:
     """Build the hand baseline alone (resuming builds --keep-runs left) and write what --carry-from reads."""
-    runs = [_build(args.recipe, args.runs, f"{cfg.name}-baseline-s{seed}", seed, _variants(cfg, common)["baseline"])
-            for seed in args.seeds]
+    overrides = _variants(cfg, common)["baseline"]
+    runs = [_build(args.recipe, args.runs, f"{cfg.name}-baseline-s{seed}", seed, overrides) for seed in args.seeds]
     for run in runs:
         if "[distill] unchanged" in run["log"]:  # resumed: the process only read what an earlier one trained
             run["seconds"], run["resumed"] = round(sum(run["report"]["seconds"].values()), 1), True
@@ -146,7 +144,7 @@ def _baseline_only(args, cfg, common: list[str], data: Path) -> None:
     _write_result({
         "recipe": cfg.name,
         "data": str(data),
-        "data_settings": data_settings(data),
+        "data_settings": keywords.made_with_settings(data),
         "teacher_accuracy": _stage(runs[0], "teacher")["test_accuracy"],
         "baseline_int8_accuracy": statistics.mean(seeds),
         "baseline_int8_accuracy_seeds": seeds,
@@ -156,21 +154,6 @@ def _baseline_only(args, cfg, common: list[str], data: Path) -> None:
                                "resumed": r.get("resumed", False), "int8_accuracy": r["report"]["int8"]["tflm_accuracy"],
                                "stages": r["report"]["stages"]} for r in runs]},
     }, args.out, "bench/kws.py")
-
-
-def data_settings(data: Path) -> dict | None:
-    """What `tinykd data keywords` made the set with (its synthesis.json), or None for data it did not make."""
-    path = data / keywords.SETTINGS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _check_same_data(path: Path, data: Path) -> None:
-    """Exit when the results the baseline is carried from were measured on a set made with other settings."""
-    earlier, source = _results(path)
-    if "data_settings" in earlier and earlier["data_settings"] != data_settings(data):
-        sys.exit(f"--carry-from {source} measured its baseline on a set made with {earlier['data_settings']}, but "
-                 f"{data} was made with {data_settings(data)}: build the baseline too (--variants kd baseline), or "
-                 "carry from a run on this set")
 
 
 def _synthesis(result: dict, seconds: float | None) -> None:

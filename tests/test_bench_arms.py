@@ -49,19 +49,20 @@ def test_a_distilling_recipe_builds_or_carries_its_no_kd_arm(bench):
     assert list(carried) == ["no_kd"] and carried["no_kd"]["source"].startswith("carried from")
 
 
-def test_a_baseline_is_carried_only_from_a_run_on_a_set_made_the_same_way(tmp_path):
-    kws = bench_module("kws")
-    data = tmp_path / "data"
-    data.mkdir()
+def test_a_baseline_is_carried_only_from_a_run_on_a_set_made_the_same_way(bench, tmp_path):
+    kws = config.load(REPO / "pipelines" / "kws_dscnn.yaml")
     made = {"seed": 0, "extra_train_speakers": 101, "held_out": "matched", "flite_clip_factor": 1}
-    (data / "synthesis.json").write_text(json.dumps(made))
-    assert kws.data_settings(data) == made and kws.data_settings(tmp_path) is None
-
+    baseline = {"baseline_int8_accuracy": 0.875, "baseline_int8_accuracy_seeds": [0.87, 0.88],
+                "machine": {"date": "2026-12-07"}}
     earlier = tmp_path / "baseline.json"
-    earlier.write_text(json.dumps({"data_settings": made}))
-    kws._check_same_data(earlier, data)  # same set: carried
-    earlier.write_text(json.dumps({"data_settings": made | {"held_out": "random"}}))
-    with pytest.raises(SystemExit, match="'held_out': 'random'.*build the baseline too"):
-        kws._check_same_data(earlier, data)
-    earlier.write_text(json.dumps({}))  # results from before data_settings was recorded: carried, with their note
-    kws._check_same_data(earlier, data)
+
+    earlier.write_text(json.dumps(baseline | {"data_settings": made}))
+    carried = bench._carried(earlier, ["kd"], kws, made)  # the same set: carried
+    assert carried["baseline"]["figures"]["baseline_int8_accuracy_seeds"] == [0.87, 0.88]
+    with pytest.raises(SystemExit, match="'held_out': 'random'.*build baseline too"):
+        bench._carried(earlier, ["kd"], kws, made | {"held_out": "random"})
+    with pytest.raises(SystemExit, match="made with None"):  # data tinykd did not make (real Speech Commands)
+        bench._carried(earlier, ["kd"], kws, None)
+    earlier.write_text(json.dumps(baseline))  # results from before data_settings was recorded: carried, with their note
+    assert list(bench._carried(earlier, ["kd"], kws, made)) == ["baseline"]
+

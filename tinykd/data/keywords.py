@@ -165,13 +165,10 @@ def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_
     (data.extra_train_speakers, data.held_out_speakers, data.flite_clip_factor). A set without SETTINGS_FILE but
     with our noise files predates all three: none extra, held out at random, factor 1; a folder without our noise
     files is someone's real data and passes."""
-    settings_file = root / SETTINGS_FILE
-    if settings_file.is_file():
-        settings = json.loads(settings_file.read_text(encoding="utf-8"))
-    elif (root / noise_file("babble")).is_file():  # real Speech Commands has no babble; every set made here has
-        settings = {}
-    else:
-        return
+    settings = made_with_settings(root)
+    if settings is None and not (root / noise_file("babble")).is_file():
+        return  # real Speech Commands has no babble; every set made here has
+    settings = settings or {}
     made_with = {"extra_train_speakers": settings.get("extra_train_speakers", 0),
                  "held_out_speakers": settings.get("held_out", "random"),
                  "flite_clip_factor": settings.get("flite_clip_factor", 1)}
@@ -182,6 +179,12 @@ def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_
             raise DataError(f"data.path: {root} holds a keyword set synthesized with data.{key}: {made_with[key]}, "
                             f"but the recipe asks for {value}; delete the folder and the build synthesizes it "
                             f"again, or set data.{key}: {made_with[key]} to train on it as it is")
+
+
+def made_with_settings(root: Path) -> dict | None:
+    """What `tinykd data keywords` made the set at `root` with (its SETTINGS_FILE), or None for a set without one."""
+    path = root / SETTINGS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def noise_file(name: str) -> str:
