@@ -11,7 +11,8 @@ Runs, each through the real `tinykd` commands:
 Writes bench/results/kws.json with the same keys as the Fashion-MNIST benchmark plus the front-end parity, the
 false reject and false accept rates, and every target of the keyword-spotting issue checked. --variants,
 --carry-from and --previous work as in bench/fashion_mnist.py; a baseline carried from a run on a set made with other
-settings (its synthesis.json, kept as `data_settings`) is refused.
+settings (its synthesis.json, kept as `data_settings`) is refused. `--set KEY=VALUE` changes the recipe for every
+build and for the data synthesized for them (`--set data.held_out_speakers=matched`), kept as `overrides`.
 
 A full run builds 6-7 times; on a slow machine that is longer than a working session. `--baseline-only` builds the
 hand baseline alone (with `--keep-runs`, resuming builds an interrupted run left) into its own JSON, and a later
@@ -38,6 +39,7 @@ from fashion_mnist import _build, _carried, _results, _stage, _summary, _variant
     add_variant_options, previous_default  # noqa: E402
 
 from tinykd import config  # noqa: E402
+from tinykd.errors import ConfigError, DataError  # noqa: E402
 from tinykd.data import keywords  # noqa: E402
 
 
@@ -49,6 +51,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kws.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data", type=Path, help="use this keyword data set instead of synthesizing one")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key in every build and in the data synthesized for them, as `tinykd "
+                             "build --set` does (e.g. data.held_out_speakers=matched); kept as `overrides`")
     add_variant_options(parser)
     parser.add_argument("--synthesis-seconds", type=float,
                         help="with --data: the seconds `tinykd data keywords` took to make it (it prints them), "
@@ -75,6 +80,13 @@ def main() -> None:
                     args.stream_note)
         return
 
+    try:  # before --runs is emptied: a mistyped --set or the wrong --data loses nothing
+        cfg = config.load(args.recipe, config.parse_overrides(args.overrides))
+        if args.data is not None:
+            keywords.check_made_with(args.data, cfg.data.extra_train_speakers, cfg.data.held_out_speakers,
+                                     cfg.data.flite_clip_factor)
+    except (ConfigError, DataError) as error:
+        sys.exit(str(error))
     if args.data is not None and args.data.resolve().is_relative_to(args.runs.resolve()):
         sys.exit(f"--data {args.data} is inside --runs {args.runs}, which the benchmark empties before it builds: "
                  "move the data set out of it, or leave out --data to synthesize one")
@@ -83,7 +95,6 @@ def main() -> None:
     args.runs.mkdir(parents=True, exist_ok=True)
     synthesis_seconds = args.synthesis_seconds
     data = args.data
-    cfg = config.load(args.recipe)
     if data is None:  # the set the recipe's build would synthesize
         data = args.runs / "data"
         command = [sys.executable, "-m", "tinykd", "data", "keywords", str(data),
@@ -95,7 +106,7 @@ def main() -> None:
         synthesis_seconds = round(time.perf_counter() - started, 1)
         print(f"  {synthesis_seconds:.0f} s", flush=True)
 
-    common = [f"data.path={data.resolve()}", "data.synthesize=false"]
+    common = args.overrides + [f"data.path={data.resolve()}", "data.synthesize=false"]
     if args.baseline_only:
         _baseline_only(args, cfg, common, data)
         return
@@ -118,6 +129,7 @@ def main() -> None:
         result["no_kd_float_accuracy_seeds"] = [_stage(r, "distill")["test_accuracy"] for r in runs.get("no_kd", kd)]
     result["test_clips"] = kd[0]["report"]["data"]["test"]
     result["data_settings"] = keywords.made_with_settings(data)
+    result["overrides"] = args.overrides
     result["targets"] = {
         "student_int8_at_least_97pct_of_teacher": result["student_int8_accuracy"] >= 0.97 * result["teacher_accuracy"],
         "student_tflite_at_most_30KB": result["student_tflite_bytes"] <= 30 * 1000,
@@ -145,6 +157,7 @@ def _baseline_only(args, cfg, common: list[str], data: Path) -> None:
         "recipe": cfg.name,
         "data": str(data),
         "data_settings": keywords.made_with_settings(data),
+        "overrides": args.overrides,
         "teacher_accuracy": _stage(runs[0], "teacher")["test_accuracy"],
         "baseline_int8_accuracy": statistics.mean(seeds),
         "baseline_int8_accuracy_seeds": seeds,

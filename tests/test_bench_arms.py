@@ -4,6 +4,9 @@ its kd builds give the no_kd figures; nothing is built twice and no other pipeli
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,23 @@ def test_a_baseline_is_carried_only_from_a_run_on_a_set_made_the_same_way(bench,
     earlier.write_text(json.dumps(baseline))  # results from before data_settings was recorded: carried, with their note
     assert list(bench._carried(earlier, ["kd"], kws, made)) == ["baseline"]
 
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "data.held_out_speakers=bogus"], "--set data.held_out_speakers=bogus: .*must be one of random, matched"),
+    (["--set", "data.held_out_speakers=matched", "--data", "{data}"], "held_out_speakers: random, but the recipe asks "
+                                                                       "for matched"),
+])
+def test_the_keyword_benchmark_refuses_a_wrong_recipe_key_or_data_set_before_emptying_its_runs(tmp_path, extra,
+                                                                                             message):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "kept.txt").write_text("an earlier run's build")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "synthesis.json").write_text(json.dumps({"extra_train_speakers": 101, "held_out": "random"}))
+    command = [sys.executable, str(REPO / "bench" / "kws.py"), "--runs", str(runs)]
+    done = subprocess.run(command + [arg.format(data=data) for arg in extra], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 1 and re.search(message, done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
+    assert (runs / "kept.txt").is_file()
