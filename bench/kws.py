@@ -35,12 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from fashion_mnist import _build, _carried, _results, _stage, _summary, _variants, _write_result, \
+from fashion_mnist import _build, _carried, _stage, _summary, _variants, _write_result, \
     add_variant_options, previous_default  # noqa: E402
 
 from tinykd import config  # noqa: E402
-from tinykd.errors import ConfigError, DataError  # noqa: E402
 from tinykd.data import keywords  # noqa: E402
+from tinykd.errors import ConfigError, DataError  # noqa: E402
 
 
 def main() -> None:

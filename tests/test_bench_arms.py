@@ -1,5 +1,7 @@
 """The benchmarks' arms: a recipe that trains on labels (distill.alpha 0) is itself the pipeline without KD, so
-its kd builds give the no_kd figures; nothing is built twice and no other pipeline's figure is carried for it."""
+its kd builds give the no_kd figures; nothing is built twice and no other pipeline's figure is carried for it.
+Arms are carried only from a run on data made the same way, and the keyword benchmark checks its recipe and data
+before it empties its runs folder."""
 
 from __future__ import annotations
 
@@ -68,7 +70,6 @@ def test_a_baseline_is_carried_only_from_a_run_on_a_set_made_the_same_way(bench,
         bench._carried(earlier, ["kd"], kws, None)
     earlier.write_text(json.dumps(baseline))  # results from before data_settings was recorded: carried, with their note
     assert list(bench._carried(earlier, ["kd"], kws, made)) == ["baseline"]
-
 
 
 @pytest.mark.parametrize("extra, message", [
