@@ -80,6 +80,9 @@ def main() -> None:
                     args.stream_note)
         return
 
+    owned = [pair for pair in args.overrides if pair.partition("=")[0].strip() in ("name", "seed")]
+    if owned:
+        sys.exit(f"--set {owned[0]}: the benchmark names each build and sets its seed; use --seeds for the seeds")
     try:  # before --runs is emptied: a mistyped --set or the wrong --data loses nothing
         cfg = config.load(args.recipe, config.parse_overrides(args.overrides))
         if args.data is not None:

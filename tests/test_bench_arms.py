@@ -76,6 +76,7 @@ def test_a_baseline_is_carried_only_from_a_run_on_a_set_made_the_same_way(bench,
     (["--set", "data.held_out_speakers=bogus"], "--set data.held_out_speakers=bogus: .*must be one of random, matched"),
     (["--set", "data.held_out_speakers=matched", "--data", "{data}"], "held_out_speakers: random, but the recipe asks "
                                                                        "for matched"),
+    (["--set", "seed=3"], "--set seed=3: the benchmark names each build and sets its seed; use --seeds"),
 ])
 def test_the_keyword_benchmark_refuses_a_wrong_recipe_key_or_data_set_before_emptying_its_runs(tmp_path, extra,
                                                                                              message):
