@@ -80,11 +80,13 @@ def main() -> None:
                     args.stream_note)
         return
 
-    owned = [pair for pair in args.overrides if pair.partition("=")[0].strip() in ("name", "seed")]
-    if owned:
-        sys.exit(f"--set {owned[0]}: the benchmark names each build and sets its seed; use --seeds for the seeds")
     try:  # before --runs is emptied: a mistyped --set or the wrong --data loses nothing
-        cfg = config.load(args.recipe, config.parse_overrides(args.overrides))
+        overrides = config.parse_overrides(args.overrides)
+        owned = [key for key in overrides if key in ("name", "seed")]
+        if owned:
+            sys.exit(f"--set {owned[0]}={overrides[owned[0]]}: the benchmark names each build and sets its seed; "
+                     "use --seeds for the seeds")
+        cfg = config.load(args.recipe, overrides)
         if args.data is not None:
             keywords.check_made_with(args.data, cfg.data.extra_train_speakers, cfg.data.held_out_speakers,
                                      cfg.data.flite_clip_factor)
@@ -113,7 +115,8 @@ def main() -> None:
     if args.baseline_only:
         _baseline_only(args, cfg, common, data)
         return
-    carried = _carried(args.carry_from or args.out, args.variants, cfg, keywords.made_with_settings(data))
+    data_settings = keywords.made_with_settings(data)
+    carried = _carried(args.carry_from or args.out, args.variants, cfg, data_settings)
     previous = previous_default(args.previous)  # read now: --previous may be --out, rewritten at the end
     runs = {name: [_build(args.recipe, args.runs, f"{cfg.name}-{name}-s{seed}", seed, overrides)
                    for seed in args.seeds]
@@ -131,7 +134,7 @@ def main() -> None:
     if "no_kd" not in carried:  # built, or the kd arm itself when the recipe's alpha is 0
         result["no_kd_float_accuracy_seeds"] = [_stage(r, "distill")["test_accuracy"] for r in runs.get("no_kd", kd)]
     result["test_clips"] = kd[0]["report"]["data"]["test"]
-    result["data_settings"] = keywords.made_with_settings(data)
+    result["data_settings"] = data_settings
     result["overrides"] = args.overrides
     result["targets"] = {
         "student_int8_at_least_97pct_of_teacher": result["student_int8_accuracy"] >= 0.97 * result["teacher_accuracy"],
