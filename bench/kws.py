@@ -81,12 +81,12 @@ def main() -> None:
         return
 
     try:  # before --runs is emptied: a mistyped --set or the wrong --data loses nothing
-        overrides = config.parse_overrides(args.overrides)
-        owned = [key for key in overrides if key in ("name", "seed")]
+        settings = config.parse_overrides(args.overrides)
+        owned = [key for key in settings if key in ("name", "seed")]
         if owned:
-            sys.exit(f"--set {owned[0]}={overrides[owned[0]]}: the benchmark names each build and sets its seed; "
+            sys.exit(f"--set {owned[0]}={settings[owned[0]]}: the benchmark names each build and sets its seed; "
                      "use --seeds for the seeds")
-        cfg = config.load(args.recipe, overrides)
+        cfg = config.load(args.recipe, settings)
         if args.data is not None:
             keywords.check_made_with(args.data, cfg.data.extra_train_speakers, cfg.data.held_out_speakers,
                                      cfg.data.flite_clip_factor)
