@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from tinykd.cli import cli
 from tinykd.config import DataConfig
-from tinykd.data import keywords, load
+from tinykd.data import keywords, load, wav
+from tinykd.data.keyword_stream import STREAMED_FOLDER
 from tinykd.data.keywords import DEFAULT_NEAR_MISS_CLIPS, KEYWORDS, NEAR_MISSES, NOISES, OTHER_WORDS, RATE_HZ, synthesize
 from tinykd.errors import DataError
 
@@ -113,6 +114,35 @@ def test_a_flite_clip_factor_only_adds_clips_of_the_flite_voices_in_training(mad
     assert load(replace(asking, flite_clip_factor=3), seed=3).num_classes == 12
     with pytest.raises(DataError, match="flite_clip_factor: 0 is less than 1"):
         synthesize(tmp_path / "none", flite_clip_factor=0, **TINY)
+
+
+def test_training_stream_windows_only_add_training_clips_that_hold_their_word(made, tmp_path):
+    root, _ = made
+    summary = synthesize(tmp_path / "windows", seed=3, jobs=2, train_stream_minutes=0.5, **TINY)
+    before, after = digests(root), digests(tmp_path / "windows")
+    for held_out in ("validation_list.txt", "testing_list.txt"):  # what a model is judged on is unchanged
+        assert (tmp_path / "windows" / held_out).read_text() == (root / held_out).read_text()
+    assert {name: after[name] for name in before if name.endswith(".wav")} == \
+        {name: digest for name, digest in before.items() if name.endswith(".wav")}
+    added = sorted(name for name in after if name not in before and name.endswith(".wav"))
+    folders = Counter(name.split("/")[0] for name in added)
+    assert dict(summary.stream_windows) == folders and set(folders) - set(KEYWORDS) == {STREAMED_FOLDER}
+    assert sum(folders[word] for word in KEYWORDS) % 3 == 0  # each keyword cut whole at three places
+    for name in added:  # a keyword window holds speech well over its quietest tenth of a second
+        samples = wav.read(tmp_path / "windows" / name)[0][:, 0].astype(float)
+        tenths = np.sqrt(np.mean(samples.reshape(10, -1) ** 2, axis=1))
+        assert len(samples) == RATE_HZ and (name.startswith(STREAMED_FOLDER) or tenths.max() > 3 * tenths.min())
+    assert json.loads((tmp_path / "windows" / keywords.SETTINGS_FILE).read_text())["train_stream_minutes"] == 0.5
+    asking = DataConfig(format="speech_commands", path=str(tmp_path / "windows"), synthesize=True)
+    with pytest.raises(DataError, match=r"synthesized with data.train_stream_minutes: 0.5, but the recipe asks for "
+                                        r"0.*or set data.train_stream_minutes: 0.5"):
+        load(asking, seed=3)
+    data = load(replace(asking, train_stream_minutes=0.5), seed=3)
+    plain = load(replace(asking, path=str(root), synthesize=False), seed=3)
+    assert len(data.val.y) == len(plain.val.y) and len(data.test.y) == len(plain.test.y)
+    assert len(data.train.y) > len(plain.train.y)
+    with pytest.raises(DataError, match="train_stream_minutes: -1 is negative"):
+        synthesize(tmp_path / "none", train_stream_minutes=-1, **TINY)
 
 
 def test_a_recipe_asking_for_other_training_speakers_than_the_set_has_is_told_so(made, tmp_path):

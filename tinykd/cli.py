@@ -340,20 +340,29 @@ def data() -> None:
 @click.option("--near-miss-clips", default=3, show_default=True, type=click.IntRange(min=1),
               help="Clips per speaker of each near miss of a keyword (lift, own, town, ...), the words a stream's "
                    "false accepts come from; the other unknown words get one.")
+@click.option("--train-stream-minutes", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Also cut training clips from this many minutes of stream spoken by the training speakers: "
+                   "each keyword whole at 3 places in the window, each other word twice and each noise burst once "
+                   "as unknown (docs/audio.md).")
 @click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")
 def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speakers: int, held_out: str,
-                     flite_clip_factor: int, near_miss_clips: int, jobs: int | None) -> None:
+                     flite_clip_factor: int, near_miss_clips: int, train_stream_minutes: float,
+                     jobs: int | None) -> None:
     """Write a synthetic Speech Commands dataset to OUT_DIR with espeak-ng and flite (offline)."""
     from tinykd.data.keywords import synthesize
 
     started = time.time()
     summary = synthesize(out_dir, seed=seed, speakers=speakers, extra_train_speakers=extra_train_speakers,
                          near_miss_clips=near_miss_clips, held_out=held_out, flite_clip_factor=flite_clip_factor,
-                         jobs=jobs)
+                         train_stream_minutes=train_stream_minutes, jobs=jobs)
     speakers_text = ", ".join(f"{count} {split}" for split, count in summary.speakers)
     click.echo(f"wrote {summary.clips:,} clips ({summary.keyword_clips:,} keywords, {summary.other_clips:,} other "
                f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "
                f"in {time.time() - started:.0f} s")
+    if summary.stream_windows:
+        windows = sum(count for _, count in summary.stream_windows)
+        click.echo(f"  and {windows:,} training windows cut from {train_stream_minutes:g} minutes of stream "
+                   f"({', '.join(f'{folder} {count:,}' for folder, count in summary.stream_windows)})")
     click.echo(f"use it with   data: {{format: speech_commands, path: {summary.out_dir}}}")
 
 

@@ -193,6 +193,9 @@ class DataConfig:
     # With synthesize: each flite voice in training says this many times the clips (the pool has 5 flite voices to
     # 224 of espeak-ng; tinykd.data.keywords.synthesize). A set already at `path` must have been made with it.
     flite_clip_factor: int = 1
+    # With synthesize: training clips also cut from this many minutes of stream spoken by the training speakers
+    # (tinykd.data.keyword_stream.training_windows). A set already at `path` must have been made with as many.
+    train_stream_minutes: float = 0
     # Distillation on unlabelled data: the teacher gives soft targets for these inputs and the student learns from
     # them too. `unlabeled` is a path in the same format as `path`. `labeled_samples` keeps only that many labelled
     # training samples (seeded, stratified), to measure what labels are worth; `unlabeled: rest` then makes the
@@ -281,6 +284,10 @@ class DataConfig:
                  "must be 1 or more (times the clips each flite voice in training says)")
         _require(self.flite_clip_factor == 1 or self.format == "speech_commands", "flite_clip_factor",
                  "applies only to format speech_commands (the flite voices of a synthesized keyword dataset)")
+        _require(self.train_stream_minutes >= 0, "train_stream_minutes",
+                 "must be 0 (none) or more (minutes of training stream to cut clips from)")
+        _require(not self.train_stream_minutes or self.format == "speech_commands", "train_stream_minutes",
+                 "applies only to format speech_commands (training clips of a synthesized keyword dataset)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,6 +32,9 @@ BURST_DB = (6.0, 20.0)  # a burst's level over the background
 FADE_MS = 20
 SPLITS = ("val", "test")
 _NOISE_SEED_OFFSET = 1_000_003  # fresh noise recordings: the data set's own use generate_noises(seed)
+# Training windows (`training_windows`): how many 1 s windows are cut around each event of a training stream.
+WINDOWS_PER_EVENT = {"keyword": 3, "unknown": 2, "noise": 1}
+STREAMED_FOLDER = "streamed"  # the training windows that hold no keyword: `_unknown_`, as every non-keyword folder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +92,46 @@ def make_stream(minutes: float, *, split: str = "test", seed: int = 0, speakers:
     samples, events = _mix(plan, spoken, rng, keywords.generate_noises(seed + _NOISE_SEED_OFFSET))
     return Stream(samples=samples, rate_hz=RATE_HZ, events=events, split=split, seed=seed,
                   speakers=tuple(speaker.id for speaker in voices))
+
+
+def training_windows(root: Path, minutes: float, voices: list, seed: int, noises: dict[str, np.ndarray],
+                     jobs: int | None = None) -> dict[str, int]:
+    """Cut 1 s training clips from `minutes` of stream spoken by `voices` (training speakers) over `noises` (the
+    data set's own) and write them into `root`'s word folders, as a device hears words: anywhere in its window,
+    cut short by the speaker, over the background a stream changes. Each keyword is cut WINDOWS_PER_EVENT times,
+    whole, at random places in the window, into its own folder; each other word, whole, and each noise burst, at
+    least half of it, into STREAMED_FOLDER (so `_unknown_`). Returns the windows written per folder.
+
+    The words are spoken afresh (not the set's clips), each speaker at a base speed and pitch of its own drawn for
+    the stream. The same seed, voices and engine versions give the same files, whatever `jobs` is.
+    """
+    rng = np.random.default_rng([seed, 10, 7])
+    plan = _plan(int(minutes * 60_000), rng, voices)
+    with tempfile.TemporaryDirectory(prefix="tinykd-stream-") as scratch, \
+            ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        spoken = list(pool.map(lambda item: _spoken(item, seed + 77, Path(scratch)), enumerate(plan["words"])))
+    samples, events = _mix(plan, spoken, rng, noises)
+    cuts = np.random.default_rng([seed, 11])
+    written: dict[str, int] = {}
+    number = 0
+    for event in events:
+        if event.kind == "noise":  # at least half of the burst, or of its first second
+            half = min(event.end_ms - event.start_ms, 1000) // 2
+            low, high = max(0, event.start_ms + half - 1000), event.end_ms - half
+        else:  # the whole word; a word longer than a window is centred in it
+            low, high = max(0, event.end_ms - 1000), event.start_ms
+            if high < low:
+                low = high = max(0, (event.start_ms + event.end_ms) // 2 - 500)
+        folder = event.word if event.kind == "keyword" else STREAMED_FOLDER
+        for _ in range(WINDOWS_PER_EVENT[event.kind]):
+            number += 1
+            start = int(cuts.integers(low, high + 1)) * RATE_HZ // 1000
+            window = samples[start:start + RATE_HZ]
+            if len(window) == RATE_HZ:
+                (root / folder).mkdir(exist_ok=True)
+                wav.write(root / folder / f"f{number:07x}_nohash_0.wav", window.astype(np.float64), RATE_HZ)
+                written[folder] = written.get(folder, 0) + 1
+    return written
 
 
 def write_stream(stream: Stream, path: Path) -> tuple[Path, Path]:

@@ -81,6 +81,7 @@ class Summary:
     other_clips: int
     speakers: tuple[tuple[str, int], ...]
     noise_files: tuple[str, ...]
+    stream_windows: tuple[tuple[str, int], ...] = ()  # training windows cut from a stream, per folder
 
     @property
     def clips(self) -> int:
@@ -90,7 +91,7 @@ class Summary:
 def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SPEAKERS,
                extra_train_speakers: int = 0, clips_per_speaker_word: int = 3,
                near_miss_clips: int = DEFAULT_NEAR_MISS_CLIPS, held_out: str = "random",
-               flite_clip_factor: int = 1, jobs: int | None = None) -> Summary:
+               flite_clip_factor: int = 1, train_stream_minutes: float = 0, jobs: int | None = None) -> Summary:
     """Write a keyword dataset in the Speech Commands layout to `out_dir` (which must not exist or be empty).
 
     Args:
@@ -109,6 +110,9 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
             has 5 flite voices to 224 of espeak-ng, so flite is 3 or 4 of 203 training voices, under 2% of the
             clips; 8 makes it 11-14%, near the eighth of speakers FLITE_EVERY meant. Held-out voices say the
             usual number, so validation, test and the streams stay as they were.
+        train_stream_minutes: cut training clips from this many minutes of stream spoken by the training speakers
+            (keyword_stream.training_windows): words anywhere in the window, over a changing background, as a
+            device hears them. The clips, validation, test and the evaluation streams stay as they were.
         jobs: engine processes at once; default os.cpu_count().
 
     Raises:
@@ -121,6 +125,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
                         f"so with speakers: {speakers} use 0 to {POOL - speakers}")
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
+    if not train_stream_minutes >= 0:
+        raise DataError(f"train_stream_minutes: {train_stream_minutes} is negative; use 0 (none) or more")
     if flite_clip_factor < 1:
         raise DataError(f"flite_clip_factor: {flite_clip_factor} is less than 1; use 1 (as many clips as any voice) "
                         "or more")
@@ -138,8 +144,14 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
 
     clips = [(speaker, word, number) for speaker in chosen for word in KEYWORDS + OTHER_WORDS
              for number in range(clip_count(speaker, word))]
+    windows: dict[str, int] = {}
     try:
         noises = _write(partial, clips, seed, jobs)
+        if train_stream_minutes:
+            from tinykd.data import keyword_stream  # it speaks through this module, so it is imported here
+
+            voices = [speaker for speaker in chosen if split_of[speaker] == "train"]
+            windows = keyword_stream.training_windows(partial, train_stream_minutes, voices, seed, noises, jobs)
     except BaseException:  # an engine failed or the user interrupted: leave no half-written dataset behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -148,7 +160,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
         (partial / list_name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     settings = {"seed": seed, "speakers": speakers, "extra_train_speakers": extra_train_speakers,
                 "clips_per_speaker_word": clips_per_speaker_word, "near_miss_clips": near_miss_clips,
-                "held_out": held_out, "flite_clip_factor": flite_clip_factor}
+                "held_out": held_out, "flite_clip_factor": flite_clip_factor,
+                "train_stream_minutes": train_stream_minutes}
     (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():
         out_dir.rmdir()  # empty, checked above
@@ -156,24 +169,27 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     keyword_clips = sum(1 for _, word, _ in clips if word in KEYWORDS)
     counts = tuple((split, sum(1 for s in chosen if split_of[s] == split)) for split in ("train", "val", "test"))
     return Summary(out_dir=out_dir, keyword_clips=keyword_clips, other_clips=len(clips) - keyword_clips,
-                   speakers=counts, noise_files=tuple(noise_file(name) for name in noises))
+                   speakers=counts, noise_files=tuple(noise_file(name) for name in noises),
+                   stream_windows=tuple(sorted(windows.items())))
 
 
-def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_clip_factor: int = 1) -> None:
+def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_clip_factor: int = 1,
+                    train_stream_minutes: float = 0) -> None:
     """Raise DataError when the keyword set at `root`, synthesized before, was made with another number of
-    training-only speakers, another held-out split or another flite clip factor than a recipe asks for
-    (data.extra_train_speakers, data.held_out_speakers, data.flite_clip_factor). A set without SETTINGS_FILE but
-    with our noise files predates all three: none extra, held out at random, factor 1; a folder without our noise
-    files is someone's real data and passes."""
+    training-only speakers, another held-out split, another flite clip factor or other training-stream minutes than
+    a recipe asks for (data.extra_train_speakers, data.held_out_speakers, data.flite_clip_factor,
+    data.train_stream_minutes). A set without SETTINGS_FILE but with our noise files predates them all: none extra,
+    held out at random, factor 1, no stream; a folder without our noise files is someone's real data and passes."""
     settings = made_with_settings(root)
     if settings is None and not (root / noise_file("babble")).is_file():
         return  # real Speech Commands has no babble; every set made here has
     settings = settings or {}
     made_with = {"extra_train_speakers": settings.get("extra_train_speakers", 0),
                  "held_out_speakers": settings.get("held_out", "random"),
-                 "flite_clip_factor": settings.get("flite_clip_factor", 1)}
+                 "flite_clip_factor": settings.get("flite_clip_factor", 1),
+                 "train_stream_minutes": settings.get("train_stream_minutes", 0)}
     asked = {"extra_train_speakers": extra_train_speakers, "held_out_speakers": held_out,
-             "flite_clip_factor": flite_clip_factor}
+             "flite_clip_factor": flite_clip_factor, "train_stream_minutes": train_stream_minutes}
     for key, value in asked.items():
         if made_with[key] != value:
             raise DataError(f"data.path: {root} holds a keyword set synthesized with data.{key}: {made_with[key]}, "
