@@ -34,6 +34,8 @@ SPLITS = ("val", "test")
 _NOISE_SEED_OFFSET = 1_000_003  # fresh noise recordings: the data set's own use generate_noises(seed)
 # Training windows (`training_windows`): how many 1 s windows are cut around each event of a training stream.
 WINDOWS_PER_EVENT = {"keyword": 3, "unknown": 2, "noise": 1}
+_TRAINING_STREAM = 7  # its plan's draws, beside SPLITS' indices 0 and 1 for the evaluation streams
+_TRAINING_VOICE_SEED_OFFSET = 77  # its words and each speaker's base speed and pitch: other draws than the clips'
 STREAMED_FOLDER = "streamed"  # the training windows that hold no keyword: `_unknown_`, as every non-keyword folder
 
 
@@ -105,13 +107,14 @@ def training_windows(root: Path, minutes: float, voices: list, seed: int, noises
     The words are spoken afresh (not the set's clips), each speaker at a base speed and pitch of its own drawn for
     the stream. The same seed, voices and engine versions give the same files, whatever `jobs` is.
     """
-    rng = np.random.default_rng([seed, 10, 7])
+    rng = np.random.default_rng([seed, 10, _TRAINING_STREAM])
     plan = _plan(int(minutes * 60_000), rng, voices)
+    voice_seed = seed + _TRAINING_VOICE_SEED_OFFSET
     with tempfile.TemporaryDirectory(prefix="tinykd-stream-") as scratch, \
             ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        spoken = list(pool.map(lambda item: _spoken(item, seed + 77, Path(scratch)), enumerate(plan["words"])))
+        spoken = list(pool.map(lambda item: _spoken(item, voice_seed, Path(scratch)), enumerate(plan["words"])))
     samples, events = _mix(plan, spoken, rng, noises)
-    cuts = np.random.default_rng([seed, 11])
+    cuts = np.random.default_rng([seed, 11])  # where each window starts
     written: dict[str, int] = {}
     number = 0
     for event in events:
