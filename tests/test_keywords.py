@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tinykd.cli import cli
 from tinykd.config import DataConfig
 from tinykd.data import keywords, load, wav
-from tinykd.data.keyword_stream import STREAMED_FOLDER
+from tinykd.data.keyword_stream import STREAMED_FOLDER, stream_windows
 from tinykd.data.keywords import DEFAULT_NEAR_MISS_CLIPS, KEYWORDS, NEAR_MISSES, NOISES, OTHER_WORDS, RATE_HZ, synthesize
 from tinykd.errors import DataError
 
@@ -118,7 +118,7 @@ def test_a_flite_clip_factor_only_adds_clips_of_the_flite_voices_in_training(mad
 
 def test_training_stream_windows_only_add_training_clips_that_hold_their_word(made, tmp_path):
     root, _ = made
-    summary = synthesize(tmp_path / "windows", seed=3, jobs=2, train_stream_minutes=0.5, **TINY)
+    summary = synthesize(tmp_path / "windows", seed=3, jobs=2, extend=stream_windows(0.5, 3, 2), **TINY)
     before, after = digests(root), digests(tmp_path / "windows")
     for held_out in ("validation_list.txt", "testing_list.txt"):  # what a model is judged on is unchanged
         assert (tmp_path / "windows" / held_out).read_text() == (root / held_out).read_text()
@@ -142,7 +142,7 @@ def test_training_stream_windows_only_add_training_clips_that_hold_their_word(ma
     assert len(data.val.y) == len(plain.val.y) and len(data.test.y) == len(plain.test.y)
     assert len(data.train.y) > len(plain.train.y)
     with pytest.raises(DataError, match="train_stream_minutes: -1 is negative"):
-        synthesize(tmp_path / "none", train_stream_minutes=-1, **TINY)
+        stream_windows(-1, 3)
 
 
 def test_a_recipe_asking_for_other_training_speakers_than_the_set_has_is_told_so(made, tmp_path):

@@ -349,12 +349,14 @@ def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speake
                      flite_clip_factor: int, near_miss_clips: int, train_stream_minutes: float,
                      jobs: int | None) -> None:
     """Write a synthetic Speech Commands dataset to OUT_DIR with espeak-ng and flite (offline)."""
+    from tinykd.data.keyword_stream import stream_windows
     from tinykd.data.keywords import synthesize
 
     started = time.time()
     summary = synthesize(out_dir, seed=seed, speakers=speakers, extra_train_speakers=extra_train_speakers,
                          near_miss_clips=near_miss_clips, held_out=held_out, flite_clip_factor=flite_clip_factor,
-                         train_stream_minutes=train_stream_minutes, jobs=jobs)
+                         extend=stream_windows(train_stream_minutes, seed, jobs) if train_stream_minutes else None,
+                         jobs=jobs)
     speakers_text = ", ".join(f"{count} {split}" for split, count in summary.speakers)
     click.echo(f"wrote {summary.clips:,} clips ({summary.keyword_clips:,} keywords, {summary.other_clips:,} other "
                f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "

@@ -42,14 +42,15 @@ def _arrays(cfg, seed, search_dirs):
 
 
 def _speech_commands(cfg, seed, search_dirs):
-    from tinykd.data import keywords, speech_commands
+    from tinykd.data import keyword_stream, keywords, speech_commands
 
     # The synthesizer writes the reader's layout, so it imports the reader; the reader never imports it.
     root = Path(cfg.path).expanduser()
     if cfg.synthesize and speech_commands.absent(root):
         keywords.synthesize(root, seed=seed, extra_train_speakers=cfg.extra_train_speakers,
                             held_out=cfg.held_out_speakers, flite_clip_factor=cfg.flite_clip_factor,
-                            train_stream_minutes=cfg.train_stream_minutes)
+                            extend=keyword_stream.stream_windows(cfg.train_stream_minutes, seed)
+                            if cfg.train_stream_minutes else None)
     elif cfg.synthesize:
         keywords.check_made_with(root, cfg.extra_train_speakers, cfg.held_out_speakers, cfg.flite_clip_factor,
                                  cfg.train_stream_minutes)

@@ -96,6 +96,22 @@ def make_stream(minutes: float, *, split: str = "test", seed: int = 0, speakers:
                   speakers=tuple(speaker.id for speaker in voices))
 
 
+def stream_windows(minutes: float, seed: int, jobs: int | None = None) -> keywords.Extend:
+    """`keywords.synthesize`'s extend step that cuts training clips from `minutes` of stream of the training speakers
+    (`training_windows`) and records `train_stream_minutes` and the windows per folder.
+
+    Raises:
+        DataError: `minutes` is negative.
+    """
+    if not minutes >= 0:
+        raise DataError(f"train_stream_minutes: {minutes} is negative; use 0 (none) or more")
+
+    def extend(root: Path, voices: list, noises: dict[str, np.ndarray]) -> dict:
+        written = training_windows(root, minutes, voices, seed, noises, jobs) if minutes else {}
+        return {"train_stream_minutes": minutes, "train_stream_windows": written}
+    return extend
+
+
 def training_windows(root: Path, minutes: float, voices: list, seed: int, noises: dict[str, np.ndarray],
                      jobs: int | None = None) -> dict[str, int]:
     """Cut 1 s training clips from `minutes` of stream spoken by `voices` (training speakers) over `noises` (the

@@ -18,6 +18,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -55,6 +56,10 @@ SETTINGS_FILE = "synthesis.json"  # what the set was made with, so a recipe aski
 INSTALL = "install them with `sudo apt-get install espeak-ng flite` (Debian/Ubuntu)"
 
 
+# `synthesize`'s extend step: (the half-written set's folder, training speakers, noises) -> settings to record.
+Extend = Callable[[Path, list, dict], dict]
+
+
 @dataclass(frozen=True)
 class Speaker:
     engine: str
@@ -81,7 +86,7 @@ class Summary:
     other_clips: int
     speakers: tuple[tuple[str, int], ...]
     noise_files: tuple[str, ...]
-    stream_windows: tuple[tuple[str, int], ...] = ()  # training windows cut from a stream, per folder
+    stream_windows: tuple[tuple[str, int], ...] = ()  # training windows an `extend` step cut, per folder
 
     @property
     def clips(self) -> int:
@@ -91,7 +96,7 @@ class Summary:
 def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SPEAKERS,
                extra_train_speakers: int = 0, clips_per_speaker_word: int = 3,
                near_miss_clips: int = DEFAULT_NEAR_MISS_CLIPS, held_out: str = "random",
-               flite_clip_factor: int = 1, train_stream_minutes: float = 0, jobs: int | None = None) -> Summary:
+               flite_clip_factor: int = 1, extend: Extend | None = None, jobs: int | None = None) -> Summary:
     """Write a keyword dataset in the Speech Commands layout to `out_dir` (which must not exist or be empty).
 
     Args:
@@ -110,9 +115,9 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
             has 5 flite voices to 224 of espeak-ng, so flite is 3 or 4 of 203 training voices, under 2% of the
             clips; 8 makes it 11-14%, near the eighth of speakers FLITE_EVERY meant. Held-out voices say the
             usual number, so validation, test and the streams stay as they were.
-        train_stream_minutes: cut training clips from this many minutes of stream spoken by the training speakers
-            (keyword_stream.training_windows): words anywhere in the window, over a changing background, as a
-            device hears them. The clips, validation, test and the evaluation streams stay as they were.
+        extend: a step that adds training clips to the half-written set before it is renamed into place, called
+            with its folder, the training speakers and the noises; the settings it returns are recorded with the
+            synthesizer's (keyword_stream.stream_windows cuts clips from a stream of the training speakers).
         jobs: engine processes at once; default os.cpu_count().
 
     Raises:
@@ -125,8 +130,6 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
                         f"so with speakers: {speakers} use 0 to {POOL - speakers}")
     if seed < 0:
         raise DataError(f"seed: {seed} is negative; use 0 or more")
-    if not train_stream_minutes >= 0:
-        raise DataError(f"train_stream_minutes: {train_stream_minutes} is negative; use 0 (none) or more")
     if flite_clip_factor < 1:
         raise DataError(f"flite_clip_factor: {flite_clip_factor} is less than 1; use 1 (as many clips as any voice) "
                         "or more")
@@ -144,14 +147,11 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
 
     clips = [(speaker, word, number) for speaker in chosen for word in KEYWORDS + OTHER_WORDS
              for number in range(clip_count(speaker, word))]
-    windows: dict[str, int] = {}
+    extended: dict = {}
     try:
         noises = _write(partial, clips, seed, jobs)
-        if train_stream_minutes:
-            from tinykd.data import keyword_stream  # it speaks through this module, so it is imported here
-
-            voices = [speaker for speaker in chosen if split_of[speaker] == "train"]
-            windows = keyword_stream.training_windows(partial, train_stream_minutes, voices, seed, noises, jobs)
+        if extend is not None:
+            extended = extend(partial, [speaker for speaker in chosen if split_of[speaker] == "train"], noises)
     except BaseException:  # an engine failed or the user interrupted: leave no half-written dataset behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -160,8 +160,7 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
         (partial / list_name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     settings = {"seed": seed, "speakers": speakers, "extra_train_speakers": extra_train_speakers,
                 "clips_per_speaker_word": clips_per_speaker_word, "near_miss_clips": near_miss_clips,
-                "held_out": held_out, "flite_clip_factor": flite_clip_factor,
-                "train_stream_minutes": train_stream_minutes}
+                "held_out": held_out, "flite_clip_factor": flite_clip_factor, **extended}
     (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():
         out_dir.rmdir()  # empty, checked above
@@ -170,7 +169,7 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     counts = tuple((split, sum(1 for s in chosen if split_of[s] == split)) for split in ("train", "val", "test"))
     return Summary(out_dir=out_dir, keyword_clips=keyword_clips, other_clips=len(clips) - keyword_clips,
                    speakers=counts, noise_files=tuple(noise_file(name) for name in noises),
-                   stream_windows=tuple(sorted(windows.items())))
+                   stream_windows=tuple(sorted(extended.get("train_stream_windows", {}).items())))
 
 
 def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_clip_factor: int = 1,
