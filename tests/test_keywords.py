@@ -126,7 +126,7 @@ def test_training_stream_windows_only_add_training_clips_that_hold_their_word(ma
         {name: digest for name, digest in before.items() if name.endswith(".wav")}
     added = sorted(name for name in after if name not in before and name.endswith(".wav"))
     folders = Counter(name.split("/")[0] for name in added)
-    assert dict(summary.stream_windows) == folders and set(folders) - set(KEYWORDS) == {STREAMED_FOLDER}
+    assert summary.extended["train_stream_windows"] == folders and set(folders) - set(KEYWORDS) == {STREAMED_FOLDER}
     assert sum(folders[word] for word in KEYWORDS) % 3 == 0  # each keyword cut whole at three places
     for name in added:  # a keyword window holds speech well over its quietest tenth of a second
         samples = wav.read(tmp_path / "windows" / name)[0][:, 0].astype(float)

@@ -355,16 +355,15 @@ def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speake
     started = time.time()
     summary = synthesize(out_dir, seed=seed, speakers=speakers, extra_train_speakers=extra_train_speakers,
                          near_miss_clips=near_miss_clips, held_out=held_out, flite_clip_factor=flite_clip_factor,
-                         extend=stream_windows(train_stream_minutes, seed, jobs) if train_stream_minutes else None,
-                         jobs=jobs)
+                         extend=stream_windows(train_stream_minutes, seed, jobs), jobs=jobs)
     speakers_text = ", ".join(f"{count} {split}" for split, count in summary.speakers)
     click.echo(f"wrote {summary.clips:,} clips ({summary.keyword_clips:,} keywords, {summary.other_clips:,} other "
                f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "
                f"in {time.time() - started:.0f} s")
-    if summary.stream_windows:
-        windows = sum(count for _, count in summary.stream_windows)
-        click.echo(f"  and {windows:,} training windows cut from {train_stream_minutes:g} minutes of stream "
-                   f"({', '.join(f'{folder} {count:,}' for folder, count in summary.stream_windows)})")
+    windows = summary.extended.get("train_stream_windows", {})
+    if windows:
+        click.echo(f"  and {sum(windows.values()):,} training windows cut from {train_stream_minutes:g} minutes of "
+                   f"stream ({', '.join(f'{folder} {count:,}' for folder, count in sorted(windows.items()))})")
     click.echo(f"use it with   data: {{format: speech_commands, path: {summary.out_dir}}}")
 
 

@@ -49,8 +49,7 @@ def _speech_commands(cfg, seed, search_dirs):
     if cfg.synthesize and speech_commands.absent(root):
         keywords.synthesize(root, seed=seed, extra_train_speakers=cfg.extra_train_speakers,
                             held_out=cfg.held_out_speakers, flite_clip_factor=cfg.flite_clip_factor,
-                            extend=keyword_stream.stream_windows(cfg.train_stream_minutes, seed)
-                            if cfg.train_stream_minutes else None)
+                            extend=keyword_stream.stream_windows(cfg.train_stream_minutes, seed))
     elif cfg.synthesize:
         keywords.check_made_with(root, cfg.extra_train_speakers, cfg.held_out_speakers, cfg.flite_clip_factor,
                                  cfg.train_stream_minutes)

@@ -96,18 +96,20 @@ def make_stream(minutes: float, *, split: str = "test", seed: int = 0, speakers:
                   speakers=tuple(speaker.id for speaker in voices))
 
 
-def stream_windows(minutes: float, seed: int, jobs: int | None = None) -> keywords.Extend:
+def stream_windows(minutes: float, seed: int, jobs: int | None = None) -> keywords.Extend | None:
     """`keywords.synthesize`'s extend step that cuts training clips from `minutes` of stream of the training speakers
-    (`training_windows`) and records `train_stream_minutes` and the windows per folder.
+    (`training_windows`) and records `train_stream_minutes` and the windows per folder; None for 0 minutes.
 
     Raises:
         DataError: `minutes` is negative.
     """
     if not minutes >= 0:
         raise DataError(f"train_stream_minutes: {minutes} is negative; use 0 (none) or more")
+    if not minutes:
+        return None
 
     def extend(root: Path, voices: list, noises: dict[str, np.ndarray]) -> dict:
-        written = training_windows(root, minutes, voices, seed, noises, jobs) if minutes else {}
+        written = training_windows(root, minutes, voices, seed, noises, jobs)
         return {"train_stream_minutes": minutes, "train_stream_windows": written}
     return extend
 

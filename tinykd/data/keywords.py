@@ -86,7 +86,7 @@ class Summary:
     other_clips: int
     speakers: tuple[tuple[str, int], ...]
     noise_files: tuple[str, ...]
-    stream_windows: tuple[tuple[str, int], ...] = ()  # training windows an `extend` step cut, per folder
+    extended: dict  # the settings an `extend` step recorded, empty without one
 
     @property
     def clips(self) -> int:
@@ -168,8 +168,7 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     keyword_clips = sum(1 for _, word, _ in clips if word in KEYWORDS)
     counts = tuple((split, sum(1 for s in chosen if split_of[s] == split)) for split in ("train", "val", "test"))
     return Summary(out_dir=out_dir, keyword_clips=keyword_clips, other_clips=len(clips) - keyword_clips,
-                   speakers=counts, noise_files=tuple(noise_file(name) for name in noises),
-                   stream_windows=tuple(sorted(extended.get("train_stream_windows", {}).items())))
+                   speakers=counts, noise_files=tuple(noise_file(name) for name in noises), extended=extended)
 
 
 def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_clip_factor: int = 1,
