@@ -141,12 +141,13 @@ def test_a_winner_the_pruning_budget_leaves_alone_gets_the_rewind_epochs_as_dist
     chosen = {"index": 3, "int8_val_accuracy": 0.9, "epochs": 18, "latency_ms": 40.0, "flash_bytes": 40000,
               "ram_bytes": 20000}
     student = config.as_dict(replace(cfg.distill.student, filters=(8, 16, 24)))
-    for cost, epochs in ((meets, 30), (misses, 15)):
+    distill, rewind = cfg.distill.epochs, cfg.prune.rewind_epochs
+    for cost, epochs in ((meets, distill + rewind), (misses, distill)):
         written = tmp_path / f"written-{epochs}.yaml"
         written.write_text(recipe(cfg, chosen, cost, student, board, "fashion_mnist.yaml"))
         loaded = config.load(written)
         assert loaded.distill.epochs == epochs and loaded.prune == cfg.prune
-        assert ("distill.epochs 15 + 15" in written.read_text()) == (epochs == 30)
+        assert (f"distill.epochs {distill} + {rewind}" in written.read_text()) == (epochs == distill + rewind)
 
 
 def test_written_recipe_builds(searched, runs):
