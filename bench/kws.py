@@ -89,7 +89,7 @@ def main() -> None:
         cfg = config.load(args.recipe, settings)
         if args.data is not None:
             keywords.check_made_with(args.data, cfg.data.extra_train_speakers, cfg.data.held_out_speakers,
-                                     cfg.data.flite_clip_factor, cfg.data.train_stream_minutes)
+                                     cfg.data.flite_clip_factor, cfg.data.train_stream_minutes, cfg.data.word_clips)
     except (ConfigError, DataError) as error:
         sys.exit(str(error))
     if args.data is not None and args.data.resolve().is_relative_to(args.runs.resolve()):
@@ -106,6 +106,7 @@ def main() -> None:
                    "--extra-train-speakers", str(cfg.data.extra_train_speakers),
                    "--held-out", cfg.data.held_out_speakers, "--flite-clip-factor", str(cfg.data.flite_clip_factor),
                    "--train-stream-minutes", str(cfg.data.train_stream_minutes)]
+        command += [f"--train-word-clips={pair}" for pair in cfg.data.train_word_clips]
         print("$", " ".join(command[2:]), flush=True)
         started = time.perf_counter()
         subprocess.run(command, cwd=REPO, check=True)

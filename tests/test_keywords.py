@@ -116,6 +116,35 @@ def test_a_flite_clip_factor_only_adds_clips_of_the_flite_voices_in_training(mad
         synthesize(tmp_path / "none", flite_clip_factor=0, **TINY)
 
 
+def test_train_word_clips_only_add_clips_of_those_words_spoken_by_training_voices(made, tmp_path):
+    root, _ = made  # seed 3's five speakers, two clips of each keyword, one of each other word
+    synthesize(tmp_path / "words", seed=3, jobs=2, train_word_clips={"off": 4, "cat": 2}, **TINY)
+    before, after = digests(root), digests(tmp_path / "words")
+    held_out = set()
+    for name in ("validation_list.txt", "testing_list.txt"):  # what a model is judged on is unchanged
+        assert (tmp_path / "words" / name).read_text() == (root / name).read_text()
+        held_out |= speaker_ids((root / name).read_text().split())
+    assert {name: after[name] for name in before if name.endswith(".wav")} == \
+        {name: digest for name, digest in before.items() if name.endswith(".wav")}
+    added = [name for name in after if name not in before and name.endswith(".wav")]
+    assert Counter(name.split("/")[0] for name in added) == {"off": 2 * 3, "cat": 1 * 3}  # 3 training speakers
+    assert len(speaker_ids(added)) == 3 and not speaker_ids(added) & held_out
+    made_with = json.loads((tmp_path / "words" / keywords.SETTINGS_FILE).read_text())
+    assert made_with["train_word_clips"] == {"cat": 2, "off": 4}
+    assert "train_word_clips" not in json.loads((root / keywords.SETTINGS_FILE).read_text())
+    asking = DataConfig(format="speech_commands", path=str(tmp_path / "words"), synthesize=True)
+    with pytest.raises(DataError, match=r"synthesized with data.train_word_clips: \['cat=2', 'off=4'\], but the "
+                                        r"recipe asks for \[\]"):
+        load(asking, seed=3)
+    assert load(replace(asking, train_word_clips=("off=4", "cat=2")), seed=3).num_classes == 12
+    with pytest.raises(DataError, match="train_word_clips: 'offf' is not a word the synthesizer speaks"):
+        synthesize(tmp_path / "none", train_word_clips={"offf": 4}, **TINY)
+    with pytest.raises(DataError, match="train_word_clips: off=0 is below 1"):
+        synthesize(tmp_path / "none", train_word_clips={"off": 0}, **TINY)
+    result = CliRunner().invoke(cli, ["data", "keywords", str(tmp_path / "none"), "--train-word-clips", "off6"])
+    assert result.exit_code == 2 and "'off6' is not WORD=N; write e.g. off=6" in result.output
+
+
 def test_training_stream_windows_only_add_training_clips_that_hold_their_word(made, tmp_path):
     root, _ = made
     summary = synthesize(tmp_path / "windows", seed=3, jobs=2, extend=stream_windows(0.5, 3, 2), **TINY)

@@ -318,6 +318,17 @@ def firmware_check(export_dir: Path, cores: tuple[str, ...], tflm_dir: Path | No
         sys.exit(1)
 
 
+def _word_counts(ctx, param, pairs: tuple[str, ...]) -> dict[str, int]:
+    """`--train-word-clips off=6 --train-word-clips up=6` -> {"off": 6, "up": 6}."""
+    counts = {}
+    for pair in pairs:
+        word, _, count = pair.partition("=")
+        if not word or not count.isdigit():
+            raise click.BadParameter(f"{pair!r} is not WORD=N; write e.g. off=6", ctx=ctx, param=param)
+        counts[word] = int(count)
+    return counts
+
+
 @cli.group()
 def data() -> None:
     """Make datasets a recipe's data.path can name."""
@@ -344,10 +355,13 @@ def data() -> None:
               help="Also cut training clips from this many minutes of stream spoken by the training speakers: "
                    "each keyword whole at 3 places in the window, each other word twice and each noise burst once "
                    "as unknown (docs/audio.md).")
+@click.option("--train-word-clips", "train_word_clips", multiple=True, metavar="WORD=N", callback=_word_counts,
+              help="Each training speaker says WORD N times instead of 3 (a keyword or near miss) or 1; "
+                   "repeatable. Held-out voices keep their counts, so validation, test and the streams stay.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Speech engines running at once; default: the CPU count.")
 def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speakers: int, held_out: str,
                      flite_clip_factor: int, near_miss_clips: int, train_stream_minutes: float,
-                     jobs: int | None) -> None:
+                     train_word_clips: dict[str, int], jobs: int | None) -> None:
     """Write a synthetic Speech Commands dataset to OUT_DIR with espeak-ng and flite (offline)."""
     from tinykd.data.keyword_stream import stream_windows
     from tinykd.data.keywords import synthesize
@@ -355,7 +369,8 @@ def keywords_command(out_dir: Path, seed: int, speakers: int, extra_train_speake
     started = time.time()
     summary = synthesize(out_dir, seed=seed, speakers=speakers, extra_train_speakers=extra_train_speakers,
                          near_miss_clips=near_miss_clips, held_out=held_out, flite_clip_factor=flite_clip_factor,
-                         extend=stream_windows(train_stream_minutes, seed, jobs), jobs=jobs)
+                         train_word_clips=train_word_clips, extend=stream_windows(train_stream_minutes, seed, jobs),
+                         jobs=jobs)
     speakers_text = ", ".join(f"{count} {split}" for split, count in summary.speakers)
     click.echo(f"wrote {summary.clips:,} clips ({summary.keyword_clips:,} keywords, {summary.other_clips:,} other "
                f"words; speakers: {speakers_text}) and {len(summary.noise_files)} noise files to {summary.out_dir} "

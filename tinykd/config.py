@@ -196,6 +196,10 @@ class DataConfig:
     # With synthesize: training clips also cut from this many minutes of stream spoken by the training speakers
     # (tinykd.data.keyword_stream.training_windows). A set already at `path` must have been made with as many.
     train_stream_minutes: float = 0
+    # With synthesize: each training speaker says these words this many times, as "word=N" ("off=6"; quoted, since
+    # YAML reads a bare off as false), in place of 3 for a keyword or near miss and 1 for another word. Validation
+    # and test voices keep their counts. A set already at `path` must have been made with the same.
+    train_word_clips: tuple[str, ...] = ()
     # Distillation on unlabelled data: the teacher gives soft targets for these inputs and the student learns from
     # them too. `unlabeled` is a path in the same format as `path`. `labeled_samples` keeps only that many labelled
     # training samples (seeded, stratified), to measure what labels are worth; `unlabeled: rest` then makes the
@@ -288,6 +292,17 @@ class DataConfig:
                  "must be 0 (none) or more (minutes of training stream to cut clips from)")
         _require(not self.train_stream_minutes or self.format == "speech_commands", "train_stream_minutes",
                  "applies only to format speech_commands (training clips of a synthesized keyword dataset)")
+        for pair in self.train_word_clips:
+            word, _, count = pair.partition("=")
+            _require(bool(word) and count.isdigit() and int(count) >= 1, "train_word_clips",
+                     f"{pair!r} is not \"word=N\" with N at least 1; write e.g. [\"off=6\", \"up=6\"]")
+        _require(not self.train_word_clips or self.format == "speech_commands", "train_word_clips",
+                 "applies only to format speech_commands (training clips of a synthesized keyword dataset)")
+
+    @property
+    def word_clips(self) -> dict[str, int]:
+        """train_word_clips as word -> clips per training speaker."""
+        return {word: int(count) for word, _, count in (pair.partition("=") for pair in self.train_word_clips)}
 
 
 @dataclass(frozen=True, kw_only=True)

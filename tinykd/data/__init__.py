@@ -49,10 +49,11 @@ def _speech_commands(cfg, seed, search_dirs):
     if cfg.synthesize and speech_commands.absent(root):
         keywords.synthesize(root, seed=seed, extra_train_speakers=cfg.extra_train_speakers,
                             held_out=cfg.held_out_speakers, flite_clip_factor=cfg.flite_clip_factor,
+                            train_word_clips=cfg.word_clips,
                             extend=keyword_stream.stream_windows(cfg.train_stream_minutes, seed))
     elif cfg.synthesize:
         keywords.check_made_with(root, cfg.extra_train_speakers, cfg.held_out_speakers, cfg.flite_clip_factor,
-                                 cfg.train_stream_minutes)
+                                 cfg.train_stream_minutes, cfg.word_clips)
     return speech_commands.read(cfg, seed)
 
 

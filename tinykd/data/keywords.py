@@ -96,7 +96,8 @@ class Summary:
 def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SPEAKERS,
                extra_train_speakers: int = 0, clips_per_speaker_word: int = 3,
                near_miss_clips: int = DEFAULT_NEAR_MISS_CLIPS, held_out: str = "random",
-               flite_clip_factor: int = 1, extend: Extend | None = None, jobs: int | None = None) -> Summary:
+               flite_clip_factor: int = 1, train_word_clips: dict[str, int] | None = None,
+               extend: Extend | None = None, jobs: int | None = None) -> Summary:
     """Write a keyword dataset in the Speech Commands layout to `out_dir` (which must not exist or be empty).
 
     Args:
@@ -115,6 +116,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
             has 5 flite voices to 224 of espeak-ng, so flite is 3 or 4 of 203 training voices, under 2% of the
             clips; 8 makes it 11-14%, near the eighth of speakers FLITE_EVERY meant. Held-out voices say the
             usual number, so validation, test and the streams stay as they were.
+        train_word_clips: word -> clips of it per training speaker, in place of the counts above, to train more
+            on the words a stream misses most (`off`, `down`); held-out voices say the usual number, as above.
         extend: a step that adds training clips to the half-written set before it is renamed into place, called
             with its folder, the training speakers and the noises; the settings it returns are recorded with the
             synthesizer's (keyword_stream.stream_windows cuts clips from a stream of the training speakers).
@@ -125,6 +128,13 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     """
     out_dir = Path(out_dir).expanduser().resolve()
     _check(out_dir, speakers, clips_per_speaker_word, near_miss_clips, jobs)
+    train_word_clips = dict(sorted((train_word_clips or {}).items()))
+    for word, count in train_word_clips.items():
+        if word not in KEYWORDS + OTHER_WORDS:
+            raise DataError(f"train_word_clips: {word!r} is not a word the synthesizer speaks; use one of "
+                            f"{', '.join(KEYWORDS + OTHER_WORDS)}")
+        if count < 1:
+            raise DataError(f"train_word_clips: {word}={count} is below 1; every word needs at least one clip")
     if not 0 <= extra_train_speakers <= POOL - speakers:
         raise DataError(f"extra_train_speakers: {extra_train_speakers} is out of range; the pool has {POOL} speakers, "
                         f"so with speakers: {speakers} use 0 to {POOL - speakers}")
@@ -143,7 +153,10 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
 
     def clip_count(speaker: Speaker, word: str) -> int:  # clip n of a word is the same file whatever the count
         count = clips_per_speaker_word if word in KEYWORDS else near_miss_clips if word in NEAR_MISSES else 1
-        return count * flite_clip_factor if speaker.engine == "flite" and split_of[speaker] == "train" else count
+        if split_of[speaker] != "train":
+            return count
+        count = train_word_clips.get(word, count)
+        return count * flite_clip_factor if speaker.engine == "flite" else count
 
     clips = [(speaker, word, number) for speaker in chosen for word in KEYWORDS + OTHER_WORDS
              for number in range(clip_count(speaker, word))]
@@ -161,6 +174,8 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
     settings = {"seed": seed, "speakers": speakers, "extra_train_speakers": extra_train_speakers,
                 "clips_per_speaker_word": clips_per_speaker_word, "near_miss_clips": near_miss_clips,
                 "held_out": held_out, "flite_clip_factor": flite_clip_factor, **extended}
+    if train_word_clips:  # recorded only when given, so the sets made before read as they were
+        settings["train_word_clips"] = train_word_clips
     (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():
         out_dir.rmdir()  # empty, checked above
@@ -172,12 +187,13 @@ def synthesize(out_dir: str | Path, *, seed: int = 0, speakers: int = DEFAULT_SP
 
 
 def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_clip_factor: int = 1,
-                    train_stream_minutes: float = 0) -> None:
+                    train_stream_minutes: float = 0, train_word_clips: dict[str, int] | None = None) -> None:
     """Raise DataError when the keyword set at `root`, synthesized before, was made with another number of
-    training-only speakers, another held-out split, another flite clip factor or other training-stream minutes than
-    a recipe asks for (data.extra_train_speakers, data.held_out_speakers, data.flite_clip_factor,
-    data.train_stream_minutes). A set without SETTINGS_FILE but with our noise files predates them all: none extra,
-    held out at random, factor 1, no stream; a folder without our noise files is someone's real data and passes."""
+    training-only speakers, another held-out split, another flite clip factor, other training-stream minutes or
+    other word counts than a recipe asks for (data.extra_train_speakers, data.held_out_speakers,
+    data.flite_clip_factor, data.train_stream_minutes, data.train_word_clips). A set without SETTINGS_FILE but with
+    our noise files predates them all: none extra, held out at random, factor 1, no stream, the usual counts; a
+    folder without our noise files is someone's real data and passes."""
     settings = made_with_settings(root)
     if settings is None and not (root / noise_file("babble")).is_file():
         return  # real Speech Commands has no babble; every set made here has
@@ -185,14 +201,21 @@ def check_made_with(root: Path, extra_train_speakers: int, held_out: str, flite_
     made_with = {"extra_train_speakers": settings.get("extra_train_speakers", 0),
                  "held_out_speakers": settings.get("held_out", "random"),
                  "flite_clip_factor": settings.get("flite_clip_factor", 1),
-                 "train_stream_minutes": settings.get("train_stream_minutes", 0)}
+                 "train_stream_minutes": settings.get("train_stream_minutes", 0),
+                 "train_word_clips": _as_pairs(settings.get("train_word_clips", {}))}
     asked = {"extra_train_speakers": extra_train_speakers, "held_out_speakers": held_out,
-             "flite_clip_factor": flite_clip_factor, "train_stream_minutes": train_stream_minutes}
+             "flite_clip_factor": flite_clip_factor, "train_stream_minutes": train_stream_minutes,
+             "train_word_clips": _as_pairs(train_word_clips or {})}
     for key, value in asked.items():
         if made_with[key] != value:
             raise DataError(f"data.path: {root} holds a keyword set synthesized with data.{key}: {made_with[key]}, "
                             f"but the recipe asks for {value}; delete the folder and the build synthesizes it "
                             f"again, or set data.{key}: {made_with[key]} to train on it as it is")
+
+
+def _as_pairs(word_clips: dict[str, int]) -> list[str]:
+    """{"up": 6, "off": 6} -> ["off=6", "up=6"], as data.train_word_clips is written."""
+    return sorted(f"{word}={count}" for word, count in word_clips.items())
 
 
 def made_with_settings(root: Path) -> dict | None:
