@@ -81,6 +81,8 @@ def test_nested_typo_in_student(tmp_path):
     ("data: {format: speech_commands, path: kws, train_word_clips: ['off=0']}", "data.train_word_clips",
      "'off=0' is not \"word=N\""),
     ("data: {train_word_clips: ['off=6']}", "data.train_word_clips", "applies only to format speech_commands"),
+    ("data: {format: speech_commands, path: kws, train_word_clips: ['off=6', 'up=6', 'off=4']}",
+     "data.train_word_clips", "names a word twice (off); give each word one count"),
     ("data: {format: speech_commands, path: kws, train_stream_minutes: -5}", "data.train_stream_minutes",
      "must be 0 (none) or more"),
     ("data: {train_stream_minutes: 60}", "data.train_stream_minutes", "applies only to format speech_commands"),

@@ -325,6 +325,8 @@ def _word_counts(ctx, param, pairs: tuple[str, ...]) -> dict[str, int]:
         word, _, count = pair.partition("=")
         if not word or not count.isdigit():
             raise click.BadParameter(f"{pair!r} is not WORD=N; write e.g. off=6", ctx=ctx, param=param)
+        if word in counts:
+            raise click.BadParameter(f"{word} is given twice; give each word one count", ctx=ctx, param=param)
         counts[word] = int(count)
     return counts
 

@@ -296,6 +296,10 @@ class DataConfig:
             word, _, count = pair.partition("=")
             _require(bool(word) and count.isdigit() and int(count) >= 1, "train_word_clips",
                      f"{pair!r} is not \"word=N\" with N at least 1; write e.g. [\"off=6\", \"up=6\"]")
+        words = [pair.partition("=")[0] for pair in self.train_word_clips]
+        _require(len(set(words)) == len(words), "train_word_clips",
+                 f"names a word twice ({', '.join(sorted({w for w in words if words.count(w) > 1}))}); give each "
+                 "word one count")
         _require(not self.train_word_clips or self.format == "speech_commands", "train_word_clips",
                  "applies only to format speech_commands (training clips of a synthesized keyword dataset)")
 
