@@ -142,10 +142,10 @@ def test_train_word_clips_only_add_clips_of_those_words_spoken_by_training_voice
     with pytest.raises(DataError, match="train_word_clips: off=0 is below 1"):
         synthesize(tmp_path / "none", train_word_clips={"off": 0}, **TINY)
     result = CliRunner().invoke(cli, ["data", "keywords", str(tmp_path / "none"), "--train-word-clips", "off6"])
-    assert result.exit_code == 2 and "'off6' is not WORD=N; write e.g. off=6" in result.output
+    assert result.exit_code == 2 and "'off6' is not \"word=N\" with N at least 1; write e.g. off=6" in result.output
     result = CliRunner().invoke(cli, ["data", "keywords", str(tmp_path / "none"), "--train-word-clips", "off=6",
                                       "--train-word-clips", "off=4"])
-    assert result.exit_code == 2 and "off is given twice; give each word one count" in result.output
+    assert result.exit_code == 2 and "names a word twice (off); give each word one count" in result.output
 
 
 def test_training_stream_windows_only_add_training_clips_that_hold_their_word(made, tmp_path):

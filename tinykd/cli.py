@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from tinykd.config import HELD_OUT_SPLITS
+from tinykd.config import HELD_OUT_SPLITS, word_counts
 from tinykd.errors import TinykdError
 
 EXIT_USAGE = 2
@@ -319,16 +319,11 @@ def firmware_check(export_dir: Path, cores: tuple[str, ...], tflm_dir: Path | No
 
 
 def _word_counts(ctx, param, pairs: tuple[str, ...]) -> dict[str, int]:
-    """`--train-word-clips off=6 --train-word-clips up=6` -> {"off": 6, "up": 6}."""
-    counts = {}
-    for pair in pairs:
-        word, _, count = pair.partition("=")
-        if not word or not count.isdigit():
-            raise click.BadParameter(f"{pair!r} is not WORD=N; write e.g. off=6", ctx=ctx, param=param)
-        if word in counts:
-            raise click.BadParameter(f"{word} is given twice; give each word one count", ctx=ctx, param=param)
-        counts[word] = int(count)
-    return counts
+    """`--train-word-clips off=6 --train-word-clips up=6` -> {"off": 6, "up": 6}, parsed as the recipe's key is."""
+    try:
+        return word_counts(pairs)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from None
 
 
 @cli.group()

@@ -68,6 +68,20 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise _Invalid(key, message)
 
 
+def word_counts(pairs: typing.Iterable[str]) -> dict[str, int]:
+    """["off=6", "up=6"] -> {"off": 6, "up": 6}, for data.train_word_clips and `tinykd data keywords
+    --train-word-clips`. ValueError naming the first pair that is not word=N with N at least 1, or a word again."""
+    counts = {}
+    for pair in pairs:
+        word, _, count = pair.partition("=")
+        if not word or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{pair!r} is not \"word=N\" with N at least 1; write e.g. off=6")
+        if word in counts:
+            raise ValueError(f"names a word twice ({word}); give each word one count")
+        counts[word] = int(count)
+    return counts
+
+
 @dataclass(frozen=True, kw_only=True)
 class NormalizeConfig:
     """How a raw value (a 0-255 pixel, a sensor reading) becomes a model input: `input = raw * scale + offset`."""
@@ -292,21 +306,17 @@ class DataConfig:
                  "must be 0 (none) or more (minutes of training stream to cut clips from)")
         _require(not self.train_stream_minutes or self.format == "speech_commands", "train_stream_minutes",
                  "applies only to format speech_commands (training clips of a synthesized keyword dataset)")
-        for pair in self.train_word_clips:
-            word, _, count = pair.partition("=")
-            _require(bool(word) and count.isdigit() and int(count) >= 1, "train_word_clips",
-                     f"{pair!r} is not \"word=N\" with N at least 1; write e.g. [\"off=6\", \"up=6\"]")
-        words = [pair.partition("=")[0] for pair in self.train_word_clips]
-        _require(len(set(words)) == len(words), "train_word_clips",
-                 f"names a word twice ({', '.join(sorted({w for w in words if words.count(w) > 1}))}); give each "
-                 "word one count")
+        try:
+            word_counts(self.train_word_clips)
+        except ValueError as error:
+            raise _Invalid("train_word_clips", str(error)) from None
         _require(not self.train_word_clips or self.format == "speech_commands", "train_word_clips",
                  "applies only to format speech_commands (training clips of a synthesized keyword dataset)")
 
     @property
     def word_clips(self) -> dict[str, int]:
         """train_word_clips as word -> clips per training speaker."""
-        return {word: int(count) for word, _, count in (pair.partition("=") for pair in self.train_word_clips)}
+        return word_counts(self.train_word_clips)
 
 
 @dataclass(frozen=True, kw_only=True)
